@@ -1,0 +1,160 @@
+"""Rows → request bodies. Every check a row can fail happens here, before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batchrun.errors import InputError, UsageError
+from batchrun.job import Job, template_columns
+from batchrun.records import Request
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+class _Row(Mapping[str, str]):
+    """Template values of one row; a missing column raises a KeyError naming it."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getitem__(self, key: str) -> str:
+        value = self._row[key]
+        return value if isinstance(value, str) else str(value)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+
+def estimate_tokens(text_chars: int, max_tokens: int) -> int:
+    """A cheap upper-leaning estimate: ~4 characters a token, plus what the answer may use."""
+    return text_chars // 4 + 4 + max_tokens
+
+
+class RequestBuilder:
+    """Turns rows into request bodies for one job; the prompt source is fixed by the first row."""
+
+    def __init__(self, job: Job, file: str) -> None:
+        self.job = job
+        self.file = file
+        self._base = job.params.body_fields()
+        self._system_message = (
+            {"role": "system", "content": job.params.system}
+            if job.params.system is not None and job.params.system_as_message
+            else None
+        )
+        self._template_columns = template_columns(job.template) if job.template else []
+        self.mode: str | None = None
+        self.column: str | None = None
+        if job.template is not None:
+            self.mode = "template"
+        elif job.messages_column:
+            self.mode, self.column = "messages", job.messages_column
+        elif job.prompt_column:
+            self.mode, self.column = "prompt", job.prompt_column
+        self.id_column: str | None = job.id_column
+
+    def resolve(self, columns: list[str]) -> None:
+        """Fix the prompt source and id column from the input's columns (first row or schema)."""
+        if self.mode is None:
+            if "messages" in columns:
+                self.mode, self.column = "messages", "messages"
+            elif "prompt" in columns:
+                self.mode, self.column = "prompt", "prompt"
+            else:
+                raise UsageError(
+                    f"{self.file}: no prompt source; columns are: {', '.join(columns) or '(none)'}",
+                    hint="use --prompt-column, --messages-column or --template",
+                )
+        elif self.column is not None and self.column not in columns:
+            raise UsageError(
+                f"{self.file}: column {self.column!r} not found; columns are: {', '.join(columns)}",
+                hint=f"pass --{self.mode}-column with one of them",
+            )
+        missing = [c for c in self._template_columns if c not in columns]
+        if missing:
+            raise UsageError(
+                f"{self.file}: template column {missing[0]!r} not found; columns are: {', '.join(columns)}"
+            )
+        if self.id_column is None:
+            self.id_column = "id" if "id" in columns else None
+        elif self.id_column not in columns:
+            raise UsageError(
+                f"{self.file}: id column {self.id_column!r} not found; columns are: {', '.join(columns)}"
+            )
+
+    def row_id(self, row: dict[str, Any], position: int, where: dict[str, int]) -> Any:
+        """The row's id: the id column's value (a string or integer), else its position."""
+        if self.id_column is None:
+            return position
+        value = row.get(self.id_column)
+        if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise InputError(
+                "id is missing or not a string/integer" if value is None else f"id {value!r} is not a string or integer",
+                file=self.file, column=self.id_column, **where,
+            )
+        return value
+
+    def build(self, row: dict[str, Any], position: int, where: dict[str, int]) -> Request:
+        """The request for one row; raises InputError naming file, line/row and column."""
+        if self.mode == "template":
+            assert self.job.template is not None
+            for col in self._template_columns:
+                if row.get(col) is None:
+                    reason = "not found" if col not in row else "null"
+                    raise InputError(f"template column is {reason}", file=self.file, column=col, **where)
+            content = self.job.template.format_map(_Row(row))
+            messages: list[Any] = [{"role": "user", "content": content}]
+            chars = len(content)
+        elif self.mode == "prompt":
+            assert self.column is not None
+            value = row.get(self.column)
+            if not isinstance(value, str) or not value:
+                reason = "missing" if self.column not in row else f"not a non-empty string ({type(value).__name__})"
+                raise InputError(f"prompt is {reason}", file=self.file, column=self.column, **where)
+            messages = [{"role": "user", "content": value}]
+            chars = len(value)
+        else:
+            assert self.column is not None
+            messages, chars = self._messages(row.get(self.column), where)
+        if self._system_message is not None:
+            messages = [self._system_message, *messages]
+            chars += len(self._system_message["content"])
+        elif "system" in self._base:
+            chars += len(self._base["system"])
+        body = dict(self._base)
+        body["messages"] = messages
+        return Request(position=position, body=body, estimated_tokens=estimate_tokens(chars, self.job.params.max_tokens))
+
+    def _messages(self, value: Any, where: dict[str, int]) -> tuple[list[Any], int]:
+        col = self.column
+        if isinstance(value, str):
+            # A JSON-encoded messages list is common in CSV-born Parquet files.
+            import json
+
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise InputError("messages is a string but not a JSON list", file=self.file, column=col, **where) from None
+        if not isinstance(value, list) or not value:
+            raise InputError("messages must be a non-empty list of {role, content}", file=self.file, column=col, **where)
+        chars = 0
+        out: list[Any] = []
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise InputError(f"messages[{i}] needs a role of {', '.join(sorted(ROLES))}", file=self.file, column=col, **where)
+            content = m.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+            elif not (content is None and m["role"] == "assistant" and m.get("tool_calls")):
+                raise InputError(f"messages[{i}].content must be a string or a list of parts", file=self.file, column=col, **where)
+            # Parquet structs come back with every field, null ones included; drop those.
+            out.append({k: v for k, v in m.items() if v is not None})
+        return out, chars

@@ -1,0 +1,255 @@
+"""The checkpoint: a SQLite journal (WAL) beside the output recording every finished row.
+
+Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoint/``) holds
+``journal.sqlite`` and ``lock``. The journal has three tables:
+
+- ``meta``: the job fingerprint, the input's signature and what the scan learned of it;
+- ``results``: one row per finished input row (key: 0-based position), the output columns;
+- ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
+  An entry is committed *before* its request leaves, so after a crash it tells which rows
+  may have been paid for already, and the resend reuses the key.
+
+WAL with ``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``);
+only an operating-system crash may lose the last few milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import CheckpointError
+from batchrun.records import RowResult
+
+JOURNAL_VERSION = "1"
+RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    position INTEGER PRIMARY KEY,
+    {", ".join(RESULT_COLUMNS[1:])}
+);
+CREATE TABLE IF NOT EXISTS inflight (
+    position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL
+);
+"""
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """What identifies the input: size and content digest (mtime only as a shortcut)."""
+
+    size: int
+    mtime_ns: int
+    digest: str
+
+    @classmethod
+    def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
+        st = path.stat()
+        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+            return known  # unchanged file: skip re-reading it
+        return cls(st.st_size, st.st_mtime_ns, file_digest(path))
+
+    def same_content(self, other: InputSignature) -> bool:
+        return self.size == other.size and self.digest == other.digest
+
+
+class Checkpoint:
+    """The journal of one output, held under an exclusive lock for the life of the run."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.path = directory / "journal.sqlite"
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the run lock; the kernel releases it if this process dies."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise CheckpointError(
+                f"another batchrun run (pid {holder or '?'}) is writing this output ({self.dir})",
+                hint="wait for it to finish, or use another --output",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def discard(self) -> None:
+        """Throw the journal away (``--restart``); the lock is kept."""
+        self.close_db()
+        for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+
+    def open(self) -> bool:
+        """Open (or create) the journal; True if it already existed."""
+        existed = self.path.exists()
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key='journal_version'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
+            elif version[0] != JOURNAL_VERSION:
+                raise CheckpointError(f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointError(
+                f"checkpoint {self.path} is unreadable ({exc})",
+                hint="use --restart to discard it (every row is sent again) or another --output",
+            ) from None
+        self._db = db
+        return existed
+
+    def close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        self.close_db()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "checkpoint not open"
+        return self._db
+
+    # --- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, **items: Any) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v, sort_keys=True)) for k, v in items.items()],
+            )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- rows ---------------------------------------------------------------------------------
+
+    def done_count(self, below: int | None = None) -> int:
+        if below is None:
+            return int(self.db.execute("SELECT count(*) FROM results").fetchone()[0])
+        return int(self.db.execute("SELECT count(*) FROM results WHERE position < ?", (below,)).fetchone()[0])
+
+    def done_bitmap(self, total: int) -> bytearray:
+        """One bit per input position, set where a result is recorded (1M rows = 125 KB)."""
+        bits = bytearray((total + 7) // 8)
+        for (pos,) in self.db.execute("SELECT position FROM results WHERE position < ?", (total,)):
+            bits[pos >> 3] |= 1 << (pos & 7)
+        return bits
+
+    def inflight_keys(self) -> dict[int, str]:
+        return dict(self.db.execute("SELECT position, idempotency_key FROM inflight"))
+
+    def forget_failed(self, error_types: tuple[str, ...]) -> int:
+        """Delete error rows (of these types, or all) so the run sends them again."""
+        with self.transaction() as db:
+            if error_types:
+                marks = ",".join("?" * len(error_types))
+                cur = db.execute(f"DELETE FROM results WHERE status='error' AND error_type IN ({marks})", error_types)
+            else:
+                cur = db.execute("DELETE FROM results WHERE status='error'")
+        return cur.rowcount
+
+    def write(
+        self, inflight: list[tuple[int, str]], results: list[RowResult], forget: list[int] = ()  # type: ignore[assignment]
+    ) -> None:
+        """Record in one transaction: rows now in flight, finished rows (leaving flight), and
+        rows taken out of flight unsent."""
+        with self.transaction() as db:
+            if inflight:
+                db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?)", inflight)
+            if results:
+                db.executemany(_INSERT_RESULT, [astuple(r) for r in results])
+                db.executemany("DELETE FROM inflight WHERE position=?", [(r.position,) for r in results])
+            if forget:
+                db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
+
+    def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
+        """Recorded results with start <= position < stop, in position order."""
+        return self.db.execute(
+            "SELECT * FROM results WHERE position >= ? AND position < ? ORDER BY position", (start, stop)
+        ).fetchall()
+
+    def aggregate(self, below: int) -> dict[str, Any]:
+        """Counts and sums over recorded rows with position < below, for the summary."""
+        db = self.db
+        row = db.execute(
+            "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
+            " sum(completion_tokens), sum(total_tokens), sum(attempts) FROM results WHERE position < ?",
+            (below,),
+        ).fetchone()
+        errors = dict(db.execute(
+            "SELECT error_type, count(*) FROM results WHERE status='error' AND position < ? GROUP BY error_type",
+            (below,),
+        ).fetchall())
+        reasons = dict(db.execute(
+            "SELECT coalesce(finish_reason_normalized, 'unknown'), count(*) FROM results WHERE position < ?"
+            " GROUP BY 1", (below,),
+        ).fetchall())
+        return {
+            "rows": row[0] or 0,
+            "ok": row[1] or 0,
+            "error": row[2] or 0,
+            "prompt_tokens": row[3] or 0,
+            "completion_tokens": row[4] or 0,
+            "total_tokens": row[5] or 0,
+            "attempts": row[6] or 0,
+            "errors_by_type": errors,
+            "finish_reasons": reasons,
+        }
+
+    def latencies(self, below: int) -> list[float]:
+        return [r[0] for r in self.db.execute(
+            "SELECT latency_ms FROM results WHERE position < ? AND latency_ms IS NOT NULL", (below,)
+        )]
+
+
+_INSERT_RESULT = f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
+
+
+def remove_checkpoint(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Streaming input readers and the Parquet output writer."""

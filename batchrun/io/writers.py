@@ -1,0 +1,143 @@
+"""The output: one Parquet file, input order, fixed versioned schema, written crash-safely.
+
+The file is built from the checkpoint journal and the input (read again, batch by batch),
+into a temporary file that is fsynced and renamed into place: a reader never sees a
+half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchrun import __version__
+
+SCHEMA_VERSION = "1"
+
+#: The result columns, after ``id`` and the input columns (DESIGN "Output").
+RESULT_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("completion", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("finish_reason_normalized", pa.string()),
+    pa.field("tool_calls", pa.string()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),
+    pa.field("model", pa.string()),
+    pa.field("response_id", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("error_type", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+)
+RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
+#: Prefix for input columns whose names are taken by result columns.
+INPUT_PREFIX = "input_"
+
+
+def carried_name(name: str, id_column: str | None) -> str | None:
+    """The output name of an input column (None: it is the id column, shown as ``id``)."""
+    if name == "id" and id_column == "id":
+        return None
+    return INPUT_PREFIX + name if name in RESULT_NAMES else name
+
+
+def output_schema(input_schema: pa.Schema, id_column: str | None) -> pa.Schema:
+    """id, the input columns (renamed on collision), then the result columns; versioned."""
+    id_type = input_schema.field(id_column).type if id_column else pa.int64()
+    fields = [pa.field("id", id_type, nullable=False)]
+    for f in input_schema:
+        name = carried_name(f.name, id_column)
+        if name is not None:
+            fields.append(pa.field(name, f.type))
+    fields.extend(RESULT_FIELDS)
+    return pa.schema(
+        fields,
+        metadata={
+            b"batchrun.schema_version": SCHEMA_VERSION.encode(),
+            b"batchrun.version": __version__.encode(),
+        },
+    )
+
+
+def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
+    """Arrow arrays of the result columns from journal tuples (position first)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 1)
+    arrays = []
+    for f, values in zip(RESULT_FIELDS, columns[1:], strict=True):
+        if f.name == "finished_at":
+            arrays.append(pa.array([None if v is None else int(v * 1000) for v in values], type=pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    return arrays
+
+
+def output_batch(
+    schema: pa.Schema,
+    inputs: pa.RecordBatch,
+    ids: pa.Array,
+    results: list[tuple[Any, ...]],
+    id_column: str | None,
+) -> pa.RecordBatch:
+    """One output batch: ids, the input columns, the results (all the same length, in order)."""
+    arrays: list[pa.Array] = [ids]
+    for f in inputs.schema:
+        if carried_name(f.name, id_column) is not None:
+            arrays.append(inputs.column(f.name))
+    arrays.extend(result_arrays(results))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+    """Write batches to ``path`` via temp file + fsync + rename + fsync of the folder.
+
+    Returns the number of rows written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return rows
+
+
+def write_json_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def iter_nonempty(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    return (b for b in batches if b.num_rows)

@@ -1,0 +1,371 @@
+"""The job: frozen, validated settings for one run, from a TOML job file and flag overrides.
+
+Settings are flat: each ``run`` flag is a key of the job file (dashes become underscores),
+and a flag given on the command line overrides the same key of the file. Relative paths in
+a job file resolve against the job file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Formatter
+from typing import Any
+
+from batchrun.errors import UsageError
+
+DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
+DEFAULT_MODEL = "anthropic/claude-3-opus"
+DEFAULT_API_KEY_ENV = "AIMLAPI_KEY"
+
+#: Error types a failed row can carry (the ``error_type`` column); ``--only`` takes these.
+ERROR_TYPES = (
+    "timeout",
+    "connection_error",
+    "rate_limited",
+    "server_error",
+    "bad_request",
+    "not_found",
+    "payload_too_large",
+    "unprocessable",
+    "invalid_response",
+    "http_error",
+    "authentication",
+    "permission_denied",
+)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestParams:
+    """Body parameters sent with every request (the documented API's ranges are checked here)."""
+
+    model: str = DEFAULT_MODEL
+    max_tokens: int = 512
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    frequency_penalty: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+    stream: bool = False
+    system: str | None = None
+    #: Send ``system`` as a leading system message instead of the ``system`` body field
+    #: (for OpenAI-compatible servers that do not know the field).
+    system_as_message: bool = False
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, str) and bool(self.model.strip()), "model must be a non-empty string")
+        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.temperature is not None:
+            _check(_is_number(self.temperature) and 0 <= self.temperature <= 1, f"temperature must be between 0 and 1, got {self.temperature!r}")
+        if self.top_p is not None:
+            _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, f"top_p must be between 0 and 1, got {self.top_p!r}")
+        if self.top_k is not None:
+            _check(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if self.frequency_penalty is not None:
+            _check(_is_number(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, f"frequency_penalty must be between -2 and 2, got {self.frequency_penalty!r}")
+        _check(all(isinstance(s, str) and s for s in self.stop_sequences), "stop sequences must be non-empty strings")
+        _check(isinstance(self.stream, bool), "stream must be true or false")
+        if self.tools is not None:
+            for i, tool in enumerate(self.tools):
+                _check(isinstance(tool, dict), f"tools[{i}] must be an object with name, description, input_schema")
+                _check(isinstance(tool.get("name"), str) and bool(tool["name"]), f"tools[{i}] needs a non-empty 'name'")
+                _check(isinstance(tool.get("input_schema"), dict), f"tools[{i}] ({tool.get('name')}) needs an 'input_schema' object")
+                _check(isinstance(tool.get("description", ""), str), f"tools[{i}].description must be a string")
+        if self.tool_choice is not None:
+            kind = self.tool_choice.get("type") if isinstance(self.tool_choice, dict) else None
+            names = {t["name"] for t in self.tools or ()}
+            _check(
+                kind in ("auto", "none", "required") or (kind == "tool" and self.tool_choice.get("name") in names),
+                'tool_choice must be {"type": "auto"|"none"|"required"} or {"type": "tool", "name": <one of tools>}',
+            )
+        if self.metadata is not None:
+            _check(isinstance(self.metadata, dict), "metadata must be an object")
+
+    def body_fields(self) -> dict[str, Any]:
+        """The job-level part of every request body, in a stable key order."""
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        for name in ("temperature", "top_p", "top_k", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.stop_sequences:
+            body["stop_sequences"] = list(self.stop_sequences)
+        if self.stream:
+            body["stream"] = True
+        if self.system is not None and not self.system_as_message:
+            body["system"] = self.system
+        if self.tools is not None:
+            body["tools"] = list(self.tools)
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
+        return body
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """How hard to push the API."""
+
+    concurrency: int = 16
+    #: Requests per minute, spread evenly; None = find the sustainable rate from 429s.
+    requests_per_minute: float | None = None
+    #: Tokens per minute (prompt estimate + max_tokens before sending, real usage after).
+    tokens_per_minute: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.concurrency) and 1 <= self.concurrency <= 10_000, f"concurrency must be an integer from 1 to 10000, got {self.concurrency!r}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(_is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """What to do when a request does not succeed. Waits are in seconds."""
+
+    max_attempts: int = 6
+    #: Per request, whole request including reading the (streamed) answer.
+    timeout_s: float = 120.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    #: A Retry-After longer than this stops the run (resumably) instead of hanging.
+    max_retry_after_s: float = 600.0
+    #: Stop the run after this many consecutive rows failed with the same non-retryable error.
+    same_error_stop_after: int = 20
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.max_attempts) and self.max_attempts >= 1, f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        _check(_is_number(self.timeout_s) and self.timeout_s > 0, f"timeout must be a positive number of seconds, got {self.timeout_s!r}")
+        _check(self.backoff_initial_s >= 0 and self.backoff_max_s >= self.backoff_initial_s, "backoff waits must be >= 0 and max >= initial")
+        _check(self.max_retry_after_s >= 0, "max_retry_after_s must be >= 0")
+        _check(_is_int(self.same_error_stop_after) and self.same_error_stop_after >= 1, "same_error_stop_after must be an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """Everything one run needs. Build with :func:`job_from_settings` or directly."""
+
+    input_path: Path
+    output_path: Path
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    prompt_column: str | None = None
+    messages_column: str | None = None
+    template: str | None = None
+    id_column: str | None = None
+    params: RequestParams = field(default_factory=RequestParams)
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Fraction of rows allowed to fail before the run exits 3.
+    max_failure_rate: float = 0.0
+    retry_failed: bool = False
+    #: With retry_failed: only rows whose error_type is one of these (empty = all).
+    only_error_types: tuple[str, ...] = ()
+    restart: bool = False
+    dry_run: bool = False
+    #: Process only the first N rows of the input.
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        suffix = self.input_path.suffix.lower()
+        _check(suffix in (".jsonl", ".parquet", ".ndjson"), f"input {self.input_path} must end in .jsonl, .ndjson or .parquet")
+        _check(self.output_path.suffix.lower() == ".parquet", f"output {self.output_path} must end in .parquet")
+        _check(self.output_path.resolve() != self.input_path.resolve(), "output must not be the input file")
+        _check(self.base_url.startswith(("http://", "https://")), f"base_url must start with http:// or https://, got {self.base_url!r}")
+        sources = [n for n in ("prompt_column", "messages_column", "template") if getattr(self, n)]
+        _check(len(sources) <= 1, f"give only one of prompt_column, messages_column, template (got {', '.join(sources)})")
+        if self.template is not None:
+            template_columns(self.template)
+        _check(_is_number(self.max_failure_rate) and 0 <= self.max_failure_rate <= 1, f"max_failure_rate must be between 0 and 1, got {self.max_failure_rate!r}")
+        unknown = set(self.only_error_types) - set(ERROR_TYPES)
+        _check(not unknown, f"unknown error type(s) {', '.join(sorted(unknown))}; known: {', '.join(ERROR_TYPES)}")
+        _check(not self.only_error_types or self.retry_failed, "--only goes with --retry-failed")
+        _check(not (self.retry_failed and self.restart), "--retry-failed and --restart exclude each other")
+        if self.limit is not None:
+            _check(_is_int(self.limit) and self.limit >= 1, f"limit must be an integer >= 1, got {self.limit!r}")
+
+    @property
+    def summary_path(self) -> Path:
+        return self.output_path.with_suffix(".summary.json")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_path.with_suffix(".checkpoint")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What makes two runs the same job: how rows become requests, and where they go."""
+        return {
+            "base_url": self.base_url.rstrip("/"),
+            "prompt_column": self.prompt_column,
+            "messages_column": self.messages_column,
+            "template": self.template,
+            "id_column": self.id_column,
+            "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
+        }
+
+
+def template_columns(template: str) -> list[str]:
+    """The column names a ``{column}`` template refers to; raises UsageError if malformed."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"template is malformed: {exc}", hint="write a literal brace as {{ or }}") from None
+    names: list[str] = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        _check(bool(name), "template has an empty {} placeholder; name a column, e.g. {text}")
+        _check(not spec and not conversion and not any(c in name for c in ".["), f"template placeholder {{{name}}} must be a plain column name")
+        if name not in names:
+            names.append(name)
+    _check(bool(names), "template names no column; use {column} placeholders")
+    return names
+
+
+# --- settings: job file + flags -------------------------------------------------------------
+
+#: Every key a job file may hold (the ``run`` flags, dashes as underscores).
+SETTING_KEYS = frozenset({
+    "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
+    "template", "system", "system_as_message", "id_column", "concurrency", "rpm", "tpm",
+    "max_attempts", "timeout", "max_tokens", "temperature", "top_p", "top_k",
+    "frequency_penalty", "stop", "stream", "tools", "tool_choice", "metadata", "retry_failed",
+    "only", "restart", "dry_run", "limit", "quiet", "max_failure_rate", "max_retry_after",
+})
+
+_PATH_KEYS = ("input", "output")
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """Read a TOML job file into flat settings, paths resolved against its folder."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"job file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - SETTING_KEYS)
+    if unknown:
+        raise UsageError(
+            f"job file {path}: unknown key(s) {', '.join(unknown)}",
+            hint=f"known keys: {', '.join(sorted(SETTING_KEYS))}",
+        )
+    for key in _PATH_KEYS:
+        if key in data:
+            _check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
+            data[key] = str((path.parent / data[key]))
+    return data
+
+
+def resolve_settings(job_file: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Job file settings with the given (non-None) flag values on top."""
+    settings = load_job_file(job_file) if job_file is not None else {}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def _parse_json_setting(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name} is not valid JSON: {exc}") from None
+    return value
+
+
+def job_from_settings(settings: dict[str, Any]) -> Job:
+    """Build a validated Job from flat settings (see :data:`SETTING_KEYS`)."""
+    s = dict(settings)
+    s.pop("quiet", None)
+    if "input" not in s:
+        raise UsageError("no input given", hint="pass --input PATH or set input in the job file")
+    input_path = Path(s.pop("input"))
+    output = s.pop("output", None)
+    output_path = Path(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
+    tools = _parse_json_setting("tools", s.pop("tools", None))
+    if tools is not None:
+        _check(isinstance(tools, list), "tools must be a list of {name, description, input_schema}")
+        tools = tuple(tools)
+    stop = s.pop("stop", ())
+    if isinstance(stop, str):
+        stop = (stop,)
+    try:
+        params = RequestParams(
+            model=s.pop("model", DEFAULT_MODEL),
+            max_tokens=s.pop("max_tokens", 512),
+            temperature=s.pop("temperature", None),
+            top_p=s.pop("top_p", None),
+            top_k=s.pop("top_k", None),
+            frequency_penalty=s.pop("frequency_penalty", None),
+            stop_sequences=tuple(stop),
+            stream=s.pop("stream", False),
+            system=s.pop("system", None),
+            system_as_message=s.pop("system_as_message", False),
+            tools=tools,
+            tool_choice=_parse_json_setting("tool_choice", s.pop("tool_choice", None)),
+            metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
+        )
+        limits = Limits(
+            concurrency=s.pop("concurrency", Limits.concurrency),
+            requests_per_minute=s.pop("rpm", None),
+            tokens_per_minute=s.pop("tpm", None),
+        )
+        retry_kwargs: dict[str, Any] = {}
+        if "max_attempts" in s:
+            retry_kwargs["max_attempts"] = s.pop("max_attempts")
+        if "timeout" in s:
+            retry_kwargs["timeout_s"] = s.pop("timeout")
+        if "max_retry_after" in s:
+            retry_kwargs["max_retry_after_s"] = s.pop("max_retry_after")
+        retry = RetryPolicy(**retry_kwargs)
+        only = s.pop("only", ())
+        if isinstance(only, str):
+            only = tuple(t.strip() for t in only.split(",") if t.strip())
+        job = Job(
+            input_path=input_path,
+            output_path=output_path,
+            base_url=s.pop("base_url", DEFAULT_BASE_URL),
+            api_key_env=s.pop("api_key_env", DEFAULT_API_KEY_ENV),
+            prompt_column=s.pop("prompt_column", None),
+            messages_column=s.pop("messages_column", None),
+            template=s.pop("template", None),
+            id_column=s.pop("id_column", None),
+            params=params,
+            limits=limits,
+            retry=retry,
+            max_failure_rate=s.pop("max_failure_rate", 0.0),
+            retry_failed=s.pop("retry_failed", False),
+            only_error_types=tuple(only),
+            restart=s.pop("restart", False),
+            dry_run=s.pop("dry_run", False),
+            limit=s.pop("limit", None),
+        )
+    except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
+        raise UsageError(f"a job setting has the wrong type: {exc}") from None
+    unknown = sorted(s)
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}")
+    return job

@@ -1,0 +1,185 @@
+"""How fast to go: in-flight window, requests/min, tokens/min, and slowing down on 429s.
+
+One object, :class:`Limiter`, behind a small interface the runner uses:
+
+- ``await slot()`` / ``release_slot()`` — an in-flight slot, taken by the producer *before*
+  it creates a task;
+- ``await before_send(tokens)`` — before every attempt: honours a global pause, the
+  requests-per-minute throttle (asyncio-throttle, in slices of about 0.1–1 s so a minute's
+  quota is never sent in a burst) and the tokens-per-minute budget;
+- ``after_send(estimated, actual)`` — corrects the token budget with real usage;
+- ``on_success()`` / ``on_rate_limited(retry_after_s)`` — feedback. A 429 pauses everyone.
+  Without ``--rpm``, the limiter also *finds* the sustainable rate: on a 429 it sets a
+  pacing rate from what the server accepted over the last window and cuts the in-flight
+  window (multiplicative decrease), then raises both slowly while no 429 comes (additive
+  increase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+from asyncio_throttle import Throttler
+
+from batchrun.job import Limits
+
+#: Seconds over which accepted requests are counted to estimate the sustainable rate.
+RATE_WINDOW_S = 10.0
+#: At most one multiplicative decrease per this many seconds (429s come in bursts).
+DECREASE_COOLDOWN_S = 1.0
+DECREASE_FACTOR = 0.85
+#: Fractional increase of the pacing rate per second without a 429.
+INCREASE_PER_S = 0.01
+
+
+def _rpm_throttler(rpm: float) -> Throttler:
+    # k requests per k*60/rpm seconds: slices near 0.1 s for high rates, 1 request per
+    # interval for low ones. Same average, never a minute's burst.
+    k = max(1, math.ceil(rpm / 600))
+    return Throttler(rate_limit=k, period=k * 60.0 / rpm)
+
+
+class _Pacer:
+    """Spaces sends at ``rate`` per second without polling: each send books the next slot."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._next = clock()
+
+    async def wait(self) -> None:
+        now = self._clock()
+        at = max(self._next, now)
+        self._next = at + 1.0 / self.rate
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class Limiter:
+    """All rate and concurrency limits of one run (see the module docstring)."""
+
+    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self.window = limits.concurrency
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._throttler = _rpm_throttler(limits.requests_per_minute) if limits.requests_per_minute else None
+        self.adaptive = limits.requests_per_minute is None
+        self._pacer: _Pacer | None = None
+        self._pause_until = 0.0
+        self._last_decrease = -math.inf
+        self._last_increase = clock()
+        self._accepted: deque[float] = deque()
+        self._started = clock()
+        self._successes_since_grow = 0
+        # Token bucket for --tpm: capacity of 10 s of budget, refilled continuously.
+        tpm = limits.tokens_per_minute
+        self._tok_rate = tpm / 60.0 if tpm else 0.0
+        self._tok_capacity = self._tok_rate * 10.0
+        self._tokens = self._tok_capacity
+        self._tok_time = clock()
+        self.rate_limited = 0
+
+    def __repr__(self) -> str:
+        rate = f"{self._pacer.rate:.1f}/s" if self._pacer else "unpaced"
+        return f"Limiter(in_flight={self.in_flight}, window={self.window}, rate={rate}, 429s={self.rate_limited})"
+
+    @property
+    def pacing_rate(self) -> float | None:
+        """Requests per second the adaptive pacer currently allows (None = not pacing)."""
+        return self._pacer.rate if self._pacer else None
+
+    # --- in-flight slots ------------------------------------------------------------------
+
+    async def slot(self) -> None:
+        """Wait for an in-flight slot (FIFO, woken by release, never polled)."""
+        if self.in_flight < self.window and not self._waiters:
+            self.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release_slot()  # granted and cancelled at once: give it back
+            raise
+
+    def release_slot(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.window:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    # --- before and after each attempt ------------------------------------------------------
+
+    async def before_send(self, estimated_tokens: int) -> None:
+        while (delay := self._pause_until - self._clock()) > 0:
+            await asyncio.sleep(delay)
+        if self._throttler is not None:
+            await self._throttler.acquire()
+        if self._pacer is not None:
+            await self._pacer.wait()
+        if self._tok_rate:
+            await self._take_tokens(min(estimated_tokens, self._tok_capacity))
+
+    async def _take_tokens(self, n: float) -> None:
+        while True:
+            now = self._clock()
+            self._tokens = min(self._tok_capacity, self._tokens + (now - self._tok_time) * self._tok_rate)
+            self._tok_time = now
+            if self._tokens >= n:
+                self._tokens -= n
+                return
+            await asyncio.sleep((n - self._tokens) / self._tok_rate)
+
+    def after_send(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+        """Give back (or take more of) the token budget once real usage is known."""
+        if self._tok_rate and actual_tokens is not None:
+            self._tokens = min(self._tok_capacity, self._tokens + min(estimated_tokens, self._tok_capacity) - actual_tokens)
+
+    # --- feedback -------------------------------------------------------------------------------
+
+    def on_success(self) -> None:
+        now = self._clock()
+        if not self.adaptive:
+            return
+        self._accepted.append(now)
+        while self._accepted and now - self._accepted[0] > RATE_WINDOW_S:
+            self._accepted.popleft()
+        elapsed = now - self._last_increase
+        if elapsed >= 1.0:
+            self._last_increase = now
+            if self._pacer is not None:
+                self._pacer.rate *= (1 + INCREASE_PER_S) ** elapsed
+            if self.window < self.limits.concurrency:
+                self.window += 1
+                self._wake()
+
+    def on_rate_limited(self, retry_after_s: float | None, backoff_s: float) -> None:
+        """A 429: everyone pauses; without --rpm, slow the pace and shrink the window."""
+        self.rate_limited += 1
+        now = self._clock()
+        pause = retry_after_s if retry_after_s is not None else backoff_s
+        self._pause_until = max(self._pause_until, now + pause)
+        self._last_increase = max(now + pause, self._last_increase)
+        if not self.adaptive or now - self._last_decrease < DECREASE_COOLDOWN_S:
+            return
+        self._last_decrease = now
+        self.window = max(1, int(self.window * DECREASE_FACTOR))
+        span = min(RATE_WINDOW_S, max(1.0, now - self._started))
+        accepted_rate = max(1.0 / RATE_WINDOW_S, len(self._accepted) / span)
+        if self._pacer is None:
+            self._pacer = _Pacer(accepted_rate, self._clock)
+        else:
+            self._pacer.rate = max(1.0 / RATE_WINDOW_S, min(self._pacer.rate * DECREASE_FACTOR, accepted_rate))

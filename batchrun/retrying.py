@@ -1,0 +1,141 @@
+"""What is retried, and how long to wait: the whole retry policy of batchrun in one place.
+
+Status classes (DESIGN): retry 408, 409, 425, 429 and 5xx, timeouts and connection errors;
+fail the row on other 4xx and on an unparseable success body; stop the run on 401 and 403.
+Waits honour ``retry-after-ms`` and ``Retry-After`` (seconds or HTTP date), else
+exponential backoff with full jitter.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tenacity import RetryCallState
+
+from batchrun.job import RetryPolicy
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429})
+STOP_STATUSES = frozenset({401, 403})
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "authentication",
+    403: "permission_denied",
+    404: "not_found",
+    408: "timeout",
+    409: "server_error",
+    413: "payload_too_large",
+    422: "unprocessable",
+    425: "server_error",
+    429: "rate_limited",
+}
+
+
+class RequestFailed(Exception):
+    """One attempt did not give a usable answer.
+
+    ``definite`` is True when the server answered (the outcome of the send is known), False
+    for timeouts and dropped connections, where the server may have done the work anyway.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        definite: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.definite = definite
+
+
+class Retryable(RequestFailed):
+    """Worth trying again after a wait."""
+
+
+class RowFailed(RequestFailed):
+    """This row will not succeed by retrying: it becomes an error row."""
+
+
+class StopRun(RequestFailed):
+    """No row will succeed (bad key, no credits): stop the whole run, resumably."""
+
+
+def error_type_for_status(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _STATUS_TYPES.get(status, "http_error")
+
+
+def classify_status(status: int) -> type[RequestFailed]:
+    """Which class of failure an HTTP status is (call only for non-2xx statuses)."""
+    if status in STOP_STATUSES:
+        return StopRun
+    if status in RETRY_STATUSES or status >= 500:
+        return Retryable
+    return RowFailed
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait, or None when it does not say (or says nonsense).
+
+    Reads ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as seconds (integer
+    or decimal) or as an HTTP date. Negative values become 0.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value / 1000.0)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, value) if math.isfinite(value) else None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff before retry number ``attempt`` (1 = first retry)."""
+    cap = min(policy.backoff_max_s, policy.backoff_initial_s * 2 ** (attempt - 1))
+    return (rng or random).uniform(0, cap)
+
+
+class WaitRetryAfterOrBackoff:
+    """tenacity wait strategy: the server's Retry-After when given, else jittered backoff."""
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self.rng = rng
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc: Any = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            return float(min(retry_after, self.policy.max_retry_after_s))
+        return backoff_s(state.attempt_number, self.policy, self.rng)

@@ -1,0 +1,472 @@
+"""The run: checkpoint, validation pass, the worker pool, finalize. ``run_job`` is the library
+entry point; the CLI is a thin layer over it.
+
+The pool: the producer walks the input, skips recorded rows, takes an in-flight slot from
+the limiter and only then creates the task, inside one TaskGroup. Workers return results to
+the single journal writer. A failed row is a row, never an exception out of the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from batchrun.builder import RequestBuilder
+from batchrun.checkpoint import Checkpoint, InputSignature
+from batchrun.client import ApiClient
+from batchrun.errors import (
+    BatchrunError,
+    CheckpointError,
+    Interrupted,
+    InvalidInput,
+    RunStopped,
+    UsageError,
+)
+from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
+from batchrun.io.writers import output_batch, output_schema, write_atomically
+from batchrun.job import Job
+from batchrun.limits import Limiter
+from batchrun.records import OK, Request, RowResult
+from batchrun.retrying import (
+    RequestFailed,
+    Retryable,
+    RowFailed,
+    StopRun,
+    WaitRetryAfterOrBackoff,
+    backoff_s,
+)
+from batchrun.scan import Scan, scan_input
+from batchrun.sink import JournalWriter
+from batchrun.summary import Summary, latency_percentiles
+
+#: Seconds in-flight requests get to finish after the first SIGINT/SIGTERM.
+GRACE_S = 5.0
+
+
+@dataclass
+class Progress:
+    """Live counters of a run, shared with whoever draws progress."""
+
+    total: int = 0
+    already_done: int = 0
+    to_send: int = 0
+    ok: int = 0
+    error: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    limiter: Limiter | None = None
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.error
+
+
+@dataclass
+class Event:
+    """Something the presentation layer may show. ``kind``: start, row, notice, finalizing."""
+
+    kind: str
+    progress: Progress
+    message: str | None = None
+    result: RowResult | None = None
+
+
+EventSink = Callable[[Event], None]
+
+
+def _ignore(_: Event) -> None:
+    pass
+
+
+def get_api_key(job: Job) -> str:
+    key = os.environ.get(job.api_key_env, "").strip()
+    if not key:
+        raise UsageError(
+            f"environment variable {job.api_key_env} is not set",
+            hint=f"export {job.api_key_env}=<your key> (the key is never a flag), or name another with --api-key-env",
+        )
+    return key
+
+
+def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in _fingerprint_diff(a, b)]
+        elif a != b:
+            changed.append(key)
+    return changed
+
+
+class _Run:
+    def __init__(self, job: Job, on_event: EventSink, api_key: str) -> None:
+        self.job = job
+        self.emit = on_event
+        self.api_key = api_key
+        self.progress = Progress()
+        self.limiter = Limiter(job.limits)
+        self.progress.limiter = self.limiter
+        self.ckpt = Checkpoint(job.checkpoint_dir)
+        self.stop_error: BatchrunError | None = None
+        self.stopping = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inflight_keys: dict[int, str] = {}
+        self.same_error: tuple[str, int] = ("", 0)
+        self.possibly_charged_twice = 0
+        self.signals = 0
+        self.wait = WaitRetryAfterOrBackoff(job.retry)
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def stop(self, error: BatchrunError) -> None:
+        """Stop starting requests; the first reason given is the one reported."""
+        if self.stop_error is None:
+            self.stop_error = error
+            self.emit(Event("notice", self.progress, message=f"stopping: {error.message}"))
+        self.stopping.set()
+
+    def on_signal(self, signum: int) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            self.stop(Interrupted(f"interrupted by {name}", signal_number=signum))
+            asyncio.get_running_loop().call_later(GRACE_S, self.cancel_in_flight)
+        else:
+            self.cancel_in_flight()
+
+    def cancel_in_flight(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    # --- one row ----------------------------------------------------------------------------
+
+    async def send_row(self, request: Request, client: ApiClient, writer: JournalWriter) -> None:
+        try:
+            result = await self.attempts(request, client, writer)
+        except StopRun as exc:
+            writer.forget_inflight(request.position)
+            self.stop(RunStopped(f"the API refused the request: {exc.message}", hint=self.resume_hint()))
+            return
+        except _NotSent:
+            writer.forget_inflight(request.position)
+            return
+        finally:
+            self.limiter.release_slot()
+        writer.record(result)
+        p = self.progress
+        if result.status == OK:
+            p.ok += 1
+            p.prompt_tokens += result.prompt_tokens or 0
+            p.completion_tokens += result.completion_tokens or 0
+        else:
+            p.error += 1
+        self.emit(Event("row", p, result=result))
+
+    async def attempts(self, request: Request, client: ApiClient, writer: JournalWriter) -> RowResult:
+        job, p, limiter = self.job, self.progress, self.limiter
+        pos = request.position
+        key = self.inflight_keys.pop(pos, None)
+        fresh_key = key is None
+        key = key or uuid.uuid4().hex
+        n = 0
+        latency: float | None = None
+        last: RequestFailed | None = None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(job.retry.max_attempts),
+            retry=retry_if_exception_type(Retryable),
+            wait=self.wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self.stopping.is_set():
+                        raise _NotSent
+                    if last is not None and last.definite:
+                        # The server answered the last send: that outcome is known, so the
+                        # next send is a new request with a new key.
+                        key, fresh_key = uuid.uuid4().hex, True
+                    if fresh_key:
+                        await writer.mark_inflight(pos, key)
+                        fresh_key = False
+                    await limiter.before_send(request.estimated_tokens)
+                    if self.stopping.is_set():
+                        raise _NotSent
+                    n += 1
+                    p.requests += 1
+                    if n > 1:
+                        p.retries += 1
+                    t0 = time.perf_counter()
+                    try:
+                        completion = await client.complete(request.body, key)
+                    except RequestFailed as exc:
+                        latency = (time.perf_counter() - t0) * 1000.0
+                        last = exc
+                        self.on_failure(exc, n)
+                        raise
+                    latency = (time.perf_counter() - t0) * 1000.0
+            limiter.after_send(request.estimated_tokens, completion.total_tokens)
+            limiter.on_success()
+            self.same_error = ("", 0)
+            return RowResult.success(pos, completion, attempts=n, latency_ms=latency or 0.0, finished_at=time.time())
+        except (Retryable, RowFailed) as exc:
+            message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
+            if isinstance(exc, RowFailed):
+                self.count_same_error(exc)
+            return RowResult.failure(
+                pos, error_type=exc.error_type, error=message, attempts=n, latency_ms=latency, finished_at=time.time()
+            )
+
+    def on_failure(self, exc: RequestFailed, attempt: int) -> None:
+        if exc.status == 429:
+            self.progress.rate_limited += 1
+            self.limiter.on_rate_limited(exc.retry_after_s, backoff_s(attempt, self.job.retry))
+        if exc.retry_after_s is not None and exc.retry_after_s > self.job.retry.max_retry_after_s:
+            raise StopRun(
+                exc.error_type,
+                f"the server asked to wait {exc.retry_after_s:.0f} s (more than --max-retry-after "
+                f"{self.job.retry.max_retry_after_s:g} s): {exc.message}",
+                status=exc.status,
+            )
+
+    def count_same_error(self, exc: RowFailed) -> None:
+        """Stop the run when row after row fails with the very same non-retryable error."""
+        sig = f"{exc.error_type}: {exc.message}"
+        count = self.same_error[1] + 1 if self.same_error[0] == sig else 1
+        self.same_error = (sig, count)
+        if count >= self.job.retry.same_error_stop_after:
+            self.stop(RunStopped(f"{count} rows in a row failed with the same error ({exc.message})", hint=self.resume_hint(retry_failed=True)))
+
+    def resume_hint(self, retry_failed: bool = False) -> str:
+        extra = " --retry-failed" if retry_failed else ""
+        return f"fix the cause, then rerun the same command{extra} to resume"
+
+    # --- the pool ---------------------------------------------------------------------------
+
+    async def pool(self, scan: Scan, total: int) -> None:
+        job = self.job
+        bits = self.ckpt.done_bitmap(total)
+        builder = RequestBuilder(job, str(job.input_path))
+        builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
+        writer = JournalWriter(self.ckpt)
+        writer.start()
+        try:
+            async with ApiClient(job.base_url, self.api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s) as client:
+                async with asyncio.TaskGroup() as tg:
+                    for batch in iter_batches(job.input_path):
+                        if self.stopping.is_set() or batch.start >= total:
+                            break
+                        for offset, row in enumerate(batch.rows):
+                            pos = batch.start + offset
+                            if pos >= total or self.stopping.is_set():
+                                break
+                            if bits[pos >> 3] & (1 << (pos & 7)):
+                                continue
+                            assert row is not None  # the scan proved every row valid
+                            request = builder.build(row, pos, batch.where(offset))
+                            await self.limiter.slot()
+                            if self.stopping.is_set():
+                                self.limiter.release_slot()
+                                break
+                            task = tg.create_task(self.send_row(request, client, writer))
+                            self.tasks.add(task)
+                            task.add_done_callback(self.tasks.discard)
+                        await asyncio.sleep(0)  # let workers run between input batches
+        finally:
+            await writer.close()
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def open_checkpoint(self) -> Scan:
+        job, ckpt = self.job, self.ckpt
+        ckpt.lock()
+        if job.restart:
+            ckpt.discard()
+        existed = ckpt.open()
+        fingerprint = job.fingerprint_fields()
+        stored = ckpt.get_meta("fingerprint") if existed else None
+        if stored is None:
+            signature = InputSignature.of(job.input_path)
+            scan = self.validate()
+            ckpt.set_meta(
+                fingerprint=fingerprint,
+                input={"size": signature.size, "mtime_ns": signature.mtime_ns, "digest": signature.digest},
+                scan=scan.to_meta(),
+            )
+            return scan
+        changed = _fingerprint_diff(stored, fingerprint)
+        if changed:
+            raise CheckpointError(
+                f"the job changed since the checkpoint in {ckpt.dir} was made ({', '.join(changed)} differ)",
+                hint="use --restart to start over (every row is sent again) or another --output",
+            )
+        known = InputSignature(**ckpt.get_meta("input"))
+        current = InputSignature.of(job.input_path, known=known)
+        if not current.same_content(known):
+            raise CheckpointError(
+                f"the input {job.input_path} changed since the checkpoint in {ckpt.dir} was made",
+                hint="use --restart to start over (every row is sent again) or another --output",
+            )
+        if current != known:
+            ckpt.set_meta(input={"size": current.size, "mtime_ns": current.mtime_ns, "digest": current.digest})
+        return Scan.from_meta(ckpt.get_meta("scan"))
+
+    def validate(self) -> Scan:
+        scan = scan_input(self.job)
+        if scan.errors:
+            raise InvalidInput(scan.errors, scan.invalid_rows)
+        return scan
+
+    def finalize(self, scan: Scan, total: int, partial: bool) -> int:
+        """Write OUTPUT from the journal: every row < total (or, when partial, those done)."""
+        job, ckpt = self.job, self.ckpt
+        schema = output_schema(scan.schema, scan.id_column)
+
+        def batches() -> Any:
+            for batch in iter_batches(job.input_path):
+                if batch.start >= total:
+                    break
+                yield from self._output_batches(batch, scan, schema, total, partial)
+
+        return write_atomically(job.output_path, schema, batches())
+
+    def _output_batches(self, batch: InputBatch, scan: Scan, schema: Any, total: int, partial: bool) -> Any:
+        import pyarrow as pa
+
+        stop = min(batch.start + len(batch.rows), total)
+        results = self.ckpt.results_between(batch.start, stop)
+        inputs = batch.arrow if batch.arrow is not None else rows_to_arrow(batch.rows, scan.schema)
+        n = stop - batch.start
+        if len(results) == n:
+            inputs = inputs.slice(0, n)
+        elif partial:
+            inputs = inputs.take(pa.array([r[0] - batch.start for r in results], type=pa.int64()))
+        else:
+            raise RuntimeError(f"rows {batch.start}..{stop} are not all recorded")
+        if scan.id_column is not None:
+            ids = inputs.column(scan.id_column)
+        else:
+            ids = pa.array([r[0] for r in results], type=pa.int64())
+        yield output_batch(schema, inputs, ids, results, scan.id_column)
+
+    def summary(self, total: int, started: float, resumed: int, state: str) -> Summary:
+        agg = self.ckpt.aggregate(total)
+        p = self.progress
+        wall = time.monotonic() - started
+        sent_rows = p.done
+        return Summary(
+            output=str(self.job.output_path),
+            state=state,
+            rows_total=total,
+            rows_ok=agg["ok"],
+            rows_error=agg["error"],
+            rows_pending=total - agg["rows"],
+            rows_resumed=resumed,
+            requests_sent=p.requests,
+            retries=p.retries,
+            rate_limited=p.rate_limited,
+            rows_possibly_charged_twice=self.possibly_charged_twice,
+            prompt_tokens=agg["prompt_tokens"],
+            completion_tokens=agg["completion_tokens"],
+            total_tokens=agg["total_tokens"],
+            wall_time_s=round(wall, 3),
+            rows_per_s=round(sent_rows / wall, 2) if wall > 0 else 0.0,
+            latency_ms=latency_percentiles(self.job.output_path) if self.job.output_path.exists() else {},
+            errors_by_type=agg["errors_by_type"],
+            finish_reasons=agg["finish_reasons"],
+        )
+
+    async def run(self) -> Summary:
+        job, ckpt, p = self.job, self.ckpt, self.progress
+        started = time.monotonic()
+        try:
+            scan = self.open_checkpoint()
+            total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
+            if job.retry_failed:
+                n = ckpt.forget_failed(job.only_error_types)
+                self.emit(Event("notice", p, message=f"retrying {n:,} failed rows"))
+            resumed = ckpt.done_count(below=total)
+            self.inflight_keys = ckpt.inflight_keys()
+            self.possibly_charged_twice = len(self.inflight_keys) + (ckpt.get_meta("possibly_charged_twice") or 0)
+            if self.inflight_keys:
+                ckpt.set_meta(possibly_charged_twice=self.possibly_charged_twice)
+            p.total, p.already_done, p.to_send = total, resumed, total - resumed
+            finalized = ckpt.get_meta("finalized")
+            if resumed == total and finalized == total and job.output_path.exists():
+                self.emit(Event("notice", p, message="already complete: nothing to send"))
+                return self.finish(total, started, resumed)
+            self.emit(Event("start", p))
+            if resumed < total:
+                await self.pool(scan, total)
+            done = ckpt.done_count(below=total)
+            self.emit(Event("finalizing", p))
+            if self.stop_error is not None and self.signals > 1:
+                raise self.stop_error  # second signal: leave at once, the journal has every row
+            self.finalize(scan, total, partial=done < total)
+            if done == total:
+                ckpt.set_meta(finalized=total)
+            return self.finish(total, started, resumed)
+        finally:
+            ckpt.close()
+
+    def finish(self, total: int, started: float, resumed: int) -> Summary:
+        done = self.ckpt.done_count(below=total)
+        summary = self.summary(total, started, resumed, "complete" if done == total else "partial")
+        error = self.stop_error
+        if error is not None:
+            summary.stop_reason = str(error)
+            summary.exit_code = error.exit_code
+        elif summary.rows_error > self.job.max_failure_rate * total:
+            summary.exit_code = 3
+        summary.write(self.job.summary_path)
+        if error is not None:
+            error.summary = summary  # type: ignore[attr-defined]
+            raise error
+        return summary
+
+
+class _NotSent(Exception):
+    """The run is stopping: this row is left for the next run."""
+
+
+async def run_job(
+    job: Job,
+    *,
+    on_event: EventSink | None = None,
+    handle_signals: bool = False,
+) -> Summary:
+    """Run a job to the end (or to a stop) and return its summary.
+
+    Raises UsageError/InvalidInput (nothing sent), CheckpointError, RunStopped or Interrupted;
+    the last two carry ``.summary`` and leave a resumable checkpoint.
+    """
+    api_key = get_api_key(job)
+    run = _Run(job, on_event or _ignore, api_key)
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, run.on_signal, sig)
+            installed.append(sig)
+    try:
+        return await run.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def output_exists(path: Path) -> bool:
+    return path.exists()

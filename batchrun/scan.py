@@ -1,0 +1,177 @@
+"""The validation pass: read the whole input once, before anything is sent.
+
+It checks every row can become a request, that ids are unique, counts the rows and learns
+the Arrow schema of the input columns (for JSONL, unified over all batches).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchrun.builder import RequestBuilder
+from batchrun.errors import InputError, InvalidInput, UsageError
+from batchrun.io.readers import (
+    InputBatch,
+    infer_column_types,
+    input_format,
+    iter_batches,
+    jsonl_schema,
+    merge_column_types,
+    parquet_schema,
+)
+from batchrun.job import Job
+from batchrun.records import Request
+
+#: Invalid rows kept with their messages (all are counted).
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass
+class Scan:
+    """What the validation pass learned of the input."""
+
+    total_rows: int
+    schema: pa.Schema
+    id_column: str | None
+    mode: str
+    column: str | None
+    errors: list[InputError] = field(default_factory=list)
+    invalid_rows: int = 0
+    #: Sum of estimated tokens (prompt estimate + max_tokens) over the valid rows.
+    estimated_tokens: int = 0
+    #: Sum of the prompt-only part of the estimate.
+    estimated_prompt_tokens: int = 0
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "total_rows": self.total_rows,
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
+            "id_column": self.id_column,
+            "mode": self.mode,
+            "column": self.column,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Scan:
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+        return cls(meta["total_rows"], schema, meta["id_column"], meta["mode"], meta["column"])
+
+
+def _id_key(value: Any) -> int:
+    """64-bit key of an id for the uniqueness check (ints as they are, others hashed)."""
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def scan_input(
+    job: Job,
+    *,
+    on_request: Callable[[Request, InputBatch, int], None] | None = None,
+) -> Scan:
+    """Validate every row of the input; ``on_request`` sees each valid request (dry run)."""
+    path = job.input_path
+    file = str(path)
+    fmt = input_format(path)
+    builder = RequestBuilder(job, file)
+    errors: list[InputError] = []
+    invalid = 0
+    total = 0
+    est = 0
+    est_prompt = 0
+    max_tokens = job.params.max_tokens
+    types: dict[str, pa.DataType | None] = {}
+    id_keys: list[pa.Array] = []
+    resolved = False
+    if fmt == "parquet":
+        builder.resolve(parquet_schema(path).names)
+        resolved = True
+
+    def add(error: InputError) -> None:
+        nonlocal invalid
+        invalid += 1
+        if len(errors) < MAX_REPORTED_ERRORS:
+            errors.append(error)
+
+    for batch in iter_batches(path):
+        for e in batch.errors:
+            add(e)
+        if fmt == "jsonl":
+            merge_column_types(types, infer_column_types(batch.rows))
+        keys: list[int] = []
+        for offset, row in enumerate(batch.rows):
+            if row is None:
+                continue
+            if not resolved:
+                try:
+                    builder.resolve(list(row))
+                except UsageError:
+                    if errors:  # the rows before it explain more than the columns do
+                        raise InvalidInput(errors, invalid) from None
+                    raise
+                resolved = True
+            where = batch.where(offset)
+            position = batch.start + offset
+            try:
+                rid = builder.row_id(row, position, where)
+                request = builder.build(row, position, where)
+            except InputError as e:
+                add(e)
+                continue
+            if builder.id_column is not None:
+                keys.append(_id_key(rid))
+            est += request.estimated_tokens
+            est_prompt += request.estimated_tokens - max_tokens
+            if on_request is not None:
+                on_request(request, batch, offset)
+        total += len(batch.rows)
+        if keys:
+            id_keys.append(pa.array(keys, type=pa.int64()))
+    if not resolved:
+        if errors:
+            raise InvalidInput(errors, invalid)
+        raise UsageError(f"{file} has no rows")
+    if builder.id_column is not None and id_keys:
+        _check_unique_ids(job, builder, pa.chunked_array(id_keys), add)
+    if fmt == "parquet":
+        schema = parquet_schema(path)
+    else:
+        schema = jsonl_schema(types)
+    assert builder.mode is not None
+    return Scan(
+        total, schema, builder.id_column, builder.mode, builder.column,
+        errors, invalid, est, est_prompt,
+    )
+
+
+def _check_unique_ids(
+    job: Job, builder: RequestBuilder, keys: pa.ChunkedArray, add: Callable[[InputError], None]
+) -> None:
+    if len(pc.unique(keys)) == len(keys):
+        return
+    # Rare: find the repeated ids and where they stand (a second pass, only now).
+    counts = pc.value_counts(keys)
+    dup_keys = {k.as_py() for k, c in zip(counts.field("values"), counts.field("counts"), strict=True) if c.as_py() > 1}
+    first_seen: dict[int, dict[str, int]] = {}
+    for batch in iter_batches(job.input_path):
+        for offset, row in enumerate(batch.rows):
+            if row is None or builder.id_column is None:
+                continue
+            rid = row.get(builder.id_column)
+            if rid is None or _id_key(rid) not in dup_keys:
+                continue
+            where = batch.where(offset)
+            key = _id_key(rid)
+            if key in first_seen:
+                seen = ", ".join(f"{k} {v}" for k, v in first_seen[key].items())
+                add(InputError(f"id {rid!r} is not unique (also at {seen})", file=str(job.input_path), column=builder.id_column, **where))
+            else:
+                first_seen[key] = where

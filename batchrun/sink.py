@@ -1,0 +1,89 @@
+"""The one writer: workers hand it rows; it commits them to the journal in small groups.
+
+Each wake-up drains everything queued and commits it in one transaction, so under load a
+commit carries many rows, and an idle queue commits a row within a loop turn of its
+arrival. ``mark_inflight`` resolves only once the mark is committed: the request leaves
+after its Idempotency-Key is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from batchrun.checkpoint import Checkpoint
+from batchrun.records import RowResult
+
+_STOP = object()
+
+
+class JournalWriter:
+    """Group-committing writer over a :class:`Checkpoint` (one per run)."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self._ckpt = checkpoint
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.rows_written = 0
+
+    def __repr__(self) -> str:
+        return f"JournalWriter(queued={self._queue.qsize()}, commits={self.commits}, rows={self.rows_written})"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batchrun-journal-writer")
+
+    async def mark_inflight(self, position: int, key: str) -> None:
+        """Record that ``position`` is about to be sent with ``key``; returns once committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((position, key, fut))
+        await fut
+
+    def record(self, result: RowResult) -> None:
+        """Queue a finished row; it is committed within a loop turn or two."""
+        self._queue.put_nowait(result)
+
+    def forget_inflight(self, position: int) -> None:
+        """The row was not sent after all (run stopped before it): drop its in-flight mark."""
+        self._queue.put_nowait(position)
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(_STOP)
+        await asyncio.shield(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        queue = self._queue
+        stop = False
+        while not stop:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            marks: list[tuple[int, str]] = []
+            waiters: list[asyncio.Future[None]] = []
+            results: list[RowResult] = []
+            forget: list[int] = []
+            for item in items:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, RowResult):
+                    results.append(item)
+                elif isinstance(item, tuple):
+                    marks.append((item[0], item[1]))
+                    waiters.append(item[2])
+                elif isinstance(item, int):
+                    forget.append(item)
+            try:
+                self._ckpt.write(marks, results, forget)
+            except BaseException as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc if isinstance(exc, Exception) else RuntimeError("journal writer stopped"))
+                raise
+            self.commits += 1
+            self.rows_written += len(results)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)

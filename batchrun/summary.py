@@ -1,0 +1,100 @@
+"""The run summary: printed at the end of a run and written as JSON beside the output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchrun.io.writers import write_json_atomically
+
+
+@dataclass
+class Summary:
+    """Numbers of one run; row counts and tokens cover the whole output (resumes included)."""
+
+    output: str
+    #: complete | partial (interrupted or stopped before every row was done)
+    state: str
+    rows_total: int
+    rows_ok: int = 0
+    rows_error: int = 0
+    rows_pending: int = 0
+    #: Rows already recorded by earlier runs when this one started.
+    rows_resumed: int = 0
+    requests_sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    #: Rows that were in flight when an earlier run died: the API may have billed them
+    #: once already; they were sent again (with the same Idempotency-Key).
+    rows_possibly_charged_twice: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated_cost_usd: float | None = None
+    wall_time_s: float = 0.0
+    rows_per_s: float = 0.0
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    stop_reason: str | None = None
+    exit_code: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    def write(self, path: Path) -> None:
+        write_json_atomically(path, self.to_json())
+
+    def lines(self) -> list[str]:
+        """A short human summary."""
+        lat = self.latency_ms
+        out = [
+            f"batchrun: {self.state} — {self.rows_ok:,} ok, {self.rows_error:,} error"
+            + (f", {self.rows_pending:,} not done" if self.rows_pending else "")
+            + f" of {self.rows_total:,} rows → {self.output}",
+            f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,})"
+            f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
+            f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}"
+            + (f", est. cost ${self.estimated_cost_usd:,.4f}" if self.estimated_cost_usd is not None else ""),
+            f"  wall {self.wall_time_s:.1f} s, {self.rows_per_s:,.1f} rows/s"
+            + (
+                f", latency p50 {lat['p50']:.0f} ms p95 {lat['p95']:.0f} ms p99 {lat['p99']:.0f} ms"
+                if lat.get("p50") is not None and lat.get("p95") is not None and lat.get("p99") is not None
+                else ""
+            ),
+        ]
+        if self.errors_by_type:
+            out.append("  errors: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors_by_type.items())))
+        if self.finish_reasons:
+            out.append("  finish reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.finish_reasons.items())))
+        if self.stop_reason:
+            out.append(f"  stopped: {self.stop_reason}")
+        return out
+
+
+def latency_percentiles(output: Path) -> dict[str, float | None]:
+    """p50/p90/p95/p99/max of ``latency_ms`` read from the output file (one column only)."""
+    try:
+        col = pq.read_table(output, columns=["latency_ms"]).column("latency_ms")
+    except (OSError, KeyError):
+        return {}
+    col = pc.drop_null(col)
+    if len(col) == 0:
+        return {"p50": None, "p90": None, "p95": None, "p99": None, "max": None}
+    qs = pc.quantile(col, q=[0.5, 0.9, 0.95, 0.99]).to_pylist()
+    result: dict[str, float | None] = {f"p{int(q * 100)}": round(v, 2) for q, v in zip((0.5, 0.9, 0.95, 0.99), qs, strict=True)}
+    result["max"] = round(pc.max(col).as_py(), 2)
+    return result
+
+
+def load_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
