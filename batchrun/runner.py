@@ -14,9 +14,9 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -35,7 +35,7 @@ from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
 from batchrun.io.writers import output_batch, output_schema, write_atomically
 from batchrun.job import Job
 from batchrun.limits import Limiter
-from batchrun.records import OK, Request, RowResult
+from batchrun.records import OK, Completion, Request, RowResult
 from batchrun.retrying import (
     RequestFailed,
     Retryable,
@@ -86,6 +86,20 @@ class Event:
 EventSink = Callable[[Event], None]
 
 
+class CompletionClient(Protocol):
+    """What the pool needs of a client: one attempt per call (see :class:`ApiClient`)."""
+
+    async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion: ...
+
+
+#: Builds the run's client from (job, api_key); an async context manager.
+ClientFactory = Callable[[Job, str], AbstractAsyncContextManager[CompletionClient]]
+
+
+def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[CompletionClient]:
+    return ApiClient(job.base_url, api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s)
+
+
 def _ignore(_: Event) -> None:
     pass
 
@@ -112,8 +126,9 @@ def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class _Run:
-    def __init__(self, job: Job, on_event: EventSink, api_key: str) -> None:
+    def __init__(self, job: Job, on_event: EventSink, api_key: str, client_factory: ClientFactory) -> None:
         self.job = job
+        self.client_factory = client_factory
         self.emit = on_event
         self.api_key = api_key
         self.progress = Progress()
@@ -153,7 +168,7 @@ class _Run:
 
     # --- one row ----------------------------------------------------------------------------
 
-    async def send_row(self, request: Request, client: ApiClient, writer: JournalWriter) -> None:
+    async def send_row(self, request: Request, client: CompletionClient, writer: JournalWriter) -> None:
         try:
             result = await self.attempts(request, client, writer)
         except StopRun as exc:
@@ -175,7 +190,7 @@ class _Run:
             p.error += 1
         self.emit(Event("row", p, result=result))
 
-    async def attempts(self, request: Request, client: ApiClient, writer: JournalWriter) -> RowResult:
+    async def attempts(self, request: Request, client: CompletionClient, writer: JournalWriter) -> RowResult:
         job, p, limiter = self.job, self.progress, self.limiter
         pos = request.position
         key = self.inflight_keys.pop(pos, None)
@@ -264,7 +279,7 @@ class _Run:
         writer = JournalWriter(self.ckpt)
         writer.start()
         try:
-            async with ApiClient(job.base_url, self.api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s) as client:
+            async with self.client_factory(job, self.api_key) as client:
                 async with asyncio.TaskGroup() as tg:
                     for batch in iter_batches(job.input_path):
                         if self.stopping.is_set() or batch.start >= total:
@@ -447,6 +462,7 @@ async def run_job(
     *,
     on_event: EventSink | None = None,
     handle_signals: bool = False,
+    client_factory: ClientFactory = default_client,
 ) -> Summary:
     """Run a job to the end (or to a stop) and return its summary.
 
@@ -454,7 +470,7 @@ async def run_job(
     the last two carry ``.summary`` and leave a resumable checkpoint.
     """
     api_key = get_api_key(job)
-    run = _Run(job, on_event or _ignore, api_key)
+    run = _Run(job, on_event or _ignore, api_key, client_factory)
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     if handle_signals:
@@ -467,6 +483,3 @@ async def run_job(
         for sig in installed:
             loop.remove_signal_handler(sig)
 
-
-def output_exists(path: Path) -> bool:
-    return path.exists()
