@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from batchrun.errors import InputError, UsageError
+from batchrun.io.readers import Where
 from batchrun.job import Job, template_columns
 from batchrun.records import Request
 
@@ -24,7 +26,7 @@ class _Row(Mapping[str, str]):
         value = self._row[key]
         return value if isinstance(value, str) else str(value)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._row)
 
     def __len__(self) -> int:
@@ -88,26 +90,32 @@ class RequestBuilder:
                 f"{self.file}: id column {self.id_column!r} not found; columns are: {', '.join(columns)}"
             )
 
-    def row_id(self, row: dict[str, Any], position: int, where: dict[str, int]) -> Any:
+    def row_id(self, row: dict[str, Any], position: int, where: Where) -> Any:
         """The row's id: the id column's value (a string or integer), else its position."""
         if self.id_column is None:
             return position
         value = row.get(self.id_column)
         if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
             raise InputError(
-                "id is missing or not a string/integer" if value is None else f"id {value!r} is not a string or integer",
-                file=self.file, column=self.id_column, **where,
+                "id is missing or not a string/integer"
+                if value is None
+                else f"id {value!r} is not a string or integer",
+                file=self.file,
+                column=self.id_column,
+                **where,
             )
         return value
 
-    def build(self, row: dict[str, Any], position: int, where: dict[str, int]) -> Request:
+    def build(self, row: dict[str, Any], position: int, where: Where) -> Request:
         """The request for one row; raises InputError naming file, line/row and column."""
         if self.mode == "template":
             assert self.job.template is not None
             for col in self._template_columns:
                 if row.get(col) is None:
                     reason = "not found" if col not in row else "null"
-                    raise InputError(f"template column is {reason}", file=self.file, column=col, **where)
+                    raise InputError(
+                        f"template column is {reason}", file=self.file, column=col, **where
+                    )
             content = self.job.template.format_map(_Row(row))
             messages: list[Any] = [{"role": "user", "content": content}]
             chars = len(content)
@@ -115,7 +123,11 @@ class RequestBuilder:
             assert self.column is not None
             value = row.get(self.column)
             if not isinstance(value, str) or not value:
-                reason = "missing" if self.column not in row else f"not a non-empty string ({type(value).__name__})"
+                reason = (
+                    "missing"
+                    if self.column not in row
+                    else f"not a non-empty string ({type(value).__name__})"
+                )
                 raise InputError(f"prompt is {reason}", file=self.file, column=self.column, **where)
             messages = [{"role": "user", "content": value}]
             chars = len(value)
@@ -129,32 +141,51 @@ class RequestBuilder:
             chars += len(self._base["system"])
         body = dict(self._base)
         body["messages"] = messages
-        return Request(position=position, body=body, estimated_tokens=estimate_tokens(chars, self.job.params.max_tokens))
+        return Request(
+            position=position,
+            body=body,
+            estimated_tokens=estimate_tokens(chars, self.job.params.max_tokens),
+        )
 
-    def _messages(self, value: Any, where: dict[str, int]) -> tuple[list[Any], int]:
+    def _messages(self, value: Any, where: Where) -> tuple[list[Any], int]:
         col = self.column
         if isinstance(value, str):
             # A JSON-encoded messages list is common in CSV-born Parquet files.
-            import json
-
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                raise InputError("messages is a string but not a JSON list", file=self.file, column=col, **where) from None
+                raise InputError(
+                    "messages is a string but not a JSON list", file=self.file, column=col, **where
+                ) from None
         if not isinstance(value, list) or not value:
-            raise InputError("messages must be a non-empty list of {role, content}", file=self.file, column=col, **where)
+            raise InputError(
+                "messages must be a non-empty list of {role, content}",
+                file=self.file,
+                column=col,
+                **where,
+            )
         chars = 0
         out: list[Any] = []
         for i, m in enumerate(value):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise InputError(f"messages[{i}] needs a role of {', '.join(sorted(ROLES))}", file=self.file, column=col, **where)
+                raise InputError(
+                    f"messages[{i}] needs a role of {', '.join(sorted(ROLES))}",
+                    file=self.file,
+                    column=col,
+                    **where,
+                )
             content = m.get("content")
             if isinstance(content, str):
                 chars += len(content)
             elif isinstance(content, list):
                 chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
             elif not (content is None and m["role"] == "assistant" and m.get("tool_calls")):
-                raise InputError(f"messages[{i}].content must be a string or a list of parts", file=self.file, column=col, **where)
+                raise InputError(
+                    f"messages[{i}].content must be a string or a list of parts",
+                    file=self.file,
+                    column=col,
+                    **where,
+                )
             # Parquet structs come back with every field, null ones included; drop those.
             out.append({k: v for k, v in m.items() if v is not None})
         return out, chars

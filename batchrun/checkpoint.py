@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,9 @@ class Checkpoint:
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
             elif version[0] != JOURNAL_VERSION:
-                raise CheckpointError(f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}")
+                raise CheckpointError(
+                    f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}"
+                )
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
                 f"checkpoint {self.path} is unreadable ({exc})",
@@ -172,7 +174,11 @@ class Checkpoint:
     def done_count(self, below: int | None = None) -> int:
         if below is None:
             return int(self.db.execute("SELECT count(*) FROM results").fetchone()[0])
-        return int(self.db.execute("SELECT count(*) FROM results WHERE position < ?", (below,)).fetchone()[0])
+        return int(
+            self.db.execute("SELECT count(*) FROM results WHERE position < ?", (below,)).fetchone()[
+                0
+            ]
+        )
 
     def done_bitmap(self, total: int) -> bytearray:
         """One bit per input position, set where a result is recorded (1M rows = 125 KB)."""
@@ -189,13 +195,16 @@ class Checkpoint:
         with self.transaction() as db:
             if error_types:
                 marks = ",".join("?" * len(error_types))
-                cur = db.execute(f"DELETE FROM results WHERE status='error' AND error_type IN ({marks})", error_types)
+                cur = db.execute(
+                    f"DELETE FROM results WHERE status='error' AND error_type IN ({marks})",
+                    error_types,
+                )
             else:
                 cur = db.execute("DELETE FROM results WHERE status='error'")
         return cur.rowcount
 
     def write(
-        self, inflight: list[tuple[int, str]], results: list[RowResult], forget: list[int] = ()  # type: ignore[assignment]
+        self, inflight: list[tuple[int, str]], results: list[RowResult], forget: Sequence[int] = ()
     ) -> None:
         """Record in one transaction: rows now in flight, finished rows (leaving flight), and
         rows taken out of flight unsent."""
@@ -204,14 +213,17 @@ class Checkpoint:
                 db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?)", inflight)
             if results:
                 db.executemany(_INSERT_RESULT, [astuple(r) for r in results])
-                db.executemany("DELETE FROM inflight WHERE position=?", [(r.position,) for r in results])
+                db.executemany(
+                    "DELETE FROM inflight WHERE position=?", [(r.position,) for r in results]
+                )
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
 
     def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
         """Recorded results with start <= position < stop, in position order."""
         return self.db.execute(
-            "SELECT * FROM results WHERE position >= ? AND position < ? ORDER BY position", (start, stop)
+            "SELECT * FROM results WHERE position >= ? AND position < ? ORDER BY position",
+            (start, stop),
         ).fetchall()
 
     def aggregate(self, below: int) -> dict[str, Any]:
@@ -222,14 +234,19 @@ class Checkpoint:
             " sum(completion_tokens), sum(total_tokens), sum(attempts) FROM results WHERE position < ?",
             (below,),
         ).fetchone()
-        errors = dict(db.execute(
-            "SELECT error_type, count(*) FROM results WHERE status='error' AND position < ? GROUP BY error_type",
-            (below,),
-        ).fetchall())
-        reasons = dict(db.execute(
-            "SELECT coalesce(finish_reason_normalized, 'unknown'), count(*) FROM results WHERE position < ?"
-            " GROUP BY 1", (below,),
-        ).fetchall())
+        errors = dict(
+            db.execute(
+                "SELECT error_type, count(*) FROM results WHERE status='error' AND position < ? GROUP BY error_type",
+                (below,),
+            ).fetchall()
+        )
+        reasons = dict(
+            db.execute(
+                "SELECT coalesce(finish_reason_normalized, 'unknown'), count(*) FROM results WHERE position < ?"
+                " GROUP BY 1",
+                (below,),
+            ).fetchall()
+        )
         return {
             "rows": row[0] or 0,
             "ok": row[1] or 0,
@@ -243,9 +260,13 @@ class Checkpoint:
         }
 
     def latencies(self, below: int) -> list[float]:
-        return [r[0] for r in self.db.execute(
-            "SELECT latency_ms FROM results WHERE position < ? AND latency_ms IS NOT NULL", (below,)
-        )]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT latency_ms FROM results WHERE position < ? AND latency_ms IS NOT NULL",
+                (below,),
+            )
+        ]
 
 
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"

@@ -40,23 +40,65 @@ def main() -> None:
 
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "input_", type=click.Path(dir_okay=False), help="Input file: .jsonl/.ndjson (one JSON object a line) or .parquet.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Output Parquet file (default: INPUT stem + .out.parquet). The checkpoint and summary go beside it.")
+@click.option(
+    "--input",
+    "input_",
+    type=click.Path(dir_okay=False),
+    help="Input file: .jsonl/.ndjson (one JSON object a line) or .parquet.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Output Parquet file (default: INPUT stem + .out.parquet). The checkpoint and summary go beside it.",
+)
 @click.option("--model", help="Model name, e.g. anthropic/claude-3-opus.")
-@click.option("--base-url", help="API base URL; requests go to BASE_URL/chat/completions. [default: https://api.aimlapi.com/v1]")
-@click.option("--api-key-env", help=f"Environment variable holding the API key. [default: {DEFAULT_API_KEY_ENV}]")
+@click.option(
+    "--base-url",
+    help="API base URL; requests go to BASE_URL/chat/completions. [default: https://api.aimlapi.com/v1]",
+)
+@click.option(
+    "--api-key-env",
+    help=f"Environment variable holding the API key. [default: {DEFAULT_API_KEY_ENV}]",
+)
 @click.option("--prompt-column", help="Column with the prompt text (default: 'prompt' if present).")
-@click.option("--messages-column", help="Column with a [{role, content}] list (default: 'messages' if present).")
-@click.option("--template", help="Prompt template with {column} placeholders, e.g. 'Classify: {text}'.")
+@click.option(
+    "--messages-column",
+    help="Column with a [{role, content}] list (default: 'messages' if present).",
+)
+@click.option(
+    "--template", help="Prompt template with {column} placeholders, e.g. 'Classify: {text}'."
+)
 @click.option("--system", help="System prompt sent with every row.")
-@click.option("--system-as-message/--system-as-field", "system_as_message", default=None, help="Send --system as a leading system message instead of the 'system' body field.")
-@click.option("--id-column", help="Column with unique row ids (default: 'id' if present, else the row position).")
+@click.option(
+    "--system-as-message/--system-as-field",
+    "system_as_message",
+    default=None,
+    help="Send --system as a leading system message instead of the 'system' body field.",
+)
+@click.option(
+    "--id-column",
+    help="Column with unique row ids (default: 'id' if present, else the row position).",
+)
 @click.option("--concurrency", type=int, help="Most requests in flight at once. [default: 16]")
-@click.option("--rpm", type=float, help="Requests per minute, spread evenly. Without it the rate adapts to 429s.")
-@click.option("--tpm", type=float, help="Tokens per minute (estimated before sending, corrected by real usage).")
+@click.option(
+    "--rpm",
+    type=float,
+    help="Requests per minute, spread evenly. Without it the rate adapts to 429s.",
+)
+@click.option(
+    "--tpm",
+    type=float,
+    help="Tokens per minute (estimated before sending, corrected by real usage).",
+)
 @click.option("--max-attempts", type=int, help="Attempts per row, first one included. [default: 6]")
-@click.option("--timeout", type=float, help="Seconds per request, reading the answer included. [default: 120]")
-@click.option("--max-retry-after", type=float, help="Longest Retry-After (s) to wait; a longer one stops the run resumably. [default: 600]")
+@click.option(
+    "--timeout", type=float, help="Seconds per request, reading the answer included. [default: 120]"
+)
+@click.option(
+    "--max-retry-after",
+    type=float,
+    help="Longest Retry-After (s) to wait; a longer one stops the run resumably. [default: 600]",
+)
 @click.option("--max-tokens", type=int, help="max_tokens per request (>= 1). [default: 512]")
 @click.option("--temperature", type=float, help="Sampling temperature, 0..1.")
 @click.option("--top-p", type=float, help="Nucleus sampling, 0..1.")
@@ -67,12 +109,34 @@ def main() -> None:
 @click.option("--tools", help="Tools as JSON: [{name, description, input_schema}].")
 @click.option("--tool-choice", help='Tool choice as JSON, e.g. \'{"type": "auto"}\'.')
 @click.option("--metadata", help="Metadata object as JSON, sent with every request.")
-@click.option("--retry-failed", is_flag=True, default=None, help="Re-send only the rows whose status is error; successful rows are never re-sent.")
-@click.option("--only", help=f"With --retry-failed: comma-separated error types to retry ({', '.join(ERROR_TYPES)}).")
-@click.option("--restart", is_flag=True, default=None, help="Discard the checkpoint and start over (every row is sent again).")
-@click.option("--dry-run", is_flag=True, default=None, help="Validate the input and show the first requests; send nothing.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    default=None,
+    help="Re-send only the rows whose status is error; successful rows are never re-sent.",
+)
+@click.option(
+    "--only",
+    help=f"With --retry-failed: comma-separated error types to retry ({', '.join(ERROR_TYPES)}).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    default=None,
+    help="Discard the checkpoint and start over (every row is sent again).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    default=None,
+    help="Validate the input and show the first requests; send nothing.",
+)
 @click.option("--limit", type=int, help="Process only the first N rows.")
-@click.option("--max-failure-rate", type=float, help="Fraction of rows allowed to fail before exit code 3. [default: 0]")
+@click.option(
+    "--max-failure-rate",
+    type=float,
+    help="Fraction of rows allowed to fail before exit code 3. [default: 0]",
+)
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.
@@ -98,15 +162,16 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
         view = ProgressView(quiet=quiet)
         summary = asyncio.run(run_job(job, on_event=view, handle_signals=True))
     except BatchrunError as exc:
-        summary = getattr(exc, "summary", None)
-        if summary is not None:
-            for line in summary.lines():
+        if exc.summary is not None:
+            for line in exc.summary.lines():
                 click.echo(line, err=True)
         _fail(exc)
     except Exception:
         if os.environ.get(DEBUG_ENV):
             raise
-        click.echo(f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}", err=True)
+        click.echo(
+            f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}", err=True
+        )
         click.echo(f"batchrun: set {DEBUG_ENV}=1 to see the traceback", err=True)
         sys.exit(1)
     view.close()
@@ -117,25 +182,109 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
+)
 @click.option("--port", default=8089, show_default=True, type=int, help="Port (0 = any free port).")
-@click.option("--latency-ms", default=0.0, show_default=True, type=float, help="Mean added latency per request.")
-@click.option("--jitter-ms", default=0.0, show_default=True, type=float, help="Uniform ± jitter around the mean latency.")
-@click.option("--error-rate", "error_500_rate", default=0.0, show_default=True, type=float, help="Fraction of requests answered 500.")
-@click.option("--rate-429", default=0.0, show_default=True, type=float, help="Fraction answered 429 with Retry-After.")
-@click.option("--rate-429-no-retry-after", default=0.0, show_default=True, type=float, help="Fraction answered 429 without Retry-After.")
-@click.option("--retry-after", "retry_after_s", default=1.0, show_default=True, type=float, help="Retry-After seconds on simulated 429s.")
-@click.option("--rate-403", default=0.0, show_default=True, type=float, help="Fraction answered 403 out of credits (1 = all).")
-@click.option("--drop-rate", default=0.0, show_default=True, type=float, help="Fraction of connections dropped without an answer.")
-@click.option("--rpm-limit", type=int, help="Requests per minute the simulator accepts; beyond it, 429s.")
-@click.option("--rpm-window", "rpm_window_s", default=10.0, show_default=True, type=float, help="Seconds over which --rpm-limit is enforced.")
-@click.option("--limit-retry-after/--no-limit-retry-after", "limit_sends_retry_after", default=True, show_default=True, help="Whether 429s from --rpm-limit carry Retry-After.")
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Mean added latency per request.",
+)
+@click.option(
+    "--jitter-ms",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Uniform ± jitter around the mean latency.",
+)
+@click.option(
+    "--error-rate",
+    "error_500_rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of requests answered 500.",
+)
+@click.option(
+    "--rate-429",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction answered 429 with Retry-After.",
+)
+@click.option(
+    "--rate-429-no-retry-after",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction answered 429 without Retry-After.",
+)
+@click.option(
+    "--retry-after",
+    "retry_after_s",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Retry-After seconds on simulated 429s.",
+)
+@click.option(
+    "--rate-403",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction answered 403 out of credits (1 = all).",
+)
+@click.option(
+    "--drop-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of connections dropped without an answer.",
+)
+@click.option(
+    "--rpm-limit", type=int, help="Requests per minute the simulator accepts; beyond it, 429s."
+)
+@click.option(
+    "--rpm-window",
+    "rpm_window_s",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Seconds over which --rpm-limit is enforced.",
+)
+@click.option(
+    "--limit-retry-after/--no-limit-retry-after",
+    "limit_sends_retry_after",
+    default=True,
+    show_default=True,
+    help="Whether 429s from --rpm-limit carry Retry-After.",
+)
 @click.option("--ratelimit-headers", is_flag=True, help="Send x-ratelimit-* headers.")
-@click.option("--require-key-env", help="Accept only the key held in this environment variable (default: any non-empty key).")
-@click.option("--honor-idempotency", is_flag=True, help="Replay the stored answer for a repeated Idempotency-Key.")
-@click.option("--stream-stall-rate", default=0.0, show_default=True, type=float, help="Fraction of streamed answers that stall mid-stream.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults.")
-def simulate(host: str, port: int, require_key_env: str | None, rpm_limit: int | None, **options: Any) -> None:
+@click.option(
+    "--require-key-env",
+    help="Accept only the key held in this environment variable (default: any non-empty key).",
+)
+@click.option(
+    "--honor-idempotency",
+    is_flag=True,
+    help="Replay the stored answer for a repeated Idempotency-Key.",
+)
+@click.option(
+    "--stream-stall-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of streamed answers that stall mid-stream.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
+)
+def simulate(
+    host: str, port: int, require_key_env: str | None, rpm_limit: int | None, **options: Any
+) -> None:
     """Serve a local OpenAI-compatible simulator of the API on a loopback address.
 
     Rehearse a job offline: point `batchrun run --base-url http://127.0.0.1:PORT/v1` at it.
@@ -148,12 +297,19 @@ def simulate(host: str, port: int, require_key_env: str | None, rpm_limit: int |
         sys.exit(2)
     try:
         config = SimConfig(api_key=api_key, rpm_limit=rpm_limit, **options)
-        serve(config, host=host, port=port, ready=lambda url: click.echo(f"simulator listening on {url}", err=True))
+        serve(
+            config,
+            host=host,
+            port=port,
+            ready=lambda url: click.echo(f"simulator listening on {url}", err=True),
+        )
     except ValueError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:
-        click.echo(f"batchrun: error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        click.echo(
+            f"batchrun: error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True
+        )
         sys.exit(2)
 
 

@@ -64,7 +64,10 @@ class ApiClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._session is not None:
             await self._session.close()
@@ -86,7 +89,9 @@ class ApiClient:
             ) as resp:
                 if any(h.startswith("x-ratelimit") for h in resp.headers):
                     self.ratelimit = {
-                        k.lower(): v for k, v in resp.headers.items() if k.lower().startswith("x-ratelimit")
+                        k.lower(): v
+                        for k, v in resp.headers.items()
+                        if k.lower().startswith("x-ratelimit")
                     }
                 if 200 <= resp.status < 300:
                     if resp.content_type == "text/event-stream":
@@ -96,11 +101,19 @@ class ApiClient:
         except TimeoutError:
             # aiohttp's timeouts are TimeoutError, not ClientError. The server may have
             # done (and billed) the work: the outcome is unknown.
-            raise Retryable("timeout", f"no complete answer within {self._timeout.total:g} s", definite=False) from None
+            raise Retryable(
+                "timeout", f"no complete answer within {self._timeout.total:g} s", definite=False
+            ) from None
         except aiohttp.ClientPayloadError as exc:
-            raise Retryable("connection_error", f"answer cut off: {self._redact(str(exc))}", definite=False) from None
+            raise Retryable(
+                "connection_error", f"answer cut off: {self._redact(str(exc))}", definite=False
+            ) from None
         except aiohttp.ClientConnectionError as exc:
-            raise Retryable("connection_error", f"connection failed: {self._redact(str(exc)) or type(exc).__name__}", definite=False) from None
+            raise Retryable(
+                "connection_error",
+                f"connection failed: {self._redact(str(exc)) or type(exc).__name__}",
+                definite=False,
+            ) from None
 
     async def _failure(self, resp: aiohttp.ClientResponse) -> RequestFailed:
         raw = await resp.read()
@@ -150,7 +163,9 @@ def parse_completion(raw: bytes) -> Completion:
         message = choice.get("message") or {}
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
         snippet = raw[:120].decode("utf-8", "replace")
-        raise RowFailed("invalid_response", f"success status but not a chat completion: {snippet!r}") from None
+        raise RowFailed(
+            "invalid_response", f"success status but not a chat completion: {snippet!r}"
+        ) from None
     usage = payload.get("usage") or {}
     tool_calls = message.get("tool_calls")
     return Completion(
@@ -228,7 +243,9 @@ async def parse_sse(resp: aiohttp.ClientResponse) -> Completion:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise RowFailed("invalid_response", f"stream chunk is not JSON: {data[:120]!r}") from None
+            raise RowFailed(
+                "invalid_response", f"stream chunk is not JSON: {data[:120]!r}"
+            ) from None
         if isinstance(chunk, dict) and "error" in chunk:
             raise Retryable("server_error", f"error inside the stream: {_error_message(data)}")
         if isinstance(chunk, dict):

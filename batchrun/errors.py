@@ -15,11 +15,15 @@ placed in a request header.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BatchrunError(Exception):
     """Base of every error batchrun raises on purpose."""
 
     exit_code: int = 1
+    #: The run's Summary when a run stopped part-way (RunStopped, Interrupted).
+    summary: Any = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

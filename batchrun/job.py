@@ -73,29 +73,63 @@ class RequestParams:
     metadata: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.model, str) and bool(self.model.strip()), "model must be a non-empty string")
-        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        _check(
+            isinstance(self.model, str) and bool(self.model.strip()),
+            "model must be a non-empty string",
+        )
+        _check(
+            _is_int(self.max_tokens) and self.max_tokens >= 1,
+            f"max_tokens must be an integer >= 1, got {self.max_tokens!r}",
+        )
         if self.temperature is not None:
-            _check(_is_number(self.temperature) and 0 <= self.temperature <= 1, f"temperature must be between 0 and 1, got {self.temperature!r}")
+            _check(
+                _is_number(self.temperature) and 0 <= self.temperature <= 1,
+                f"temperature must be between 0 and 1, got {self.temperature!r}",
+            )
         if self.top_p is not None:
-            _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, f"top_p must be between 0 and 1, got {self.top_p!r}")
+            _check(
+                _is_number(self.top_p) and 0 <= self.top_p <= 1,
+                f"top_p must be between 0 and 1, got {self.top_p!r}",
+            )
         if self.top_k is not None:
-            _check(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}")
+            _check(
+                _is_int(self.top_k) and self.top_k >= 0,
+                f"top_k must be an integer >= 0, got {self.top_k!r}",
+            )
         if self.frequency_penalty is not None:
-            _check(_is_number(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, f"frequency_penalty must be between -2 and 2, got {self.frequency_penalty!r}")
-        _check(all(isinstance(s, str) and s for s in self.stop_sequences), "stop sequences must be non-empty strings")
+            _check(
+                _is_number(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+                f"frequency_penalty must be between -2 and 2, got {self.frequency_penalty!r}",
+            )
+        _check(
+            all(isinstance(s, str) and s for s in self.stop_sequences),
+            "stop sequences must be non-empty strings",
+        )
         _check(isinstance(self.stream, bool), "stream must be true or false")
         if self.tools is not None:
             for i, tool in enumerate(self.tools):
-                _check(isinstance(tool, dict), f"tools[{i}] must be an object with name, description, input_schema")
-                _check(isinstance(tool.get("name"), str) and bool(tool["name"]), f"tools[{i}] needs a non-empty 'name'")
-                _check(isinstance(tool.get("input_schema"), dict), f"tools[{i}] ({tool.get('name')}) needs an 'input_schema' object")
-                _check(isinstance(tool.get("description", ""), str), f"tools[{i}].description must be a string")
+                _check(
+                    isinstance(tool, dict),
+                    f"tools[{i}] must be an object with name, description, input_schema",
+                )
+                _check(
+                    isinstance(tool.get("name"), str) and bool(tool["name"]),
+                    f"tools[{i}] needs a non-empty 'name'",
+                )
+                _check(
+                    isinstance(tool.get("input_schema"), dict),
+                    f"tools[{i}] ({tool.get('name')}) needs an 'input_schema' object",
+                )
+                _check(
+                    isinstance(tool.get("description", ""), str),
+                    f"tools[{i}].description must be a string",
+                )
         if self.tool_choice is not None:
             kind = self.tool_choice.get("type") if isinstance(self.tool_choice, dict) else None
             names = {t["name"] for t in self.tools or ()}
             _check(
-                kind in ("auto", "none", "required") or (kind == "tool" and self.tool_choice.get("name") in names),
+                kind in ("auto", "none", "required")
+                or (kind == "tool" and self.tool_choice.get("name") in names),
                 'tool_choice must be {"type": "auto"|"none"|"required"} or {"type": "tool", "name": <one of tools>}',
             )
         if self.metadata is not None:
@@ -134,11 +168,17 @@ class Limits:
     tokens_per_minute: float | None = None
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.concurrency) and 1 <= self.concurrency <= 10_000, f"concurrency must be an integer from 1 to 10000, got {self.concurrency!r}")
+        _check(
+            _is_int(self.concurrency) and 1 <= self.concurrency <= 10_000,
+            f"concurrency must be an integer from 1 to 10000, got {self.concurrency!r}",
+        )
         for name in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, name)
             if value is not None:
-                _check(_is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}")
+                _check(
+                    _is_number(value) and value > 0,
+                    f"{name} must be a positive number, got {value!r}",
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,11 +196,23 @@ class RetryPolicy:
     same_error_stop_after: int = 20
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.max_attempts) and self.max_attempts >= 1, f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        _check(_is_number(self.timeout_s) and self.timeout_s > 0, f"timeout must be a positive number of seconds, got {self.timeout_s!r}")
-        _check(self.backoff_initial_s >= 0 and self.backoff_max_s >= self.backoff_initial_s, "backoff waits must be >= 0 and max >= initial")
+        _check(
+            _is_int(self.max_attempts) and self.max_attempts >= 1,
+            f"max_attempts must be an integer >= 1, got {self.max_attempts!r}",
+        )
+        _check(
+            _is_number(self.timeout_s) and self.timeout_s > 0,
+            f"timeout must be a positive number of seconds, got {self.timeout_s!r}",
+        )
+        _check(
+            self.backoff_initial_s >= 0 and self.backoff_max_s >= self.backoff_initial_s,
+            "backoff waits must be >= 0 and max >= initial",
+        )
         _check(self.max_retry_after_s >= 0, "max_retry_after_s must be >= 0")
-        _check(_is_int(self.same_error_stop_after) and self.same_error_stop_after >= 1, "same_error_stop_after must be an integer >= 1")
+        _check(
+            _is_int(self.same_error_stop_after) and self.same_error_stop_after >= 1,
+            "same_error_stop_after must be an integer >= 1",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,21 +242,48 @@ class Job:
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
-        _check(suffix in (".jsonl", ".parquet", ".ndjson"), f"input {self.input_path} must end in .jsonl, .ndjson or .parquet")
-        _check(self.output_path.suffix.lower() == ".parquet", f"output {self.output_path} must end in .parquet")
-        _check(self.output_path.resolve() != self.input_path.resolve(), "output must not be the input file")
-        _check(self.base_url.startswith(("http://", "https://")), f"base_url must start with http:// or https://, got {self.base_url!r}")
+        _check(
+            suffix in (".jsonl", ".parquet", ".ndjson"),
+            f"input {self.input_path} must end in .jsonl, .ndjson or .parquet",
+        )
+        _check(
+            self.output_path.suffix.lower() == ".parquet",
+            f"output {self.output_path} must end in .parquet",
+        )
+        _check(
+            self.output_path.resolve() != self.input_path.resolve(),
+            "output must not be the input file",
+        )
+        _check(
+            self.base_url.startswith(("http://", "https://")),
+            f"base_url must start with http:// or https://, got {self.base_url!r}",
+        )
         sources = [n for n in ("prompt_column", "messages_column", "template") if getattr(self, n)]
-        _check(len(sources) <= 1, f"give only one of prompt_column, messages_column, template (got {', '.join(sources)})")
+        _check(
+            len(sources) <= 1,
+            f"give only one of prompt_column, messages_column, template (got {', '.join(sources)})",
+        )
         if self.template is not None:
             template_columns(self.template)
-        _check(_is_number(self.max_failure_rate) and 0 <= self.max_failure_rate <= 1, f"max_failure_rate must be between 0 and 1, got {self.max_failure_rate!r}")
+        _check(
+            _is_number(self.max_failure_rate) and 0 <= self.max_failure_rate <= 1,
+            f"max_failure_rate must be between 0 and 1, got {self.max_failure_rate!r}",
+        )
         unknown = set(self.only_error_types) - set(ERROR_TYPES)
-        _check(not unknown, f"unknown error type(s) {', '.join(sorted(unknown))}; known: {', '.join(ERROR_TYPES)}")
+        _check(
+            not unknown,
+            f"unknown error type(s) {', '.join(sorted(unknown))}; known: {', '.join(ERROR_TYPES)}",
+        )
         _check(not self.only_error_types or self.retry_failed, "--only goes with --retry-failed")
-        _check(not (self.retry_failed and self.restart), "--retry-failed and --restart exclude each other")
+        _check(
+            not (self.retry_failed and self.restart),
+            "--retry-failed and --restart exclude each other",
+        )
         if self.limit is not None:
-            _check(_is_int(self.limit) and self.limit >= 1, f"limit must be an integer >= 1, got {self.limit!r}")
+            _check(
+                _is_int(self.limit) and self.limit >= 1,
+                f"limit must be an integer >= 1, got {self.limit!r}",
+            )
 
     @property
     def summary_path(self) -> Path:
@@ -231,13 +310,18 @@ def template_columns(template: str) -> list[str]:
     try:
         parsed = list(Formatter().parse(template))
     except ValueError as exc:
-        raise UsageError(f"template is malformed: {exc}", hint="write a literal brace as {{ or }}") from None
+        raise UsageError(
+            f"template is malformed: {exc}", hint="write a literal brace as {{ or }}"
+        ) from None
     names: list[str] = []
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         _check(bool(name), "template has an empty {} placeholder; name a column, e.g. {text}")
-        _check(not spec and not conversion and not any(c in name for c in ".["), f"template placeholder {{{name}}} must be a plain column name")
+        _check(
+            not spec and not conversion and not any(c in name for c in ".["),
+            f"template placeholder {{{name}}} must be a plain column name",
+        )
         if name not in names:
             names.append(name)
     _check(bool(names), "template names no column; use {column} placeholders")
@@ -247,13 +331,44 @@ def template_columns(template: str) -> list[str]:
 # --- settings: job file + flags -------------------------------------------------------------
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
-SETTING_KEYS = frozenset({
-    "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
-    "template", "system", "system_as_message", "id_column", "concurrency", "rpm", "tpm",
-    "max_attempts", "timeout", "max_tokens", "temperature", "top_p", "top_k",
-    "frequency_penalty", "stop", "stream", "tools", "tool_choice", "metadata", "retry_failed",
-    "only", "restart", "dry_run", "limit", "quiet", "max_failure_rate", "max_retry_after",
-})
+SETTING_KEYS = frozenset(
+    {
+        "input",
+        "output",
+        "model",
+        "base_url",
+        "api_key_env",
+        "prompt_column",
+        "messages_column",
+        "template",
+        "system",
+        "system_as_message",
+        "id_column",
+        "concurrency",
+        "rpm",
+        "tpm",
+        "max_attempts",
+        "timeout",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "frequency_penalty",
+        "stop",
+        "stream",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "retry_failed",
+        "only",
+        "restart",
+        "dry_run",
+        "limit",
+        "quiet",
+        "max_failure_rate",
+        "max_retry_after",
+    }
+)
 
 _PATH_KEYS = ("input", "output")
 
@@ -276,7 +391,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in data:
             _check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
-            data[key] = str((path.parent / data[key]))
+            data[key] = str(path.parent / data[key])
     return data
 
 

@@ -5,7 +5,7 @@ One object, :class:`Limiter`, behind a small interface the runner uses:
 - ``await slot()`` / ``release_slot()`` — an in-flight slot, taken by the producer *before*
   it creates a task;
 - ``await before_send(tokens)`` — before every attempt: honours a global pause, the
-  requests-per-minute throttle (asyncio-throttle, in slices of about 0.1–1 s so a minute's
+  requests-per-minute throttle (asyncio-throttle, in slices of about 0.1 to 1 s so a minute's
   quota is never sent in a burst) and the tokens-per-minute budget;
 - ``after_send(estimated, actual)`` — corrects the token budget with real usage;
 - ``on_success()`` / ``on_rate_limited(retry_after_s)`` — feedback. A 429 pauses everyone.
@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 
 from batchrun.job import Limits
 
@@ -68,7 +68,9 @@ class Limiter:
         self.window = limits.concurrency
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._throttler = _rpm_throttler(limits.requests_per_minute) if limits.requests_per_minute else None
+        self._throttler = (
+            _rpm_throttler(limits.requests_per_minute) if limits.requests_per_minute else None
+        )
         self.adaptive = limits.requests_per_minute is None
         self._pacer: _Pacer | None = None
         self._pause_until = 0.0
@@ -124,10 +126,12 @@ class Limiter:
     # --- before and after each attempt ------------------------------------------------------
 
     async def before_send(self, estimated_tokens: int) -> None:
-        while (delay := self._pause_until - self._clock()) > 0:
+        # Not polling: each sleep lasts exactly until the pause ends; the loop only re-checks
+        # because another 429 may have pushed the end further while we slept.
+        while (delay := self._pause_until - self._clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(delay)
         if self._throttler is not None:
-            await self._throttler.acquire()
+            await self._throttler.acquire()  # type: ignore[no-untyped-call]
         if self._pacer is not None:
             await self._pacer.wait()
         if self._tok_rate:
@@ -136,7 +140,9 @@ class Limiter:
     async def _take_tokens(self, n: float) -> None:
         while True:
             now = self._clock()
-            self._tokens = min(self._tok_capacity, self._tokens + (now - self._tok_time) * self._tok_rate)
+            self._tokens = min(
+                self._tok_capacity, self._tokens + (now - self._tok_time) * self._tok_rate
+            )
             self._tok_time = now
             if self._tokens >= n:
                 self._tokens -= n
@@ -146,7 +152,10 @@ class Limiter:
     def after_send(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Give back (or take more of) the token budget once real usage is known."""
         if self._tok_rate and actual_tokens is not None:
-            self._tokens = min(self._tok_capacity, self._tokens + min(estimated_tokens, self._tok_capacity) - actual_tokens)
+            self._tokens = min(
+                self._tok_capacity,
+                self._tokens + min(estimated_tokens, self._tok_capacity) - actual_tokens,
+            )
 
     # --- feedback -------------------------------------------------------------------------------
 
@@ -182,4 +191,6 @@ class Limiter:
         if self._pacer is None:
             self._pacer = _Pacer(accepted_rate, self._clock)
         else:
-            self._pacer.rate = max(1.0 / RATE_WINDOW_S, min(self._pacer.rate * DECREASE_FACTOR, accepted_rate))
+            self._pacer.rate = max(
+                1.0 / RATE_WINDOW_S, min(self._pacer.rate * DECREASE_FACTOR, accepted_rate)
+            )

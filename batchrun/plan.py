@@ -34,7 +34,8 @@ def dry_run(job: Job) -> str:
     lines = [
         f"dry run: {job.input_path} — {scan.total_rows:,} rows, all valid"
         + (f" (--limit {job.limit:,}: {total:,} would be sent)" if job.limit else ""),
-        f"prompt from: {scan.mode}" + (f" column {scan.column!r}" if scan.column else "")
+        f"prompt from: {scan.mode}"
+        + (f" column {scan.column!r}" if scan.column else "")
         + f"; ids from: {scan.id_column or 'row position'}",
         f"estimated tokens (whole input): {scan.estimated_prompt_tokens:,} prompt"
         f" + up to {job.params.max_tokens * (scan.total_rows - scan.invalid_rows):,} completion"
@@ -44,7 +45,9 @@ def dry_run(job: Job) -> str:
     ]
     for r in previews:
         lines.append(f"POST {url}")
-        lines.append(f"Authorization: Bearer ***\nUser-Agent: {USER_AGENT}\nIdempotency-Key: <per row>")
+        lines.append(
+            f"Authorization: Bearer ***\nUser-Agent: {USER_AGENT}\nIdempotency-Key: <per row>"
+        )
         lines.append(json.dumps(r.body, ensure_ascii=False, indent=2))
         lines.append("")
     lines.append("nothing was sent")

@@ -47,11 +47,18 @@ class ProgressView:
         if event.kind == "start":
             self._started = time.monotonic()
             if p.already_done:
-                self.note(f"resuming: {p.already_done:,} of {p.total:,} rows already done, {p.to_send:,} to send")
+                self.note(
+                    f"resuming: {p.already_done:,} of {p.total:,} rows already done, {p.to_send:,} to send"
+                )
             if self.tty:
                 self.bar = tqdm(
-                    total=p.total, initial=p.already_done, unit="row", file=self.stream,
-                    dynamic_ncols=True, mininterval=0.25, smoothing=0.1,
+                    total=p.total,
+                    initial=p.already_done,
+                    unit="row",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                    mininterval=0.25,
+                    smoothing=0.1,
                 )
         elif event.kind == "row":
             now = time.monotonic()
@@ -76,7 +83,8 @@ class ProgressView:
         print(
             f"batchrun: {done:,}/{p.total:,} rows ({100 * done / max(1, p.total):.1f}%), "
             f"{p.done / elapsed:,.1f} rows/s, {_postfix(p)}",
-            file=self.stream, flush=True,
+            file=self.stream,
+            flush=True,
         )
 
     def note(self, message: str) -> None:

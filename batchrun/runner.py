@@ -97,7 +97,9 @@ ClientFactory = Callable[[Job, str], AbstractAsyncContextManager[CompletionClien
 
 
 def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[CompletionClient]:
-    return ApiClient(job.base_url, api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s)
+    return ApiClient(
+        job.base_url, api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s
+    )
 
 
 def _ignore(_: Event) -> None:
@@ -126,7 +128,9 @@ def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class _Run:
-    def __init__(self, job: Job, on_event: EventSink, api_key: str, client_factory: ClientFactory) -> None:
+    def __init__(
+        self, job: Job, on_event: EventSink, api_key: str, client_factory: ClientFactory
+    ) -> None:
         self.job = job
         self.client_factory = client_factory
         self.emit = on_event
@@ -168,12 +172,16 @@ class _Run:
 
     # --- one row ----------------------------------------------------------------------------
 
-    async def send_row(self, request: Request, client: CompletionClient, writer: JournalWriter) -> None:
+    async def send_row(
+        self, request: Request, client: CompletionClient, writer: JournalWriter
+    ) -> None:
         try:
             result = await self.attempts(request, client, writer)
         except StopRun as exc:
             writer.forget_inflight(request.position)
-            self.stop(RunStopped(f"the API refused the request: {exc.message}", hint=self.resume_hint()))
+            self.stop(
+                RunStopped(f"the API refused the request: {exc.message}", hint=self.resume_hint())
+            )
             return
         except _NotSent:
             writer.forget_inflight(request.position)
@@ -190,7 +198,9 @@ class _Run:
             p.error += 1
         self.emit(Event("row", p, result=result))
 
-    async def attempts(self, request: Request, client: CompletionClient, writer: JournalWriter) -> RowResult:
+    async def attempts(
+        self, request: Request, client: CompletionClient, writer: JournalWriter
+    ) -> RowResult:
         job, p, limiter = self.job, self.progress, self.limiter
         pos = request.position
         key = self.inflight_keys.pop(pos, None)
@@ -236,13 +246,20 @@ class _Run:
             limiter.after_send(request.estimated_tokens, completion.total_tokens)
             limiter.on_success()
             self.same_error = ("", 0)
-            return RowResult.success(pos, completion, attempts=n, latency_ms=latency or 0.0, finished_at=time.time())
+            return RowResult.success(
+                pos, completion, attempts=n, latency_ms=latency or 0.0, finished_at=time.time()
+            )
         except (Retryable, RowFailed) as exc:
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
             if isinstance(exc, RowFailed):
                 self.count_same_error(exc)
             return RowResult.failure(
-                pos, error_type=exc.error_type, error=message, attempts=n, latency_ms=latency, finished_at=time.time()
+                pos,
+                error_type=exc.error_type,
+                error=message,
+                attempts=n,
+                latency_ms=latency,
+                finished_at=time.time(),
             )
 
     def on_failure(self, exc: RequestFailed, attempt: int) -> None:
@@ -263,7 +280,12 @@ class _Run:
         count = self.same_error[1] + 1 if self.same_error[0] == sig else 1
         self.same_error = (sig, count)
         if count >= self.job.retry.same_error_stop_after:
-            self.stop(RunStopped(f"{count} rows in a row failed with the same error ({exc.message})", hint=self.resume_hint(retry_failed=True)))
+            self.stop(
+                RunStopped(
+                    f"{count} rows in a row failed with the same error ({exc.message})",
+                    hint=self.resume_hint(retry_failed=True),
+                )
+            )
 
     def resume_hint(self, retry_failed: bool = False) -> str:
         extra = " --retry-failed" if retry_failed else ""
@@ -279,27 +301,26 @@ class _Run:
         writer = JournalWriter(self.ckpt)
         writer.start()
         try:
-            async with self.client_factory(job, self.api_key) as client:
-                async with asyncio.TaskGroup() as tg:
-                    for batch in iter_batches(job.input_path):
-                        if self.stopping.is_set() or batch.start >= total:
+            async with self.client_factory(job, self.api_key) as client, asyncio.TaskGroup() as tg:
+                for batch in iter_batches(job.input_path):
+                    if self.stopping.is_set() or batch.start >= total:
+                        break
+                    for offset, row in enumerate(batch.rows):
+                        pos = batch.start + offset
+                        if pos >= total or self.stopping.is_set():
                             break
-                        for offset, row in enumerate(batch.rows):
-                            pos = batch.start + offset
-                            if pos >= total or self.stopping.is_set():
-                                break
-                            if bits[pos >> 3] & (1 << (pos & 7)):
-                                continue
-                            assert row is not None  # the scan proved every row valid
-                            request = builder.build(row, pos, batch.where(offset))
-                            await self.limiter.slot()
-                            if self.stopping.is_set():
-                                self.limiter.release_slot()
-                                break
-                            task = tg.create_task(self.send_row(request, client, writer))
-                            self.tasks.add(task)
-                            task.add_done_callback(self.tasks.discard)
-                        await asyncio.sleep(0)  # let workers run between input batches
+                        if bits[pos >> 3] & (1 << (pos & 7)):
+                            continue
+                        assert row is not None  # the scan proved every row valid
+                        request = builder.build(row, pos, batch.where(offset))
+                        await self.limiter.slot()
+                        if self.stopping.is_set():
+                            self.limiter.release_slot()
+                            break
+                        task = tg.create_task(self.send_row(request, client, writer))
+                        self.tasks.add(task)
+                        task.add_done_callback(self.tasks.discard)
+                    await asyncio.sleep(0)  # let workers run between input batches
         finally:
             await writer.close()
 
@@ -318,7 +339,11 @@ class _Run:
             scan = self.validate()
             ckpt.set_meta(
                 fingerprint=fingerprint,
-                input={"size": signature.size, "mtime_ns": signature.mtime_ns, "digest": signature.digest},
+                input={
+                    "size": signature.size,
+                    "mtime_ns": signature.mtime_ns,
+                    "digest": signature.digest,
+                },
                 scan=scan.to_meta(),
             )
             return scan
@@ -336,7 +361,9 @@ class _Run:
                 hint="use --restart to start over (every row is sent again) or another --output",
             )
         if current != known:
-            ckpt.set_meta(input={"size": current.size, "mtime_ns": current.mtime_ns, "digest": current.digest})
+            ckpt.set_meta(
+                input={"size": current.size, "mtime_ns": current.mtime_ns, "digest": current.digest}
+            )
         return Scan.from_meta(ckpt.get_meta("scan"))
 
     def validate(self) -> Scan:
@@ -347,7 +374,7 @@ class _Run:
 
     def finalize(self, scan: Scan, total: int, partial: bool) -> int:
         """Write OUTPUT from the journal: every row < total (or, when partial, those done)."""
-        job, ckpt = self.job, self.ckpt
+        job = self.job
         schema = output_schema(scan.schema, scan.id_column)
 
         def batches() -> Any:
@@ -358,7 +385,9 @@ class _Run:
 
         return write_atomically(job.output_path, schema, batches())
 
-    def _output_batches(self, batch: InputBatch, scan: Scan, schema: Any, total: int, partial: bool) -> Any:
+    def _output_batches(
+        self, batch: InputBatch, scan: Scan, schema: Any, total: int, partial: bool
+    ) -> Any:
         import pyarrow as pa
 
         stop = min(batch.start + len(batch.rows), total)
@@ -399,7 +428,9 @@ class _Run:
             total_tokens=agg["total_tokens"],
             wall_time_s=round(wall, 3),
             rows_per_s=round(sent_rows / wall, 2) if wall > 0 else 0.0,
-            latency_ms=latency_percentiles(self.job.output_path) if self.job.output_path.exists() else {},
+            latency_ms=latency_percentiles(self.job.output_path)
+            if self.job.output_path.exists()
+            else {},
             errors_by_type=agg["errors_by_type"],
             finish_reasons=agg["finish_reasons"],
         )
@@ -415,7 +446,9 @@ class _Run:
                 self.emit(Event("notice", p, message=f"retrying {n:,} failed rows"))
             resumed = ckpt.done_count(below=total)
             self.inflight_keys = ckpt.inflight_keys()
-            self.possibly_charged_twice = len(self.inflight_keys) + (ckpt.get_meta("possibly_charged_twice") or 0)
+            self.possibly_charged_twice = len(self.inflight_keys) + (
+                ckpt.get_meta("possibly_charged_twice") or 0
+            )
             if self.inflight_keys:
                 ckpt.set_meta(possibly_charged_twice=self.possibly_charged_twice)
             p.total, p.already_done, p.to_send = total, resumed, total - resumed
@@ -448,7 +481,7 @@ class _Run:
             summary.exit_code = 3
         summary.write(self.job.summary_path)
         if error is not None:
-            error.summary = summary  # type: ignore[attr-defined]
+            error.summary = summary
             raise error
         return summary
 
@@ -472,7 +505,7 @@ async def run_job(
     api_key = get_api_key(job)
     run = _Run(job, on_event or _ignore, api_key, client_factory)
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, run.on_signal, sig)
@@ -482,4 +515,3 @@ async def run_job(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-

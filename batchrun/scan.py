@@ -19,6 +19,7 @@ from batchrun.builder import RequestBuilder
 from batchrun.errors import InputError, InvalidInput, UsageError
 from batchrun.io.readers import (
     InputBatch,
+    Where,
     infer_column_types,
     input_format,
     iter_batches,
@@ -141,14 +142,18 @@ def scan_input(
         raise UsageError(f"{file} has no rows")
     if builder.id_column is not None and id_keys:
         _check_unique_ids(job, builder, pa.chunked_array(id_keys), add)
-    if fmt == "parquet":
-        schema = parquet_schema(path)
-    else:
-        schema = jsonl_schema(types)
+    schema = parquet_schema(path) if fmt == "parquet" else jsonl_schema(types)
     assert builder.mode is not None
     return Scan(
-        total, schema, builder.id_column, builder.mode, builder.column,
-        errors, invalid, est, est_prompt,
+        total,
+        schema,
+        builder.id_column,
+        builder.mode,
+        builder.column,
+        errors,
+        invalid,
+        est,
+        est_prompt,
     )
 
 
@@ -159,8 +164,12 @@ def _check_unique_ids(
         return
     # Rare: find the repeated ids and where they stand (a second pass, only now).
     counts = pc.value_counts(keys)
-    dup_keys = {k.as_py() for k, c in zip(counts.field("values"), counts.field("counts"), strict=True) if c.as_py() > 1}
-    first_seen: dict[int, dict[str, int]] = {}
+    dup_keys = {
+        k.as_py()
+        for k, c in zip(counts.field("values"), counts.field("counts"), strict=True)
+        if c.as_py() > 1
+    }
+    first_seen: dict[int, Where] = {}
     for batch in iter_batches(job.input_path):
         for offset, row in enumerate(batch.rows):
             if row is None or builder.id_column is None:
@@ -172,6 +181,13 @@ def _check_unique_ids(
             key = _id_key(rid)
             if key in first_seen:
                 seen = ", ".join(f"{k} {v}" for k, v in first_seen[key].items())
-                add(InputError(f"id {rid!r} is not unique (also at {seen})", file=str(job.input_path), column=builder.id_column, **where))
+                add(
+                    InputError(
+                        f"id {rid!r} is not unique (also at {seen})",
+                        file=str(job.input_path),
+                        column=builder.id_column,
+                        **where,
+                    )
+                )
             else:
                 first_seen[key] = where

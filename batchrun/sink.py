@@ -80,7 +80,11 @@ class JournalWriter:
             except BaseException as exc:
                 for w in waiters:
                     if not w.done():
-                        w.set_exception(exc if isinstance(exc, Exception) else RuntimeError("journal writer stopped"))
+                        w.set_exception(
+                            exc
+                            if isinstance(exc, Exception)
+                            else RuntimeError("journal writer stopped")
+                        )
                 raise
             self.commits += 1
             self.rows_written += len(results)

@@ -60,18 +60,30 @@ class Summary:
             f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,})"
             f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
             f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}"
-            + (f", est. cost ${self.estimated_cost_usd:,.4f}" if self.estimated_cost_usd is not None else ""),
+            + (
+                f", est. cost ${self.estimated_cost_usd:,.4f}"
+                if self.estimated_cost_usd is not None
+                else ""
+            ),
             f"  wall {self.wall_time_s:.1f} s, {self.rows_per_s:,.1f} rows/s"
             + (
                 f", latency p50 {lat['p50']:.0f} ms p95 {lat['p95']:.0f} ms p99 {lat['p99']:.0f} ms"
-                if lat.get("p50") is not None and lat.get("p95") is not None and lat.get("p99") is not None
+                if lat.get("p50") is not None
+                and lat.get("p95") is not None
+                and lat.get("p99") is not None
                 else ""
             ),
         ]
         if self.errors_by_type:
-            out.append("  errors: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors_by_type.items())))
+            out.append(
+                "  errors: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(self.errors_by_type.items()))
+            )
         if self.finish_reasons:
-            out.append("  finish reasons: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.finish_reasons.items())))
+            out.append(
+                "  finish reasons: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(self.finish_reasons.items()))
+            )
         if self.stop_reason:
             out.append(f"  stopped: {self.stop_reason}")
         return out
@@ -87,7 +99,9 @@ def latency_percentiles(output: Path) -> dict[str, float | None]:
     if len(col) == 0:
         return {"p50": None, "p90": None, "p95": None, "p99": None, "max": None}
     qs = pc.quantile(col, q=[0.5, 0.9, 0.95, 0.99]).to_pylist()
-    result: dict[str, float | None] = {f"p{int(q * 100)}": round(v, 2) for q, v in zip((0.5, 0.9, 0.95, 0.99), qs, strict=True)}
+    result: dict[str, float | None] = {
+        f"p{int(q * 100)}": round(v, 2) for q, v in zip((0.5, 0.9, 0.95, 0.99), qs, strict=True)
+    }
     result["max"] = round(pc.max(col).as_py(), 2)
     return result
 

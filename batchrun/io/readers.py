@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +18,13 @@ import pyarrow.parquet as pq
 from batchrun.errors import InputError, UsageError
 
 DEFAULT_BATCH_ROWS = 2048
+
+
+class Where(TypedDict, total=False):
+    """Where a row stands, as InputError keywords: ``line`` (JSONL) or ``row`` (Parquet)."""
+
+    line: int
+    row: int
 
 
 @dataclass(slots=True)
@@ -33,7 +40,7 @@ class InputBatch:
     arrow: pa.RecordBatch | None = None
     errors: list[InputError] = field(default_factory=list)
 
-    def where(self, offset: int) -> dict[str, int]:
+    def where(self, offset: int) -> Where:
         """Keyword arguments for InputError locating row ``start + offset``."""
         if self.lines is not None:
             return {"line": self.lines[offset]}
@@ -82,7 +89,12 @@ def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[InputBatch]:
             else:
                 if not isinstance(row, dict):
                     batch.errors.append(
-                        InputError("is not a JSON object", file=name, line=line_no, hint="each line must be one {...} object")
+                        InputError(
+                            "is not a JSON object",
+                            file=name,
+                            line=line_no,
+                            hint="each line must be one {...} object",
+                        )
                     )
                     row = None
             batch.rows.append(row)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,11 @@ def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
     arrays = []
     for f, values in zip(RESULT_FIELDS, columns[1:], strict=True):
         if f.name == "finished_at":
-            arrays.append(pa.array([None if v is None else int(v * 1000) for v in values], type=pa.int64()).cast(f.type))
+            arrays.append(
+                pa.array(
+                    [None if v is None else int(v * 1000) for v in values], type=pa.int64()
+                ).cast(f.type)
+            )
         else:
             arrays.append(pa.array(values, type=f.type))
     return arrays
@@ -137,7 +141,3 @@ def write_json_atomically(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def iter_nonempty(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    return (b for b in batches if b.num_rows)
