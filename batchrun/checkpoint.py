@@ -19,11 +19,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import operator
 import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,7 @@ class Checkpoint:
             if inflight:
                 db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?)", inflight)
             if results:
-                db.executemany(_INSERT_RESULT, [astuple(r) for r in results])
+                db.executemany(_INSERT_RESULT, map(_result_tuple, results))
                 db.executemany(
                     "DELETE FROM inflight WHERE position=?", [(r.position,) for r in results]
                 )
@@ -269,6 +270,7 @@ class Checkpoint:
         ]
 
 
+_result_tuple = operator.attrgetter(*RESULT_COLUMNS)
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
 
 

@@ -14,17 +14,24 @@ import click
 from batchrun import __version__
 from batchrun.errors import BatchrunError, InvalidInput
 from batchrun.job import DEFAULT_API_KEY_ENV, ERROR_TYPES, job_from_settings, resolve_settings
+from batchrun.plan import dry_run
 from batchrun.progress import ProgressView
+from batchrun.runner import run_job
 
 #: Set to 1 to see the traceback of unexpected errors.
 DEBUG_ENV = "BATCHRUN_DEBUG"
 
 
-def _fail(error: BatchrunError) -> None:
-    click.echo(f"batchrun: error: {error}", err=True)
-    if isinstance(error, InvalidInput):
-        for e in error.errors[1:5]:
-            click.echo(f"batchrun:   also: {e.message}", err=True)
+def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
+    """One clear line (and, for a dry run, every invalid row found), then the exit code."""
+    if isinstance(error, InvalidInput) and every_row:
+        for e in error.errors:
+            click.echo(f"batchrun: invalid: {e}", err=True)
+        shown = len(error.errors)
+        more = f" ({error.total_invalid - shown:,} more not listed)" if error.total_invalid > shown else ""
+        click.echo(f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent", err=True)
+    else:
+        click.echo(f"batchrun: error: {error}", err=True)
     sys.exit(error.exit_code)
 
 
@@ -148,24 +155,22 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """
     flags["input"] = input_
     flags["stop"] = flags["stop"] or None
+    dry = bool(flags.get("dry_run"))
     try:
         settings = resolve_settings(job_file, flags)
+        dry = bool(settings.get("dry_run"))
         quiet = bool(settings.get("quiet"))
         job = job_from_settings(settings)
         if job.dry_run:
-            from batchrun.plan import dry_run
-
             click.echo(dry_run(job))
             return
-        from batchrun.runner import run_job
-
         view = ProgressView(quiet=quiet)
         summary = asyncio.run(run_job(job, on_event=view, handle_signals=True))
     except BatchrunError as exc:
         if exc.summary is not None:
             for line in exc.summary.lines():
-                click.echo(line, err=True)
-        _fail(exc)
+                click.echo(line)
+        _fail(exc, every_row=dry)
     except Exception:
         if os.environ.get(DEBUG_ENV):
             raise
@@ -176,8 +181,8 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
         sys.exit(1)
     view.close()
     for line in summary.lines():
-        click.echo(line, err=True)
-    click.echo(f"summary: {job.summary_path}", err=True)
+        click.echo(line)
+    click.echo(f"  summary: {job.summary_path}")
     sys.exit(summary.exit_code)
 
 

@@ -13,7 +13,6 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from tenacity import RetryCallState
 
@@ -127,15 +126,25 @@ def backoff_s(attempt: int, policy: RetryPolicy, rng: random.Random | None = Non
 
 
 class WaitRetryAfterOrBackoff:
-    """tenacity wait strategy: the server's Retry-After when given, else jittered backoff."""
+    """tenacity wait strategy: the server's Retry-After when given, else jittered backoff.
 
-    def __init__(self, policy: RetryPolicy, rng: random.Random | None = None) -> None:
+    ``attempt_offset`` counts attempts made before tenacity took over.
+    """
+
+    def __init__(
+        self, policy: RetryPolicy, rng: random.Random | None = None, *, attempt_offset: int = 0
+    ) -> None:
         self.policy = policy
         self.rng = rng
+        self.attempt_offset = attempt_offset
 
-    def __call__(self, state: RetryCallState) -> float:
-        exc: Any = state.outcome.exception() if state.outcome else None
+    def seconds(self, exc: BaseException | None, attempt: int) -> float:
+        """Wait after failed attempt number ``attempt`` (1-based) that raised ``exc``."""
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             return float(min(retry_after, self.policy.max_retry_after_s))
-        return backoff_s(state.attempt_number, self.policy, self.rng)
+        return backoff_s(attempt, self.policy, self.rng)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.seconds(exc, state.attempt_number + self.attempt_offset)

@@ -147,6 +147,13 @@ class _Run:
         self.possibly_charged_twice = 0
         self.signals = 0
         self.wait = WaitRetryAfterOrBackoff(job.retry)
+        # Attempts after the first: the first one runs outside tenacity (see attempts()).
+        self.retry_rest = AsyncRetrying(
+            stop=stop_after_attempt(max(1, job.retry.max_attempts - 1)),
+            retry=retry_if_exception_type(Retryable),
+            wait=WaitRetryAfterOrBackoff(job.retry, attempt_offset=1),
+            reraise=True,
+        )
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -201,66 +208,41 @@ class _Run:
     async def attempts(
         self, request: Request, client: CompletionClient, writer: JournalWriter
     ) -> RowResult:
-        job, p, limiter = self.job, self.progress, self.limiter
-        pos = request.position
-        key = self.inflight_keys.pop(pos, None)
-        fresh_key = key is None
-        key = key or uuid.uuid4().hex
-        n = 0
-        latency: float | None = None
-        last: RequestFailed | None = None
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(job.retry.max_attempts),
-            retry=retry_if_exception_type(Retryable),
-            wait=self.wait,
-            reraise=True,
-        )
+        """Send one row until it succeeds, fails for good, or its attempts run out."""
+        row = _RowSend(self, request, client, writer)
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if self.stopping.is_set():
-                        raise _NotSent
-                    if last is not None and last.definite:
-                        # The server answered the last send: that outcome is known, so the
-                        # next send is a new request with a new key.
-                        key, fresh_key = uuid.uuid4().hex, True
-                    if fresh_key:
-                        await writer.mark_inflight(pos, key)
-                        fresh_key = False
-                    await limiter.before_send(request.estimated_tokens)
-                    if self.stopping.is_set():
-                        raise _NotSent
-                    n += 1
-                    p.requests += 1
-                    if n > 1:
-                        p.retries += 1
-                    t0 = time.perf_counter()
-                    try:
-                        completion = await client.complete(request.body, key)
-                    except RequestFailed as exc:
-                        latency = (time.perf_counter() - t0) * 1000.0
-                        last = exc
-                        self.on_failure(exc, n)
-                        raise
-                    latency = (time.perf_counter() - t0) * 1000.0
-            limiter.after_send(request.estimated_tokens, completion.total_tokens)
-            limiter.on_success()
-            self.same_error = ("", 0)
-            return RowResult.success(
-                pos, completion, attempts=n, latency_ms=latency or 0.0, finished_at=time.time()
-            )
+            try:
+                completion = await row.once()
+            except Retryable as first:
+                # Most rows succeed at once; tenacity takes over only for those that do not,
+                # which keeps its per-attempt machinery off the hot path.
+                if self.job.retry.max_attempts <= 1:
+                    raise
+                await asyncio.sleep(self.wait.seconds(first, 1))
+                completion = await self.retry_rest.copy()(row.once)
         except (Retryable, RowFailed) as exc:
+            n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
             if isinstance(exc, RowFailed):
                 self.count_same_error(exc)
             return RowResult.failure(
-                pos,
+                request.position,
                 error_type=exc.error_type,
                 error=message,
                 attempts=n,
-                latency_ms=latency,
+                latency_ms=row.latency_ms,
                 finished_at=time.time(),
             )
+        self.limiter.after_send(request.estimated_tokens, completion.total_tokens)
+        self.limiter.on_success()
+        self.same_error = ("", 0)
+        return RowResult.success(
+            request.position,
+            completion,
+            attempts=row.attempts,
+            latency_ms=row.latency_ms or 0.0,
+            finished_at=time.time(),
+        )
 
     def on_failure(self, exc: RequestFailed, attempt: int) -> None:
         if exc.status == 429:
@@ -484,6 +466,67 @@ class _Run:
             error.summary = summary
             raise error
         return summary
+
+
+class _RowSend:
+    """The attempts of one row: its Idempotency-Key, attempt count and last latency."""
+
+    __slots__ = (
+        "attempts",
+        "client",
+        "fresh_key",
+        "key",
+        "last",
+        "latency_ms",
+        "request",
+        "run",
+        "writer",
+    )
+
+    def __init__(
+        self, run: _Run, request: Request, client: CompletionClient, writer: JournalWriter
+    ) -> None:
+        self.run = run
+        self.request = request
+        self.client = client
+        self.writer = writer
+        # A row that was in flight when an earlier run died keeps the key it was sent with.
+        key = run.inflight_keys.pop(request.position, None)
+        self.fresh_key = key is None
+        self.key = key or uuid.uuid4().hex
+        self.attempts = 0
+        self.latency_ms: float | None = None
+        self.last: RequestFailed | None = None
+
+    async def once(self) -> Completion:
+        """One attempt; raises the RequestFailed subclass the client raised."""
+        run = self.run
+        if run.stopping.is_set():
+            raise _NotSent
+        if self.last is not None and self.last.definite:
+            # The server answered the last send, so its outcome is known: the next send is
+            # a new request with a new key.
+            self.key, self.fresh_key = uuid.uuid4().hex, True
+        if self.fresh_key:
+            await self.writer.mark_inflight(self.request.position, self.key)
+            self.fresh_key = False
+        await run.limiter.before_send(self.request.estimated_tokens)
+        if run.stopping.is_set():
+            raise _NotSent
+        self.attempts += 1
+        run.progress.requests += 1
+        if self.attempts > 1:
+            run.progress.retries += 1
+        t0 = time.perf_counter()
+        try:
+            completion = await self.client.complete(self.request.body, self.key)
+        except RequestFailed as exc:
+            self.latency_ms = (time.perf_counter() - t0) * 1000.0
+            self.last = exc
+            run.on_failure(exc, self.attempts)
+            raise
+        self.latency_ms = (time.perf_counter() - t0) * 1000.0
+        return completion
 
 
 class _NotSent(Exception):
