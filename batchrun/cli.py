@@ -28,8 +28,15 @@ def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
         for e in error.errors:
             click.echo(f"batchrun: invalid: {e}", err=True)
         shown = len(error.errors)
-        more = f" ({error.total_invalid - shown:,} more not listed)" if error.total_invalid > shown else ""
-        click.echo(f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent", err=True)
+        more = (
+            f" ({error.total_invalid - shown:,} more not listed)"
+            if error.total_invalid > shown
+            else ""
+        )
+        click.echo(
+            f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent",
+            err=True,
+        )
     else:
         click.echo(f"batchrun: error: {error}", err=True)
     sys.exit(error.exit_code)

@@ -8,11 +8,12 @@ One object, :class:`Limiter`, behind a small interface the runner uses:
   requests-per-minute throttle (asyncio-throttle, in slices of about 0.1 to 1 s so a minute's
   quota is never sent in a burst) and the tokens-per-minute budget;
 - ``after_send(estimated, actual)`` — corrects the token budget with real usage;
-- ``on_success()`` / ``on_rate_limited(retry_after_s)`` — feedback. A 429 pauses everyone.
-  Without ``--rpm``, the limiter also *finds* the sustainable rate: on a 429 it sets a
-  pacing rate from what the server accepted over the last window and cuts the in-flight
-  window (multiplicative decrease), then raises both slowly while no 429 comes (additive
-  increase).
+- ``on_success()`` / ``on_rate_limited(retry_after_s, backoff_s)`` — feedback. Once 429s
+  are a real share of recent answers (the limit is hit, not a stray 429), everyone pauses
+  for the Retry-After. Without ``--rpm`` the limiter also *finds* the sustainable rate: it
+  sets a pacing rate from what the server accepted over the last window and cuts the
+  in-flight window (multiplicative decrease), then raises both slowly while no 429 comes
+  (additive increase).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ DECREASE_COOLDOWN_S = 1.0
 DECREASE_FACTOR = 0.85
 #: Fractional increase of the pacing rate per second without a 429.
 INCREASE_PER_S = 0.01
+#: Share of 429s among the last RECENT_ANSWERS answers from which the limit counts as hit.
+STORM_SHARE = 0.25
+RECENT_ANSWERS = 32
 
 
 def _rpm_throttler(rpm: float) -> Throttler:
@@ -86,6 +90,7 @@ class Limiter:
         self._tokens = self._tok_capacity
         self._tok_time = clock()
         self.rate_limited = 0
+        self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)
 
     def __repr__(self) -> str:
         rate = f"{self._pacer.rate:.1f}/s" if self._pacer else "unpaced"
@@ -161,6 +166,7 @@ class Limiter:
 
     def on_success(self) -> None:
         now = self._clock()
+        self._recent.append(False)
         if not self.adaptive:
             return
         self._accepted.append(now)
@@ -175,9 +181,18 @@ class Limiter:
                 self.window += 1
                 self._wake()
 
+    def rate_limit_storm(self) -> bool:
+        """Whether recent answers say we hit the limit (not a stray 429 among successes)."""
+        return sum(self._recent) >= STORM_SHARE * len(self._recent)
+
     def on_rate_limited(self, retry_after_s: float | None, backoff_s: float) -> None:
-        """A 429: everyone pauses; without --rpm, slow the pace and shrink the window."""
+        """A 429. When 429s are a real share of recent answers, the limit is hit: everyone
+        pauses for the Retry-After (else the backoff), and without --rpm the pace slows and
+        the window shrinks. A stray 429 among successes only delays its own row."""
         self.rate_limited += 1
+        self._recent.append(True)
+        if not self.rate_limit_storm():
+            return
         now = self._clock()
         pause = retry_after_s if retry_after_s is not None else backoff_s
         self._pause_until = max(self._pause_until, now + pause)

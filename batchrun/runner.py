@@ -182,8 +182,9 @@ class _Run:
     async def send_row(
         self, request: Request, client: CompletionClient, writer: JournalWriter
     ) -> None:
+        row = _RowSend(self, request, client, writer)
         try:
-            result = await self.attempts(request, client, writer)
+            result = await self.attempts(row)
         except StopRun as exc:
             writer.forget_inflight(request.position)
             self.stop(
@@ -194,7 +195,8 @@ class _Run:
             writer.forget_inflight(request.position)
             return
         finally:
-            self.limiter.release_slot()
+            if row.holds_slot:
+                self.limiter.release_slot()
         writer.record(result)
         p = self.progress
         if result.status == OK:
@@ -205,11 +207,9 @@ class _Run:
             p.error += 1
         self.emit(Event("row", p, result=result))
 
-    async def attempts(
-        self, request: Request, client: CompletionClient, writer: JournalWriter
-    ) -> RowResult:
+    async def attempts(self, row: _RowSend) -> RowResult:
         """Send one row until it succeeds, fails for good, or its attempts run out."""
-        row = _RowSend(self, request, client, writer)
+        request = row.request
         try:
             try:
                 completion = await row.once()
@@ -218,8 +218,8 @@ class _Run:
                 # which keeps its per-attempt machinery off the hot path.
                 if self.job.retry.max_attempts <= 1:
                     raise
-                await asyncio.sleep(self.wait.seconds(first, 1))
-                completion = await self.retry_rest.copy()(row.once)
+                await row.sleep(self.wait.seconds(first, 1))
+                completion = await self.retry_rest.copy(sleep=row.sleep)(row.once)
         except (Retryable, RowFailed) as exc:
             n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
@@ -475,6 +475,7 @@ class _RowSend:
         "attempts",
         "client",
         "fresh_key",
+        "holds_slot",
         "key",
         "last",
         "latency_ms",
@@ -497,6 +498,18 @@ class _RowSend:
         self.attempts = 0
         self.latency_ms: float | None = None
         self.last: RequestFailed | None = None
+        #: The producer took an in-flight slot for this row before creating its task.
+        self.holds_slot = True
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait before a retry without holding an in-flight slot: a row waiting out its
+        backoff is not in flight, so other rows may use the slot meanwhile."""
+        limiter = self.run.limiter
+        limiter.release_slot()
+        self.holds_slot = False
+        await asyncio.sleep(seconds)
+        await limiter.slot()
+        self.holds_slot = True
 
     async def once(self) -> Completion:
         """One attempt; raises the RequestFailed subclass the client raised."""
