@@ -216,6 +216,49 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Caps over the whole output (earlier runs' rows count): stop starting requests before
+    a cap would be crossed."""
+
+    max_cost_usd: float | None = None
+    max_tokens_total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_cost_usd is not None:
+            _check(
+                _is_number(self.max_cost_usd) and self.max_cost_usd > 0,
+                f"max_cost must be a positive amount of USD, got {self.max_cost_usd!r}",
+            )
+        if self.max_tokens_total is not None:
+            _check(
+                _is_int(self.max_tokens_total) and self.max_tokens_total > 0,
+                f"max_tokens_total must be a positive integer, got {self.max_tokens_total!r}",
+            )
+
+
+#: How a completion is compared with the expected answer.
+MATCH_RULES = ("exact", "ignore_case", "contains", "regex")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grading:
+    """Grade completions against an expected-answer column (nightly evaluations)."""
+
+    expected_column: str
+    #: exact and ignore_case compare trimmed text; contains looks for the expected text in
+    #: the completion; regex searches the completion with the expected value as a pattern.
+    match: str = "exact"
+    #: Report accuracy per value of this column too.
+    group_by: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            self.match in MATCH_RULES,
+            f"match must be one of {', '.join(MATCH_RULES)}, got {self.match!r}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Job:
     """Everything one run needs. Build with :func:`job_from_settings` or directly."""
 
@@ -239,6 +282,10 @@ class Job:
     dry_run: bool = False
     #: Process only the first N rows of the input.
     limit: int | None = None
+    budget: Budget = field(default_factory=Budget)
+    grading: Grading | None = None
+    #: A TOML price file merged over the bundled prices.
+    prices_path: Path | None = None
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
@@ -370,7 +417,7 @@ SETTING_KEYS = frozenset(
     }
 )
 
-_PATH_KEYS = ("input", "output")
+_PATH_KEYS = ("input", "output", "prices")
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -409,6 +456,16 @@ def _parse_json_setting(name: str, value: Any) -> Any:
         except json.JSONDecodeError as exc:
             raise UsageError(f"{name} is not valid JSON: {exc}") from None
     return value
+
+
+def _grading(s: dict[str, Any]) -> Grading | None:
+    expected = s.pop("expected_column", None)
+    match = s.pop("match", None)
+    group_by = s.pop("group_by", None)
+    if expected is None:
+        _check(match is None and group_by is None, "match and group_by go with expected_column")
+        return None
+    return Grading(expected_column=expected, match=match or "exact", group_by=group_by)
 
 
 def job_from_settings(settings: dict[str, Any]) -> Job:
@@ -477,6 +534,12 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             restart=s.pop("restart", False),
             dry_run=s.pop("dry_run", False),
             limit=s.pop("limit", None),
+            budget=Budget(
+                max_cost_usd=s.pop("max_cost", None),
+                max_tokens_total=s.pop("max_tokens_total", None),
+            ),
+            grading=_grading(s),
+            prices_path=Path(s.pop("prices")) if s.get("prices") else None,
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

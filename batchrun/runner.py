@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from batchrun.budget import BudgetGate, recorded_cost
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint, InputSignature
 from batchrun.client import ApiClient
@@ -31,10 +32,12 @@ from batchrun.errors import (
     RunStopped,
     UsageError,
 )
-from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
-from batchrun.io.writers import output_batch, output_schema, write_atomically
-from batchrun.job import Job
+from batchrun.finalize import write_output
+from batchrun.grading import accuracy
+from batchrun.io.readers import iter_batches
+from batchrun.job import Budget, Job
 from batchrun.limits import Limiter
+from batchrun.pricing import PriceTable
 from batchrun.records import OK, Completion, Request, RowResult
 from batchrun.retrying import (
     RequestFailed,
@@ -50,6 +53,7 @@ from batchrun.summary import Summary, latency_percentiles
 
 #: Seconds in-flight requests get to finish after the first SIGINT/SIGTERM.
 GRACE_S = 5.0
+BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command to continue"
 
 
 @dataclass
@@ -146,6 +150,10 @@ class _Run:
         self.same_error: tuple[str, int] = ("", 0)
         self.possibly_charged_twice = 0
         self.signals = 0
+        self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
+        self.gate = BudgetGate(
+            Budget(), None, model=job.params.model, spent_usd=0.0, spent_tokens=0
+        )
         self.wait = WaitRetryAfterOrBackoff(job.retry)
         # Attempts after the first: the first one runs outside tenacity (see attempts()).
         self.retry_rest = AsyncRetrying(
@@ -183,6 +191,7 @@ class _Run:
         self, request: Request, client: CompletionClient, writer: JournalWriter
     ) -> None:
         row = _RowSend(self, request, client, writer)
+        result: RowResult | None = None
         try:
             result = await self.attempts(row)
         except StopRun as exc:
@@ -197,6 +206,14 @@ class _Run:
         finally:
             if row.holds_slot:
                 self.limiter.release_slot()
+            if self.gate.active:
+                max_tokens = self.job.params.max_tokens
+                self.gate.settle(
+                    request.estimated_tokens - max_tokens,
+                    max_tokens,
+                    result.prompt_tokens if result else None,
+                    result.completion_tokens if result else None,
+                )
         writer.record(result)
         p = self.progress
         if result.status == OK:
@@ -277,6 +294,7 @@ class _Run:
 
     async def pool(self, scan: Scan, total: int) -> None:
         job = self.job
+        max_tokens = job.params.max_tokens
         bits = self.ckpt.done_bitmap(total)
         builder = RequestBuilder(job, str(job.input_path))
         builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
@@ -295,6 +313,11 @@ class _Run:
                             continue
                         assert row is not None  # the scan proved every row valid
                         request = builder.build(row, pos, batch.where(offset))
+                        if self.gate.active:
+                            why = self.gate.admit(request.estimated_tokens - max_tokens, max_tokens)
+                            if why is not None:
+                                self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                                break
                         await self.limiter.slot()
                         if self.stopping.is_set():
                             self.limiter.release_slot()
@@ -354,46 +377,12 @@ class _Run:
             raise InvalidInput(scan.errors, scan.invalid_rows)
         return scan
 
-    def finalize(self, scan: Scan, total: int, partial: bool) -> int:
-        """Write OUTPUT from the journal: every row < total (or, when partial, those done)."""
-        job = self.job
-        schema = output_schema(scan.schema, scan.id_column)
-
-        def batches() -> Any:
-            for batch in iter_batches(job.input_path):
-                if batch.start >= total:
-                    break
-                yield from self._output_batches(batch, scan, schema, total, partial)
-
-        return write_atomically(job.output_path, schema, batches())
-
-    def _output_batches(
-        self, batch: InputBatch, scan: Scan, schema: Any, total: int, partial: bool
-    ) -> Any:
-        import pyarrow as pa
-
-        stop = min(batch.start + len(batch.rows), total)
-        results = self.ckpt.results_between(batch.start, stop)
-        inputs = batch.arrow if batch.arrow is not None else rows_to_arrow(batch.rows, scan.schema)
-        n = stop - batch.start
-        if len(results) == n:
-            inputs = inputs.slice(0, n)
-        elif partial:
-            inputs = inputs.take(pa.array([r[0] - batch.start for r in results], type=pa.int64()))
-        else:
-            raise RuntimeError(f"rows {batch.start}..{stop} are not all recorded")
-        if scan.id_column is not None:
-            ids = inputs.column(scan.id_column)
-        else:
-            ids = pa.array([r[0] for r in results], type=pa.int64())
-        yield output_batch(schema, inputs, ids, results, scan.id_column)
-
     def summary(self, total: int, started: float, resumed: int, state: str) -> Summary:
         agg = self.ckpt.aggregate(total)
         p = self.progress
         wall = time.monotonic() - started
         sent_rows = p.done
-        return Summary(
+        summary = Summary(
             output=str(self.job.output_path),
             state=state,
             rows_total=total,
@@ -415,7 +404,16 @@ class _Run:
             else {},
             errors_by_type=agg["errors_by_type"],
             finish_reasons=agg["finish_reasons"],
+            estimated_cost_usd=_round(
+                recorded_cost(self.ckpt, self.prices, self.job.params.model, total)
+            ),
         )
+        grading = self.job.grading
+        if grading is not None and self.job.output_path.exists():
+            summary.graded_rows, summary.accuracy, summary.accuracy_by_group = accuracy(
+                self.job.output_path, grading.group_by
+            )
+        return summary
 
     async def run(self) -> Summary:
         job, ckpt, p = self.job, self.ckpt, self.progress
@@ -434,8 +432,21 @@ class _Run:
             if self.inflight_keys:
                 ckpt.set_meta(possibly_charged_twice=self.possibly_charged_twice)
             p.total, p.already_done, p.to_send = total, resumed, total - resumed
-            finalized = ckpt.get_meta("finalized")
-            if resumed == total and finalized == total and job.output_path.exists():
+            self.check_grading(scan)
+            agg = ckpt.aggregate(total)
+            self.gate = BudgetGate(
+                job.budget,
+                self.prices.get(job.params.model),
+                model=job.params.model,
+                spent_usd=recorded_cost(ckpt, self.prices, job.params.model, total) or 0.0,
+                spent_tokens=agg["total_tokens"],
+            )
+            finished = {"rows": total, "grading": repr(job.grading)}
+            if (
+                resumed == total
+                and ckpt.get_meta("finalized") == finished
+                and job.output_path.exists()
+            ):
                 self.emit(Event("notice", p, message="already complete: nothing to send"))
                 return self.finish(total, started, resumed)
             self.emit(Event("start", p))
@@ -445,12 +456,26 @@ class _Run:
             self.emit(Event("finalizing", p))
             if self.stop_error is not None and self.signals > 1:
                 raise self.stop_error  # second signal: leave at once, the journal has every row
-            self.finalize(scan, total, partial=done < total)
+            write_output(job, ckpt, scan, total, partial=done < total)
             if done == total:
-                ckpt.set_meta(finalized=total)
+                ckpt.set_meta(finalized=finished)
             return self.finish(total, started, resumed)
         finally:
             ckpt.close()
+
+    def check_grading(self, scan: Scan) -> None:
+        grading = self.job.grading
+        if grading is None:
+            return
+        names = scan.schema.names
+        for what, col in (
+            ("expected-answer", grading.expected_column),
+            ("group-by", grading.group_by),
+        ):
+            if col is not None and col not in names:
+                raise UsageError(
+                    f"{self.job.input_path}: {what} column {col!r} not found; columns are: {', '.join(names)}"
+                )
 
     def finish(self, total: int, started: float, resumed: int) -> Summary:
         done = self.ckpt.done_count(below=total)
@@ -540,6 +565,10 @@ class _RowSend:
             raise
         self.latency_ms = (time.perf_counter() - t0) * 1000.0
         return completion
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 class _NotSent(Exception):

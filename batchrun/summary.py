@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchrun.io.writers import write_json_atomically
+from batchrun.io.writers import write_text_atomically
 
 
 @dataclass
@@ -41,6 +41,10 @@ class Summary:
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     errors_by_type: dict[str, int] = field(default_factory=dict)
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    #: With grading: rows graded (ok rows with an expected answer), share correct, per group.
+    graded_rows: int | None = None
+    accuracy: float | None = None
+    accuracy_by_group: dict[str, float] = field(default_factory=dict)
     stop_reason: str | None = None
     exit_code: int = 0
 
@@ -48,7 +52,7 @@ class Summary:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
     def write(self, path: Path) -> None:
-        write_json_atomically(path, self.to_json())
+        write_text_atomically(path, self.to_json())
 
     def lines(self) -> list[str]:
         """A short human summary."""
@@ -83,6 +87,12 @@ class Summary:
             out.append(
                 "  finish reasons: "
                 + ", ".join(f"{k} {v:,}" for k, v in sorted(self.finish_reasons.items()))
+            )
+        if self.accuracy is not None:
+            groups = ", ".join(f"{k} {v:.1%}" for k, v in self.accuracy_by_group.items())
+            out.append(
+                f"  accuracy {self.accuracy:.1%} of {self.graded_rows:,} graded rows"
+                + (f" ({groups})" if groups else "")
             )
         if self.stop_reason:
             out.append(f"  stopped: {self.stop_reason}")

@@ -50,8 +50,15 @@ def carried_name(name: str, id_column: str | None) -> str | None:
     return INPUT_PREFIX + name if name in RESULT_NAMES else name
 
 
-def output_schema(input_schema: pa.Schema, id_column: str | None) -> pa.Schema:
-    """id, the input columns (renamed on collision), then the result columns; versioned."""
+#: Added after the result columns when the job grades completions.
+CORRECT_FIELD = pa.field("correct", pa.bool_())
+
+
+def output_schema(
+    input_schema: pa.Schema, id_column: str | None, graded: bool = False
+) -> pa.Schema:
+    """id, the input columns (renamed on collision), the result columns, then ``correct``
+    when graded; versioned."""
     id_type = input_schema.field(id_column).type if id_column else pa.int64()
     fields = [pa.field("id", id_type, nullable=False)]
     for f in input_schema:
@@ -59,6 +66,8 @@ def output_schema(input_schema: pa.Schema, id_column: str | None) -> pa.Schema:
         if name is not None:
             fields.append(pa.field(name, f.type))
     fields.extend(RESULT_FIELDS)
+    if graded:
+        fields.append(CORRECT_FIELD)
     return pa.schema(
         fields,
         metadata={
@@ -90,13 +99,17 @@ def output_batch(
     ids: pa.Array,
     results: list[tuple[Any, ...]],
     id_column: str | None,
+    correct: pa.Array | None = None,
 ) -> pa.RecordBatch:
-    """One output batch: ids, the input columns, the results (all the same length, in order)."""
+    """One output batch: ids, the input columns, the results (all the same length, in order)
+    and the grades when the job grades."""
     arrays: list[pa.Array] = [ids]
     for f in inputs.schema:
         if carried_name(f.name, id_column) is not None:
             arrays.append(inputs.column(f.name))
     arrays.extend(result_arrays(results))
+    if correct is not None:
+        arrays.append(correct)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -132,7 +145,7 @@ def write_atomically(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordB
     return rows
 
 
-def write_json_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

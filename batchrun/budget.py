@@ -1,0 +1,115 @@
+"""Spending caps: ``--max-cost`` (USD) and ``--max-tokens-total``, over the whole output.
+
+Before a request starts, its worst case (prompt estimate + ``max_tokens``) is reserved; the
+request is not started if spent + reserved + worst case would cross a cap. When the row
+finishes, its reservation is replaced by what it really used. So the run stops *before* a
+cap, never more than the requests in flight beyond it (and then only if their prompts were
+underestimated).
+"""
+
+from __future__ import annotations
+
+from batchrun.checkpoint import Checkpoint
+from batchrun.errors import UsageError
+from batchrun.job import Budget
+from batchrun.pricing import Price, PriceTable
+
+
+def recorded_cost(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+) -> float | None:
+    """Estimated USD of the rows recorded so far, priced by the model that served them.
+
+    None when some used tokens belong to a model without a price.
+    """
+    total = 0.0
+    for model, prompt, completion in ckpt.db.execute(
+        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
+        " WHERE position < ? GROUP BY model",
+        (below,),
+    ):
+        if not (prompt or completion):
+            continue
+        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
+        if cost is None:
+            cost = prices.cost(default_model, prompt or 0, completion or 0)
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+class BudgetGate:
+    """Admits requests while the caps allow; tracks spent and reserved amounts."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        price: Price | None,
+        *,
+        model: str,
+        spent_usd: float,
+        spent_tokens: int,
+    ) -> None:
+        if budget.max_cost_usd is not None and price is None:
+            raise UsageError(
+                f"no price is known for model {model!r}, so --max-cost cannot be enforced",
+                hint='give its prices with --prices FILE ([models."NAME"] input = .., output = ..)',
+            )
+        self.budget = budget
+        self.price = price
+        self.spent_usd = spent_usd
+        self.spent_tokens = spent_tokens
+        self.reserved_usd = 0.0
+        self.reserved_tokens = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetGate(spent=${self.spent_usd:.4f}, reserved=${self.reserved_usd:.4f}, "
+            f"tokens={self.spent_tokens}+{self.reserved_tokens})"
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.budget.max_cost_usd is not None or self.budget.max_tokens_total is not None
+
+    def _worst(self, prompt_estimate: int, max_tokens: int) -> tuple[float, int]:
+        usd = self.price.cost(prompt_estimate, max_tokens) if self.price else 0.0
+        return usd, prompt_estimate + max_tokens
+
+    def admit(self, prompt_estimate: int, max_tokens: int) -> str | None:
+        """Reserve a request's worst case; None if admitted, else why not (a cap)."""
+        usd, tokens = self._worst(prompt_estimate, max_tokens)
+        b = self.budget
+        if b.max_cost_usd is not None and self.spent_usd + self.reserved_usd + usd > b.max_cost_usd:
+            return (
+                f"the cost cap of ${b.max_cost_usd:,.4f} is reached "
+                f"(spent ${self.spent_usd:,.4f} so far)"
+            )
+        if (
+            b.max_tokens_total is not None
+            and self.spent_tokens + self.reserved_tokens + tokens > b.max_tokens_total
+        ):
+            return (
+                f"the token cap of {b.max_tokens_total:,} is reached "
+                f"({self.spent_tokens:,} tokens used so far)"
+            )
+        self.reserved_usd += usd
+        self.reserved_tokens += tokens
+        return None
+
+    def settle(
+        self,
+        prompt_estimate: int,
+        max_tokens: int,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> None:
+        """Replace a reservation by what the request really used (nothing if it failed)."""
+        usd, tokens = self._worst(prompt_estimate, max_tokens)
+        self.reserved_usd -= usd
+        self.reserved_tokens -= tokens
+        p, c = prompt_tokens or 0, completion_tokens or 0
+        self.spent_tokens += p + c
+        if self.price is not None:
+            self.spent_usd += self.price.cost(p, c)

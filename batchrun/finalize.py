@@ -1,0 +1,64 @@
+"""Finalize: one Parquet file in input order, built from the journal and the input (read
+again batch by batch, so memory stays flat), graded when the job grades."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from batchrun.checkpoint import Checkpoint
+from batchrun.grading import grade
+from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
+from batchrun.io.writers import output_batch, output_schema, write_atomically
+from batchrun.job import Job
+from batchrun.scan import Scan
+
+#: Index of ``completion`` in a journal result tuple (position, status, completion, ...).
+_COMPLETION = 2
+
+
+def write_output(job: Job, ckpt: Checkpoint, scan: Scan, total: int, *, partial: bool) -> int:
+    """Write OUTPUT: every row below ``total`` (when ``partial``, only those recorded).
+
+    Returns the number of rows written.
+    """
+    schema = output_schema(scan.schema, scan.id_column, graded=job.grading is not None)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in iter_batches(job.input_path):
+            if batch.start >= total:
+                break
+            yield _output_batch(job, ckpt, batch, scan, schema, total, partial)
+
+    return write_atomically(job.output_path, schema, batches())
+
+
+def _output_batch(
+    job: Job,
+    ckpt: Checkpoint,
+    batch: InputBatch,
+    scan: Scan,
+    schema: pa.Schema,
+    total: int,
+    partial: bool,
+) -> pa.RecordBatch:
+    stop = min(batch.start + len(batch.rows), total)
+    results = ckpt.results_between(batch.start, stop)
+    inputs = batch.arrow if batch.arrow is not None else rows_to_arrow(batch.rows, scan.schema)
+    n = stop - batch.start
+    if len(results) == n:
+        inputs = inputs.slice(0, n)
+    elif partial:
+        inputs = inputs.take(pa.array([r[0] - batch.start for r in results], type=pa.int64()))
+    else:
+        raise RuntimeError(f"rows {batch.start}..{stop - 1} are not all recorded")
+    if scan.id_column is not None:
+        ids = inputs.column(scan.id_column)
+    else:
+        ids = pa.array([r[0] for r in results], type=pa.int64())
+    correct = None
+    if job.grading is not None:
+        completions = pa.array([r[_COMPLETION] for r in results], type=pa.string())
+        correct = grade(completions, inputs.column(job.grading.expected_column), job.grading.match)
+    return output_batch(schema, inputs, ids, results, scan.id_column, correct)
