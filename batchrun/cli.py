@@ -13,9 +13,12 @@ import click
 
 from batchrun import __version__
 from batchrun.errors import BatchrunError, InvalidInput
+from batchrun.io.writers import write_text_atomically
 from batchrun.job import DEFAULT_API_KEY_ENV, ERROR_TYPES, job_from_settings, resolve_settings
 from batchrun.plan import dry_run
+from batchrun.pricing import PriceTable
 from batchrun.progress import ProgressView
+from batchrun.report import build_report, render_html, render_text
 from batchrun.runner import run_job
 
 #: Set to 1 to see the traceback of unexpected errors.
@@ -151,6 +154,31 @@ def main() -> None:
     type=float,
     help="Fraction of rows allowed to fail before exit code 3. [default: 0]",
 )
+@click.option(
+    "--max-cost",
+    type=float,
+    help="Cost cap in USD over the whole output: stop starting requests before it (exit 4, resumable).",
+)
+@click.option(
+    "--max-tokens-total",
+    type=int,
+    help="Token cap over the whole output: stop starting requests before it (exit 4, resumable).",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False),
+    help='TOML price file merged over the bundled prices: [models."NAME"] input = .., output = .. (USD per million tokens).',
+)
+@click.option(
+    "--expected-column",
+    help="Grade completions against this column; adds a `correct` column and an accuracy.",
+)
+@click.option(
+    "--match",
+    type=click.Choice(["exact", "ignore_case", "contains", "regex"]),
+    help="How --expected-column is compared. [default: exact]",
+)
+@click.option("--group-by", help="With --expected-column: accuracy per value of this column too.")
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.
@@ -191,6 +219,33 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
         click.echo(line)
     click.echo(f"  summary: {job.summary_path}")
     sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page with charts.",
+)
+@click.option("--group-by", help="Accuracy per value of this column (graded outputs).")
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML price file merged over the bundled prices.",
+)
+def report(output: Path, html_path: Path | None, group_by: str | None, prices: Path | None) -> None:
+    """Summarize a finished (or partial) OUTPUT.parquet: counts, tokens, cost, latency."""
+    try:
+        table = PriceTable.load(prices) if prices else PriceTable.default()
+        rep = build_report(output, prices=table, group_by=group_by)
+        click.echo(render_text(rep))
+        if html_path is not None:
+            write_text_atomically(html_path, render_html(rep))
+            click.echo(f"HTML report: {html_path}")
+    except BatchrunError as exc:
+        _fail(exc)
 
 
 @main.command()

@@ -1,0 +1,489 @@
+"""A report on one output file: counts, tokens, estimated cost, latency, throughput, accuracy.
+
+Built from the output alone, so it works on a partial output and on last month's file, and
+rendered as aligned terminal text or as one self-contained HTML page: inline CSS and SVG,
+no scripts, nothing fetched, and every number also in a table cell with an ``id`` or a
+``data-value`` holding the raw value, so a script can read the page back.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchrun.errors import UsageError
+from batchrun.pricing import PriceTable
+
+VERSION_KEY = b"batchrun.schema_version"
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+_COLUMNS = {
+    "status": pa.string(),
+    "finish_reason_normalized": pa.string(),
+    "error_type": pa.string(),
+    "prompt_tokens": pa.int64(),
+    "completion_tokens": pa.int64(),
+    "total_tokens": pa.int64(),
+    "model": pa.string(),
+    "latency_ms": pa.float64(),
+    "finished_at": pa.timestamp("ms", tz="UTC"),
+}
+# Throughput bucket widths above one second that a reader of clocks recognises (ms).
+_DAY_MS = 86_400_000
+_CLOCK_STEPS_MS = tuple(1000 * s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800))
+_CLOCK_STEPS_MS += tuple(3_600_000 * h for h in (1, 2, 3, 6, 12, 24))
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """``counts[i]`` values fell in ``[edges[i], edges[i + 1])``; both empty without values."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Rows of one group; ``graded`` rows have a non-null ``correct``, ``correct`` are true."""
+
+    rows: int
+    ok: int
+    graded: int = 0
+    correct: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """correct / graded; None when no row was graded."""
+        return self.correct / self.graded if self.graded else None
+
+
+@dataclass
+class Report:
+    """Everything ``batchrun report`` shows. Latency in ms, times in UTC, cost in USD."""
+
+    path: str
+    schema_version: str
+    rows: int
+    by_status: dict[str, int]  # always has "ok" and "error"
+    by_finish_reason: dict[str, int]  # finish_reason_normalized; null counted as "unknown"
+    by_error_type: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    #: Over the models with a price; None when tokens were used but no model has a price.
+    estimated_cost_usd: float | None
+    cost_by_model: dict[str, float | None]  # models that used tokens; None: no price known
+    latency_ms: dict[str, float | None]  # p50 p90 p95 p99 (linear interpolation) and max
+    latency_histogram: Histogram  # edges in ms
+    throughput: Histogram  # rows finished per bucket; edges in ms since the Unix epoch
+    first_finished_at: datetime | None
+    last_finished_at: datetime | None
+    accuracy: GroupStats | None  # None: the file has no boolean `correct` column
+    group_by: str | None = None
+    groups: dict[str, GroupStats] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def wall_span_s(self) -> float | None:
+        """Seconds from the first row finished to the last; None without timestamps."""
+        if self.first_finished_at is None or self.last_finished_at is None:
+            return None
+        return (self.last_finished_at - self.first_finished_at).total_seconds()
+
+    @property
+    def rows_per_s(self) -> float | None:
+        """Timestamped rows over the wall span; None when the span is zero or unknown."""
+        span = self.wall_span_s
+        return sum(self.throughput.counts) / span if span else None
+
+
+def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError as e:
+        raise UsageError(f"{path}: no such file") from e
+    except (OSError, pa.ArrowException) as e:
+        raise UsageError(f"{path}: not a Parquet file ({e})") from e
+    version = (schema.metadata or {}).get(VERSION_KEY)
+    if "status" not in schema.names or version is None:
+        raise UsageError(
+            f"{path}: not a batchrun output (no `status` column or no batchrun.schema_version)",
+            hint="give the OUTPUT file that `batchrun run` wrote",
+        )
+    if group_by is not None and group_by not in schema.names:
+        raise UsageError(
+            f"{path}: no column {group_by!r} to group by",
+            hint=f"columns are: {', '.join(schema.names)}",
+        )
+    # Only the columns the report needs: the text columns of a labeled dataset can be huge.
+    wanted = dict.fromkeys([*_COLUMNS, "correct", *([group_by] if group_by else [])])
+    table = pq.read_table(path, columns=[c for c in wanted if c in schema.names])
+    # A column absent from the file (none in schema 1) reads as all null, not as a crash.
+    for name, type_ in _COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, type_))
+    return table, version.decode()
+
+
+def _tally(col: Any, null_label: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in pc.value_counts(col).to_pylist():
+        label = null_label if item["values"] is None else str(item["values"])
+        if label is not None:
+            out[label] = item["counts"]
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _sum(col: Any) -> int:
+    return int(pc.sum(col).as_py() or 0)
+
+
+def _step(span: float, buckets: int, floor: float, clock: bool = False) -> float:
+    """A round bucket width giving about ``buckets`` buckets over ``span`` (at least ``floor``)."""
+    raw = max(span / buckets, floor)
+    if clock and raw > 1000:  # values in ms
+        return float(
+            next((s for s in _CLOCK_STEPS_MS if s >= raw), _DAY_MS * math.ceil(raw / _DAY_MS))
+        )
+    base = 10.0 ** math.floor(math.log10(raw))
+    return next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+
+
+def _histogram(values: Any, buckets: int, floor: float, clock: bool = False) -> Histogram:
+    """Round-width buckets from a multiple of the width at or below the minimum past the max."""
+    values = pc.drop_null(values)
+    if len(values) == 0:
+        return Histogram([], [])
+    lo, hi = (float(v.as_py()) for v in pc.min_max(values).values())
+    step = _step(hi - lo, buckets, floor, clock)
+    edges = [math.floor(lo / step) * step]
+    while edges[-1] <= hi:
+        edges.append(round(edges[0] + len(edges) * step, 9))
+    # Counted by comparison with the edges themselves, so a value on an edge lands in the
+    # bucket the edges say (float division could disagree with them by one ulp).
+    at_least = [_sum(pc.greater_equal(values, e)) for e in edges]
+    return Histogram(edges, [a - b for a, b in itertools.pairwise(at_least)])
+
+
+def _costs(table: pa.Table, prices: PriceTable) -> dict[str, float | None]:
+    """USD per model that used tokens; the model column names what was served, and billed."""
+    usage = table.select(["model", "prompt_tokens", "completion_tokens"]).group_by("model")
+    out: dict[str, float | None] = {}
+    for r in usage.aggregate([("prompt_tokens", "sum"), ("completion_tokens", "sum")]).to_pylist():
+        p, c = r["prompt_tokens_sum"] or 0, r["completion_tokens_sum"] or 0
+        if p or c:
+            out[r["model"] or "(unknown)"] = prices.cost(r["model"], p, c) if r["model"] else None
+    return dict(sorted(out.items()))
+
+
+def _accuracy(
+    table: pa.Table, group_by: str | None, notes: list[str]
+) -> tuple[GroupStats | None, dict[str, GroupStats]]:
+    ok = pc.equal(table.column("status"), "ok")
+    correct = table.column("correct") if "correct" in table.column_names else None
+    if correct is not None and not pa.types.is_boolean(correct.type):
+        notes.append(f"column `correct` is {correct.type}, not boolean: no accuracy")
+        correct = None
+    overall = None
+    if correct is not None:
+        overall = GroupStats(table.num_rows, _sum(ok), pc.count(correct).as_py(), _sum(correct))
+    if group_by is None:
+        return overall, {}
+    parts = {"g": table.column(group_by), "ok": ok}
+    aggs = [("ok", "count"), ("ok", "sum")]
+    if correct is not None:
+        parts["c"] = correct
+        aggs += [("c", "count"), ("c", "sum")]
+    try:
+        grouped = pa.table(parts).group_by("g").aggregate(aggs).to_pylist()
+    except pa.ArrowException as e:
+        raise UsageError(f"cannot group by column {group_by!r}: {e}") from e
+    groups = {}
+    for r in sorted(grouped, key=lambda r: (r["g"] is None, str(r["g"]))):
+        key = "(null)" if r["g"] is None else str(r["g"])
+        groups[key] = GroupStats(
+            r["ok_count"], r["ok_sum"] or 0, r.get("c_count") or 0, r.get("c_sum") or 0
+        )
+    return overall, groups
+
+
+def build_report(
+    path: Path, *, prices: PriceTable | None = None, group_by: str | None = None
+) -> Report:
+    """Read the batchrun output at ``path`` and compute its report; UsageError if it is not one.
+
+    ``prices`` defaults to the bundled table; ``group_by`` names a column to break
+    row counts and accuracy down by.
+    """
+    table, version = _read(path, group_by)
+    notes: list[str] = []
+    costs = _costs(table, prices if prices is not None else PriceTable.default())
+    priced = [v for v in costs.values() if v is not None]
+    if unpriced := [k for k, v in costs.items() if v is None]:
+        notes.append(f"no price known for {', '.join(unpriced)}; left out of the estimated cost")
+    latency = pc.drop_null(table.column("latency_ms"))
+    quantiles = pc.quantile(latency, q=list(PERCENTILES)).to_pylist() if len(latency) else []
+    lat: dict[str, float | None] = {f"p{round(q * 100)}": None for q in PERCENTILES}
+    lat.update(zip(lat, quantiles, strict=False))
+    lat["max"] = pc.max(latency).as_py()
+    finished_ms = pc.cast(table.column("finished_at"), pa.int64())
+    first, last = (s.as_py() for s in pc.min_max(finished_ms).values())
+    accuracy, groups = _accuracy(table, group_by, notes)
+
+    def when(ms: int | None) -> datetime | None:
+        return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+    return Report(
+        path=str(path),
+        schema_version=version,
+        rows=table.num_rows,
+        by_status={"ok": 0, "error": 0} | _tally(table.column("status"), None),
+        by_finish_reason=_tally(table.column("finish_reason_normalized"), "unknown"),
+        by_error_type=_tally(table.column("error_type"), None),
+        prompt_tokens=_sum(table.column("prompt_tokens")),
+        completion_tokens=_sum(table.column("completion_tokens")),
+        total_tokens=_sum(table.column("total_tokens")),
+        estimated_cost_usd=math.fsum(priced) if priced or not costs else None,
+        cost_by_model=costs,
+        latency_ms=lat,
+        latency_histogram=_histogram(latency, 20, 0.1),
+        # Timestamps have ms resolution: no bucket narrower than 1 ms.
+        throughput=_histogram(finished_ms, 60, 1.0, clock=True),
+        first_finished_at=when(first),
+        last_finished_at=when(last),
+        accuracy=accuracy,
+        group_by=group_by,
+        groups=groups,
+        notes=notes,
+    )
+
+
+#: A table cell: (id or class, raw value for ``data-value``, text shown).
+_Cell = tuple[str, object, str]
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One table of the report, drawn by both renderers; ``ids``: cell names are page ids."""
+
+    title: str
+    ident: str
+    head: list[str]
+    rows: Sequence[tuple[str, Sequence[_Cell]]]
+    ids: bool = False
+    chart: Histogram | None = None  # drawn as SVG in HTML; too long for a terminal
+    label: Callable[[float], str] = str
+
+
+def _num(value: float | None, spec: str = ",.1f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _int(name: str, value: int) -> _Cell:
+    return (name, value, f"{value:,}")
+
+
+def _share(name: str, part: int, whole: int) -> _Cell:
+    return (name, part / whole if whole else None, f"{100 * part / whole:.1f}%" if whole else "n/a")
+
+
+def _usd(name: str, value: float | None) -> _Cell:
+    return (name, value, "n/a" if value is None else f"${value:,.4f}")
+
+
+def _when(name: str, value: datetime | None) -> _Cell:
+    text = "n/a" if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return (name, None if value is None else value.isoformat(), text)
+
+
+def _clock(ms: float) -> str:
+    """UTC time of day of an epoch-ms instant (milliseconds shown only when not whole)."""
+    frac = int(ms) % 1000
+    text = datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
+    return f"{text}.{frac:03d}" if frac else text
+
+
+def _bucket_rows(hist: Histogram, label: Callable[[float], str]) -> list[tuple[str, list[_Cell]]]:
+    pairs = zip(hist.edges, hist.edges[1:], hist.counts, strict=False)
+    return [
+        (label(lo), [("lo", lo, label(lo)), ("hi", hi, label(hi)), _int("count", c)])
+        for lo, hi, c in pairs
+    ]
+
+
+def _sections(r: Report) -> list[_Section]:
+    """The report as tables, in page order; both renderers draw these."""
+
+    def tally(title: str, ident: str, what: str, counts: dict[str, int]) -> _Section:
+        rows = [(k, [_int("count", v), _share("share", v, r.rows)]) for k, v in counts.items()]
+        return _Section(title, ident, [what, "rows", "share"], rows)
+
+    tokens = {"prompt": r.prompt_tokens, "completion": r.completion_tokens, "total": r.total_tokens}
+    overview: list[tuple[str, list[_Cell]]] = [
+        ("rows", [_int("rows-total", r.rows)]),
+        *[(k, [_int(f"rows-{k}", r.by_status[k])]) for k in ("ok", "error")],
+        *[(f"{k} tokens", [_int(f"tokens-{k}", v)]) for k, v in tokens.items()],
+        ("estimated cost (USD, list prices)", [_usd("cost-total", r.estimated_cost_usd)]),
+        ("first finished (UTC)", [_when("wall-first", r.first_finished_at)]),
+        ("last finished (UTC)", [_when("wall-last", r.last_finished_at)]),
+        ("wall span (s)", [("wall-span-s", r.wall_span_s, _num(r.wall_span_s, ",.3f"))]),
+        ("rows per second", [("rows-per-s", r.rows_per_s, _num(r.rows_per_s))]),
+        ("schema version", [("schema-version", r.schema_version, r.schema_version)]),
+    ]
+    if (a := r.accuracy) is not None:
+        overview += [("accuracy", [_share("accuracy-overall", a.correct, a.graded)])]
+        overview += [("graded rows", [_int("accuracy-graded", a.graded)])]
+        overview += [("correct rows", [_int("accuracy-correct", a.correct)])]
+    costs = [(m, [_usd("cost", c)]) for m, c in r.cost_by_model.items()]
+    latency = [(k, [(f"latency-{k}", v, _num(v))]) for k, v in r.latency_ms.items()]
+    fmt, hist, tp = "{:,.4g}".format, r.latency_histogram, r.throughput
+    sections = [
+        _Section("Overview", "overview", ["", "value"], overview, ids=True),
+        tally("Status", "by-status", "status", r.by_status),
+        tally("Finish reasons", "by-finish-reason", "reason", r.by_finish_reason),
+        tally("Errors", "by-error-type", "error type", r.by_error_type),
+        _Section("Estimated cost by model", "cost-by-model", ["model", "USD"], costs),
+        _Section("Latency (ms)", "latency", ["", "ms"], latency, ids=True),
+        _Section(
+            "Latency histogram (ms)",
+            "latency-histogram",
+            ["bucket", "from", "to", "rows"],
+            _bucket_rows(hist, fmt),
+            chart=hist,
+            label=fmt,
+        ),
+        _Section(
+            "Rows finished over time (UTC)",
+            "throughput",
+            ["bucket", "from", "to", "rows"],
+            _bucket_rows(tp, _clock),
+            chart=tp,
+            label=_clock,
+        ),
+    ]
+    if r.group_by is not None:
+        fields = ("rows", "ok", "graded", "correct")
+        rows = [
+            (
+                k,
+                [
+                    *(_int(f, getattr(g, f)) for f in fields),
+                    _share("accuracy", g.correct, g.graded),
+                ],
+            )
+            for k, g in r.groups.items()
+        ]
+        sections.append(
+            _Section(f"By {r.group_by}", "groups", [r.group_by, *fields, "accuracy"], rows)
+        )
+    return sections
+
+
+def render_text(report: Report) -> str:
+    """A terminal summary: one block per table, labels left, numbers right-aligned."""
+    sections = [s for s in _sections(report) if s.rows and s.chart is None]
+    width = max(len(key) for s in sections for key, _ in s.rows)
+    lines = [f"batchrun report: {report.path}"]
+    for s in sections:
+        cols = [
+            max(len(t) for t in [h, *(cells[i][2] for _, cells in s.rows)])
+            for i, h in enumerate(s.head[1:])
+        ]
+        lines += [
+            "",
+            f"{s.title:<{width + 2}}"
+            + "  ".join(f"{h:>{w}}" for h, w in zip(s.head[1:], cols, strict=True)).rstrip(),
+        ]
+        lines += [
+            f"  {key:<{width}}"
+            + "  ".join(f"{c[2]:>{w}}" for c, w in zip(cells, cols, strict=True))
+            for key, cells in s.rows
+        ]
+    return "\n".join(lines + [f"note: {n}" for n in report.notes]) + "\n"
+
+
+_CSS = (
+    "body{font:14px system-ui,sans-serif;color:#222;margin:2em;max-width:60em}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{padding:.15em .8em;"
+    "border-bottom:1px solid #e3e3e3}th{text-align:left;font-weight:normal}"
+    "td{text-align:right;font-variant-numeric:tabular-nums}thead th{font-weight:bold}"
+    ".bar{fill:#4a78c2}.axis{font-size:11px;fill:#555}.note{color:#8a5a00}"
+)
+
+
+def _esc(value: object) -> str:
+    # A URL in the data (a model name, a group value) stays inert text: the page holds no
+    # "://" at all, so nothing in it can be mistaken for a fetch.
+    return html.escape(str(value)).replace("://", "&#58;//")
+
+
+def _svg(s: _Section, hist: Histogram) -> str:
+    """A bar chart of a histogram, in px; one ``<rect class="bar" data-value>`` per bucket."""
+    w, h, left, top, bottom = 640, 180, 48, 10, 22
+    plot_h, bars = h - top - bottom, []
+    texts = [(w / 2, h / 2, "middle", "no data")]
+    if hist.counts:
+        peak, bar_w = max(hist.counts) or 1, (w - left) / len(hist.counts)
+        for i, count in enumerate(hist.counts):
+            bar_h = plot_h * count / peak
+            tip = f"{s.label(hist.edges[i])} to {s.label(hist.edges[i + 1])}: {count:,}"
+            bars.append(
+                f'<rect class="bar" data-value="{count}" x="{left + i * bar_w:.1f}" '
+                f'y="{top + plot_h - bar_h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
+                f'height="{bar_h:.1f}"><title>{_esc(tip)}</title></rect>'
+            )
+        texts = [(left - 4, top + 8, "end", f"{peak:,}"), (left - 4, top + plot_h, "end", "0")]
+        texts += [
+            (left, h - 6, "start", s.label(hist.edges[0])),
+            (w, h - 6, "end", s.label(hist.edges[-1])),
+        ]
+    labels = "".join(
+        f'<text class="axis" x="{x}" y="{y}" text-anchor="{a}">{_esc(t)}</text>'
+        for x, y, a, t in texts
+    )
+    return (
+        f'<svg id="chart-{s.ident}" role="img" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+        f"<title>{_esc(s.title)}</title>{''.join(bars)}{labels}</svg>"
+    )
+
+
+def _table(s: _Section) -> str:
+    """Keyed rows (``<tr data-key>``); each cell has an id or a class, and ``data-value``."""
+    attr = "id" if s.ids else "class"
+    rows = "".join(
+        f'<tr data-key="{_esc(key)}"><th>{_esc(key)}</th>'
+        + "".join(
+            f'<td {attr}="{n}" data-value="{_esc("" if v is None else v)}">{_esc(t)}</td>'
+            for n, v, t in cells
+        )
+        + "</tr>"
+        for key, cells in s.rows
+    )
+    head = "".join(f"<th>{_esc(h)}</th>" for h in s.head)
+    return f'<table id="{s.ident}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def render_html(report: Report) -> str:
+    """One self-contained HTML page: inline CSS and SVG, no script, no external reference."""
+    body = [f"<h1>batchrun report</h1><p>{_esc(report.path)}</p>"]
+    body += [f'<p class="note">{_esc(n)}</p>' for n in report.notes]
+    for s in _sections(report):
+        body += [
+            f"<h2>{_esc(s.title)}</h2>",
+            "" if s.chart is None else _svg(s, s.chart),
+            _table(s),
+        ]
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>batchrun report: {_esc(report.path)}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
