@@ -1,0 +1,1 @@
+"""Benchmarks of batchrun against its simulator (``make bench``)."""

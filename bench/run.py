@@ -1,0 +1,419 @@
+"""``make bench``: the real CLI against ``batchrun simulate``, each in its own process.
+
+Server and client are pinned to different cores where the machine has two. Every scenario
+reports figures and a ratio to its ideal; nothing here asserts. Results are printed as a
+Markdown table and saved under ``bench/``.
+
+    python -m bench.run            # every scenario, full size
+    python -m bench.run --quick    # smaller inputs, for day-to-day work
+    python -m bench.run --only A,C # some scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+TWO_CORES = (os.cpu_count() or 1) >= 2
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+
+def _pin(cpu: int) -> Callable[[], None] | None:
+    if not TWO_CORES or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Simulator:
+    """``batchrun simulate`` in a subprocess, pinned to the server core."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchrun", "simulate", "--port", str(self.port), *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_pin(SERVER_CPU),
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if "listening" not in line:
+            raise RuntimeError(f"simulator did not start: {line}")
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_sim/stats", timeout=10) as r:
+            data: dict[str, Any] = json.load(r)
+        return data
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class ClientRun:
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    stderr: str = ""
+
+
+def run_client(args: list[str], output: Path) -> ClientRun:
+    """The real CLI, pinned to the client core; CPU and peak RSS from wait4's rusage."""
+    env = dict(os.environ, AIMLAPI_KEY="bench-key")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "run", *args, "--output", str(output), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_pin(CLIENT_CPU),
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    summary_path = output.with_suffix(".summary.json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return ClientRun(
+        proc.returncode,
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        summary,
+        err[-2000:],
+    )
+
+
+async def _bare_loop(url: str, rows: int, concurrency: int) -> float:
+    """The floor: a plain aiohttp loop posting the same bodies, nothing recorded."""
+    import aiohttp
+
+    sem = asyncio.Semaphore(concurrency)
+    body = {"model": "anthropic/claude-3-opus", "max_tokens": 16}
+    headers = {"Authorization": "Bearer bench-key"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def one(i: int) -> None:
+            async with sem:
+                payload = dict(body, messages=[{"role": "user", "content": f"prompt number {i}"}])
+                async with session.post(f"{url}/chat/completions", json=payload) as resp:
+                    await resp.read()
+
+        t0 = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            for i in range(rows):
+                await sem.acquire()  # bound the number of pending tasks too
+                sem.release()
+                tg.create_task(one(i))
+        return rows / (time.perf_counter() - t0)
+
+
+def bare_loop_rate(url: str, rows: int, concurrency: int) -> float:
+    """Run the bare loop in a pinned subprocess-free way: pin this process for the duration."""
+    before = os.sched_getaffinity(0) if TWO_CORES else None
+    if before is not None:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    try:
+        return asyncio.run(_bare_loop(url, rows, concurrency))
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
+
+
+def make_input(path: Path, rows: int) -> Path:
+    """Prompts with an extra column; JSONL or Parquet by suffix, written in batches."""
+    if path.suffix == ".jsonl":
+        with path.open("w") as f:
+            for i in range(rows):
+                f.write(
+                    json.dumps({"id": i, "prompt": f"prompt number {i}", "group": i % 7}) + "\n"
+                )
+        return path
+    schema = pa.schema([("id", pa.int64()), ("prompt", pa.string()), ("group", pa.int64())])
+    with pq.ParquetWriter(path, schema) as w:
+        for start in range(0, rows, 100_000):
+            ids = list(range(start, min(rows, start + 100_000)))
+            w.write_table(
+                pa.table(
+                    {
+                        "id": ids,
+                        "prompt": [f"prompt number {i}" for i in ids],
+                        "group": [i % 7 for i in ids],
+                    },
+                    schema=schema,
+                )
+            )
+    return path
+
+
+@dataclass
+class Row:
+    scenario: str
+    setup: str
+    rows: int
+    rows_per_s: float
+    ideal: float
+    target: str
+    cpu_per_1k: float
+    rss_mb: float
+    requests: int
+    retries: int
+    s429: int
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.rows_per_s / self.ideal if self.ideal else 0.0
+
+
+def _429s(stats: dict[str, Any]) -> int:
+    return int(stats.get("by_status", {}).get("429", 0))
+
+
+def scenario(
+    name: str,
+    setup: str,
+    tmp: Path,
+    rows: int,
+    sim_args: list[str],
+    client_args: list[str],
+    ideal: float,
+    target: str,
+    fmt: str = "jsonl",
+) -> Row:
+    src = make_input(tmp / f"{name}.{fmt}", rows)
+    sim = Simulator(*sim_args)
+    try:
+        run = run_client(
+            ["--input", str(src), "--base-url", sim.url, *client_args], tmp / f"{name}.out.parquet"
+        )
+        stats = sim.stats()
+    finally:
+        sim.close()
+    s = run.summary
+    note = f"exit {run.exit_code}" + (
+        f"; {s.get('rows_error', 0)} rows error" if s.get("rows_error") else ""
+    )
+    if stats.get("billed_twice"):
+        note += f"; billed twice {stats['billed_twice']}"
+    if run.exit_code not in (0,):
+        note += f"; {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}"
+    done = int(s.get("rows_ok", 0)) + int(s.get("rows_error", 0))
+    return Row(
+        name,
+        setup,
+        rows,
+        done / run.wall_s,
+        ideal,
+        target,
+        run.cpu_s / max(1, done) * 1000,
+        run.max_rss_mb,
+        int(s.get("requests_sent", 0)),
+        int(s.get("retries", 0)),
+        _429s(stats),
+        note,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="")
+    opts = ap.parse_args()
+    only = {s.strip().upper() for s in opts.only.split(",") if s.strip()}
+    q = opts.quick
+    table: list[Row] = []
+    extra: list[str] = []
+
+    def want(s: str) -> bool:
+        return not only or s in only
+
+    with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as d:
+        tmp = Path(d)
+        if want("A"):
+            n = 5_000 if q else 20_000
+            sim = Simulator()
+            try:
+                floor = bare_loop_rate(sim.url, n, 64)
+            finally:
+                sim.close()
+            extra.append(
+                f"- A's ideal is a bare aiohttp loop (no checkpoint, no output) against the same simulator: {floor:,.0f} rows/s."
+            )
+            table.append(
+                scenario(
+                    "A",
+                    "0 ms, concurrency 64",
+                    tmp,
+                    n,
+                    [],
+                    ["--concurrency", "64"],
+                    floor,
+                    "≥ 8,000 rows/s; ≤ 0.12 CPU-s/1k",
+                )
+            )
+        if want("B"):
+            n = 5_000 if q else 20_000
+            table.append(
+                scenario(
+                    "B",
+                    "200±50 ms, concurrency 256",
+                    tmp,
+                    n,
+                    ["--latency-ms", "200", "--jitter-ms", "50"],
+                    ["--concurrency", "256"],
+                    1280.0,
+                    "≥ 97 % of 1,280",
+                )
+            )
+        if want("C"):
+            n = 1_500 if q else 3_000
+            table.append(
+                scenario(
+                    "C",
+                    "limit 6,000/min (10 s windows), --rpm 6000",
+                    tmp,
+                    n,
+                    ["--rpm-limit", "6000", "--rpm-window", "10"],
+                    ["--rpm", "6000", "--concurrency", "64"],
+                    100.0,
+                    "≥ 95 %, zero 429s",
+                )
+            )
+        if want("D"):
+            n = 5_000 if q else 20_000
+            table.append(
+                scenario(
+                    "D",
+                    "as B + 10 % 500, 5 % 429, 2 % drops",
+                    tmp,
+                    n,
+                    [
+                        "--latency-ms",
+                        "200",
+                        "--jitter-ms",
+                        "50",
+                        "--error-rate",
+                        "0.1",
+                        "--rate-429",
+                        "0.05",
+                        "--drop-rate",
+                        "0.02",
+                        "--seed",
+                        "1",
+                    ],
+                    ["--concurrency", "256", "--max-attempts", "10"],
+                    1280.0,
+                    "all ok, ≥ 60 %",
+                )
+            )
+        if want("F"):
+            n = 1_500 if q else 3_000
+            table.append(
+                scenario(
+                    "F",
+                    "limit 3,000/min, no Retry-After, no --rpm",
+                    tmp,
+                    n,
+                    ["--rpm-limit", "3000", "--rpm-window", "10", "--no-limit-retry-after"],
+                    ["--concurrency", "64", "--max-attempts", "20"],
+                    50.0,
+                    "≥ 80 %, 429s < 10 % of requests",
+                )
+            )
+        if want("E"):
+            for n in (20_000, 100_000) if q else (100_000, 1_000_000):
+                r = scenario(
+                    f"E{n // 1000}k",
+                    f"{n:,}-row Parquet, 0 ms, concurrency 64",
+                    tmp,
+                    n,
+                    [],
+                    ["--concurrency", "64"],
+                    0.0,
+                    "peak RSS ≤ 250 MB, flat",
+                    fmt="parquet",
+                )
+                table.append(r)
+                # Resume of the finished output: must send nothing and return quickly.
+                sim = Simulator()
+                try:
+                    rerun = run_client(
+                        [
+                            "--input",
+                            str(tmp / f"E{n // 1000}k.parquet"),
+                            "--base-url",
+                            sim.url,
+                            "--concurrency",
+                            "64",
+                        ],
+                        tmp / f"E{n // 1000}k.out.parquet",
+                    )
+                    served = sim.stats().get("requests", 0)
+                finally:
+                    sim.close()
+                extra.append(
+                    f"- E {n:,} rows: rerun of the finished output: exit {rerun.exit_code}, "
+                    f"{rerun.wall_s:.2f} s wall, requests the simulator received: {served}."
+                )
+    lines = [
+        f"# batchrun benchmarks — {dt.date.today().isoformat()}",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"server pinned to core {SERVER_CPU}, client to core {CLIENT_CPU}: {TWO_CORES}. {'Quick run.' if q else 'Full run.'}",
+        "",
+        "| scenario | setup | rows | rows/s | ideal | ratio | target | CPU-s / 1k rows | peak RSS MB | requests | retries | 429s | notes |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r.scenario} | {r.setup} | {r.rows:,} | {r.rows_per_s:,.0f} | {r.ideal:,.0f} | "
+            f"{r.ratio:.1%} | {r.target} | {r.cpu_per_1k:.3f} | {r.rss_mb:.0f} | {r.requests:,} | "
+            f"{r.retries:,} | {r.s429:,} | {r.note} |"
+        )
+    lines += ["", *extra, ""]
+    text = "\n".join(lines)
+    print(text)
+    name = "latest-quick.md" if q else "latest.md"
+    if not only:
+        (HERE / name).write_text(text)
+        print(f"saved to {HERE / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
