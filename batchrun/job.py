@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,7 +439,7 @@ def load_job_file(path: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in data:
             _check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
-            data[key] = str(path.parent / data[key])
+            data[key] = os.path.normpath(path.parent / data[key])
     return data
 
 
