@@ -380,42 +380,13 @@ def template_columns(template: str) -> list[str]:
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
 SETTING_KEYS = frozenset(
-    {
-        "input",
-        "output",
-        "model",
-        "base_url",
-        "api_key_env",
-        "prompt_column",
-        "messages_column",
-        "template",
-        "system",
-        "system_as_message",
-        "id_column",
-        "concurrency",
-        "rpm",
-        "tpm",
-        "max_attempts",
-        "timeout",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "frequency_penalty",
-        "stop",
-        "stream",
-        "tools",
-        "tool_choice",
-        "metadata",
-        "retry_failed",
-        "only",
-        "restart",
-        "dry_run",
-        "limit",
-        "quiet",
-        "max_failure_rate",
-        "max_retry_after",
-    }
+    """
+    input output model base_url api_key_env prompt_column messages_column template system
+    system_as_message id_column concurrency rpm tpm max_attempts timeout max_retry_after
+    max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
+    metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
+    max_tokens_total prices expected_column match group_by
+    """.split()
 )
 
 _PATH_KEYS = ("input", "output", "prices")

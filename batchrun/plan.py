@@ -11,6 +11,7 @@ from batchrun.client import USER_AGENT
 from batchrun.errors import InvalidInput
 from batchrun.io.readers import InputBatch
 from batchrun.job import Job
+from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input
 
@@ -29,6 +30,7 @@ def dry_run(job: Job) -> str:
     if scan.errors:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
+    valid = scan.total_rows - scan.invalid_rows
     url = job.base_url.rstrip("/") + "/chat/completions"
     key_state = "set" if os.environ.get(job.api_key_env) else "NOT SET"
     lines = [
@@ -38,8 +40,9 @@ def dry_run(job: Job) -> str:
         + (f" column {scan.column!r}" if scan.column else "")
         + f"; ids from: {scan.id_column or 'row position'}",
         f"estimated tokens (whole input): {scan.estimated_prompt_tokens:,} prompt"
-        f" + up to {job.params.max_tokens * (scan.total_rows - scan.invalid_rows):,} completion"
+        f" + up to {job.params.max_tokens * valid:,} completion"
         f" (max_tokens {job.params.max_tokens} a row)",
+        _cost_line(job, scan.estimated_prompt_tokens, job.params.max_tokens * valid),
         f"API key: ${job.api_key_env} is {key_state}",
         "",
     ]
@@ -52,3 +55,17 @@ def dry_run(job: Job) -> str:
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)
+
+
+def _cost_line(job: Job, prompt_tokens: int, max_completion_tokens: int) -> str:
+    prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
+    price = prices.get(job.params.model)
+    if price is None:
+        return f"estimated cost: unknown (no price for {job.params.model!r}; add one with --prices)"
+    low = price.cost(prompt_tokens, 0)
+    high = price.cost(prompt_tokens, max_completion_tokens)
+    return (
+        f"estimated cost: ${low:,.4f} for the prompts, at most ${high:,.4f} if every answer "
+        f"uses max_tokens (list prices: ${price.input_per_mtok:g} in / "
+        f"${price.output_per_mtok:g} out per million tokens)"
+    )

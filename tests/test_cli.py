@@ -151,3 +151,11 @@ def test_dry_run_lists_invalid_rows(runner: CliRunner, tmp_path: Path) -> None:
     code, out = _run(runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--dry-run")
     assert code == 2
     assert "line 2" in out and "line 3" in out
+
+
+def test_every_run_flag_is_a_job_file_key() -> None:
+    from batchrun.cli import run
+    from batchrun.job import SETTING_KEYS
+
+    names = {p.name for p in run.params if p.name not in ("job_file", "input_")} | {"input"}
+    assert names == set(SETTING_KEYS)
