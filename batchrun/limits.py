@@ -35,9 +35,13 @@ DECREASE_COOLDOWN_S = 1.0
 DECREASE_FACTOR = 0.85
 #: Fractional increase of the pacing rate per second without a 429.
 INCREASE_PER_S = 0.01
-#: Share of 429s among the last RECENT_ANSWERS answers from which the limit counts as hit.
+#: Share of 429s among the requests sent in the last RECENT_S seconds from which the limit
+#: counts as hit, given at least STORM_MIN_429S of them (or the concurrency, if lower).
 STORM_SHARE = 0.25
-RECENT_ANSWERS = 32
+RECENT_S = 2.0
+STORM_MIN_429S = 8
+#: The adaptive pace never goes below this many requests per second.
+MIN_RATE_PER_S = 0.5
 
 
 def _rpm_throttler(rpm: float) -> Throttler:
@@ -90,7 +94,10 @@ class Limiter:
         self._tokens = self._tok_capacity
         self._tok_time = clock()
         self.rate_limited = 0
-        self._recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)
+        # Times of the sends and of the 429s of the last RECENT_S seconds.
+        self._sends: deque[float] = deque()
+        self._429s: deque[float] = deque()
+        self._storm_min = min(STORM_MIN_429S, limits.concurrency)
 
     def __repr__(self) -> str:
         rate = f"{self._pacer.rate:.1f}/s" if self._pacer else "unpaced"
@@ -141,6 +148,7 @@ class Limiter:
             await self._pacer.wait()
         if self._tok_rate:
             await self._take_tokens(min(estimated_tokens, self._tok_capacity))
+        self._sends.append(self._clock())
 
     async def _take_tokens(self, n: float) -> None:
         while True:
@@ -166,7 +174,6 @@ class Limiter:
 
     def on_success(self) -> None:
         now = self._clock()
-        self._recent.append(False)
         if not self.adaptive:
             return
         self._accepted.append(now)
@@ -182,18 +189,25 @@ class Limiter:
                 self._wake()
 
     def rate_limit_storm(self) -> bool:
-        """Whether recent answers say we hit the limit (not a stray 429 among successes)."""
-        return sum(self._recent) >= STORM_SHARE * len(self._recent)
+        """Whether the last seconds say the limit is hit: 429s are a real share of the
+        requests *sent* meanwhile. Counting sends, not answers, keeps a burst of fast 429s
+        (they come back before the successes sent with them) from looking like a wall."""
+        now = self._clock()
+        for times in (self._sends, self._429s):
+            while times and now - times[0] > RECENT_S:
+                times.popleft()
+        n429 = len(self._429s)
+        return n429 >= self._storm_min and n429 >= STORM_SHARE * len(self._sends)
 
     def on_rate_limited(self, retry_after_s: float | None, backoff_s: float) -> None:
         """A 429. When 429s are a real share of recent answers, the limit is hit: everyone
         pauses for the Retry-After (else the backoff), and without --rpm the pace slows and
         the window shrinks. A stray 429 among successes only delays its own row."""
         self.rate_limited += 1
-        self._recent.append(True)
+        now = self._clock()
+        self._429s.append(now)
         if not self.rate_limit_storm():
             return
-        now = self._clock()
         pause = retry_after_s if retry_after_s is not None else backoff_s
         self._pause_until = max(self._pause_until, now + pause)
         self._last_increase = max(now + pause, self._last_increase)
@@ -201,11 +215,13 @@ class Limiter:
             return
         self._last_decrease = now
         self.window = max(1, int(self.window * DECREASE_FACTOR))
+        if not self._accepted:
+            return  # nothing accepted yet: no rate to pace at; the pause and window act alone
         span = min(RATE_WINDOW_S, max(1.0, now - self._started))
-        accepted_rate = max(1.0 / RATE_WINDOW_S, len(self._accepted) / span)
+        accepted_rate = max(MIN_RATE_PER_S, len(self._accepted) / span)
         if self._pacer is None:
             self._pacer = _Pacer(accepted_rate, self._clock)
         else:
             self._pacer.rate = max(
-                1.0 / RATE_WINDOW_S, min(self._pacer.rate * DECREASE_FACTOR, accepted_rate)
+                MIN_RATE_PER_S, min(self._pacer.rate * DECREASE_FACTOR, accepted_rate)
             )
