@@ -240,8 +240,7 @@ class _Run:
         except (Retryable, RowFailed) as exc:
             n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
-            if isinstance(exc, RowFailed):
-                self.count_same_error(exc)
+            self.count_same_error(exc)
             return RowResult.failure(
                 request.position,
                 error_type=exc.error_type,
@@ -273,8 +272,10 @@ class _Run:
                 status=exc.status,
             )
 
-    def count_same_error(self, exc: RowFailed) -> None:
-        """Stop the run when row after row fails with the very same non-retryable error."""
+    def count_same_error(self, exc: RequestFailed) -> None:
+        """Stop the run when row after row fails for good with the very same error (an
+        unknown model, a server that answers 500 to everything): sending the rest would
+        only fail them one by one."""
         sig = f"{exc.error_type}: {exc.message}"
         count = self.same_error[1] + 1 if self.same_error[0] == sig else 1
         self.same_error = (sig, count)

@@ -185,15 +185,16 @@ def completion_for(body: dict[str, Any]) -> tuple[str, str]:
     return text, finish
 
 
-def usage_for(body: dict[str, Any]) -> dict[str, int]:
+def usage_for(body: dict[str, Any], text: str | None = None) -> dict[str, int]:
     """Usage the simulator reports: ~4 characters a prompt token + 3 a message; a word an
-    answer token."""
+    answer token. ``text``: the answer, when already computed."""
     messages = body.get("messages") or []
-    prompt = sum(math.ceil(len(_text(m.get("content"))) / 4) + 3 for m in messages)
+    prompt = sum(-(-len(_text(m.get("content"))) // 4) + 3 for m in messages)
     if body.get("system"):
-        prompt += math.ceil(len(str(body["system"])) / 4) + 3
-    text, _ = completion_for(body)
-    completion = max(1, len(text.split()))
+        prompt += -(-len(str(body["system"])) // 4) + 3
+    if text is None:
+        text = completion_for(body)[0]
+    completion = max(1, text.count(" ") + 1 if text else 0)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -301,6 +302,8 @@ class _Simulator:
         self.accepted: deque[float] = deque()
         self.billed_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes]] = {}
+        # Response ids: unique per simulator run, counting up.
+        self.seed_id = random.Random(config.seed).getrandbits(32)
         self.window_cap = (
             math.floor(config.rpm_limit * config.rpm_window_s / 60) if config.rpm_limit else 0
         )
@@ -431,14 +434,14 @@ class _Simulator:
     ) -> web.StreamResponse:
         st = self.stats
         text, finish = completion_for(body)
-        usage = usage_for(body)
+        usage = usage_for(body, text)
         call = _tool_call(body)
         model = body["model"]
         claude = _claude(model)
         if call is not None:
             finish = "tool_use" if claude else "tool_calls"
-        rid = f"chatcmpl-{_digest(json.dumps(body.get('messages'), sort_keys=True), model):016x}"
         st.ok += 1
+        rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
         st.prompt_tokens += usage["prompt_tokens"]
         st.completion_tokens += usage["completion_tokens"]
         if key:
