@@ -189,8 +189,8 @@ class RetryPolicy:
     max_attempts: int = 6
     #: Per request, whole request including reading the (streamed) answer.
     timeout_s: float = 120.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
     #: A Retry-After longer than this stops the run (resumably) instead of hanging.
     max_retry_after_s: float = 600.0
     #: Stop the run after this many consecutive rows failed with the same non-retryable error.

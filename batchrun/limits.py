@@ -34,12 +34,14 @@ RATE_WINDOW_S = 10.0
 DECREASE_COOLDOWN_S = 1.0
 DECREASE_FACTOR = 0.85
 #: Fractional increase of the pacing rate per second without a 429.
-INCREASE_PER_S = 0.01
+INCREASE_PER_S = 0.02
 #: Share of 429s among the requests sent in the last RECENT_S seconds from which the limit
 #: counts as hit, given at least STORM_MIN_429S of them (or the concurrency, if lower).
 STORM_SHARE = 0.25
 RECENT_S = 2.0
-STORM_MIN_429S = 8
+STORM_MIN_429S = 32
+#: A storm within this many seconds of the end of the last pause continues its streak.
+STREAK_GAP_S = 2.0
 #: The adaptive pace never goes below this many requests per second.
 MIN_RATE_PER_S = 0.5
 
@@ -70,8 +72,19 @@ class _Pacer:
 class Limiter:
     """All rate and concurrency limits of one run (see the module docstring)."""
 
-    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        pause_initial_s: float = 1.0,
+        pause_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
+        #: First global pause after a storm of 429s without Retry-After; doubles per storm.
+        self.pause_initial_s = pause_initial_s
+        self.pause_max_s = pause_max_s
+        self._storm_streak = 0
         self._clock = clock
         self.window = limits.concurrency
         self.in_flight = 0
@@ -85,7 +98,6 @@ class Limiter:
         self._last_decrease = -math.inf
         self._last_increase = clock()
         self._accepted: deque[float] = deque()
-        self._started = clock()
         self._successes_since_grow = 0
         # Token bucket for --tpm: capacity of 10 s of budget, refilled continuously.
         tpm = limits.tokens_per_minute
@@ -98,6 +110,7 @@ class Limiter:
         self._sends: deque[float] = deque()
         self._429s: deque[float] = deque()
         self._storm_min = min(STORM_MIN_429S, limits.concurrency)
+        self._429_run = 0  # 429s since the last success
 
     def __repr__(self) -> str:
         rate = f"{self._pacer.rate:.1f}/s" if self._pacer else "unpaced"
@@ -173,6 +186,7 @@ class Limiter:
     # --- feedback -------------------------------------------------------------------------------
 
     def on_success(self) -> None:
+        self._429_run = 0
         now = self._clock()
         if not self.adaptive:
             return
@@ -189,9 +203,13 @@ class Limiter:
                 self._wake()
 
     def rate_limit_storm(self) -> bool:
-        """Whether the last seconds say the limit is hit: 429s are a real share of the
-        requests *sent* meanwhile. Counting sends, not answers, keeps a burst of fast 429s
-        (they come back before the successes sent with them) from looking like a wall."""
+        """Whether the limit is hit: a run of 429s with no success between them, or 429s
+        making up a real share of the requests *sent* in the last seconds. Counting sends,
+        not answers, keeps a burst of fast 429s (they come back before the successes sent
+        with them) from looking like a wall; the run catches a wall hit after a burst of
+        successes at once."""
+        if self._429_run >= self._storm_min:
+            return True
         now = self._clock()
         for times in (self._sends, self._429s):
             while times and now - times[0] > RECENT_S:
@@ -199,17 +217,23 @@ class Limiter:
         n429 = len(self._429s)
         return n429 >= self._storm_min and n429 >= STORM_SHARE * len(self._sends)
 
-    def on_rate_limited(self, retry_after_s: float | None, backoff_s: float) -> None:
-        """A 429. When 429s are a real share of recent answers, the limit is hit: everyone
-        pauses for the Retry-After (else the backoff), and without --rpm the pace slows and
-        the window shrinks. A stray 429 among successes only delays its own row."""
+    def on_rate_limited(self, retry_after_s: float | None) -> None:
+        """A 429. When 429s are a real share of recent sends, the limit is hit: everyone
+        pauses for the Retry-After, else for a pause that doubles while the storm goes on
+        (a wall without Retry-After is probed, not hammered); without --rpm the pace slows
+        and the window shrinks too. A stray 429 among successes only delays its own row."""
         self.rate_limited += 1
+        self._429_run += 1
         now = self._clock()
         self._429s.append(now)
-        if not self.rate_limit_storm():
-            return
-        pause = retry_after_s if retry_after_s is not None else backoff_s
-        self._pause_until = max(self._pause_until, now + pause)
+        if now < self._pause_until or not self.rate_limit_storm():
+            return  # answers to requests sent before the pause began are part of its storm
+        self._storm_streak = self._storm_streak + 1 if now - self._pause_until < STREAK_GAP_S else 1
+        if retry_after_s is not None:
+            pause = retry_after_s
+        else:
+            pause = min(self.pause_max_s, self.pause_initial_s * 2 ** (self._storm_streak - 1))
+        self._pause_until = now + pause
         self._last_increase = max(now + pause, self._last_increase)
         if not self.adaptive or now - self._last_decrease < DECREASE_COOLDOWN_S:
             return
@@ -217,8 +241,9 @@ class Limiter:
         self.window = max(1, int(self.window * DECREASE_FACTOR))
         if not self._accepted:
             return  # nothing accepted yet: no rate to pace at; the pause and window act alone
-        span = min(RATE_WINDOW_S, max(1.0, now - self._started))
-        accepted_rate = max(MIN_RATE_PER_S, len(self._accepted) / span)
+        # Over the whole window even early in the run: a limit enforced per window admits
+        # a burst and then nothing, and the burst is not the rate.
+        accepted_rate = max(MIN_RATE_PER_S, len(self._accepted) / RATE_WINDOW_S)
         if self._pacer is None:
             self._pacer = _Pacer(accepted_rate, self._clock)
         else:

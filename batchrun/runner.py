@@ -45,7 +45,6 @@ from batchrun.retrying import (
     RowFailed,
     StopRun,
     WaitRetryAfterOrBackoff,
-    backoff_s,
 )
 from batchrun.scan import Scan, scan_input
 from batchrun.sink import JournalWriter
@@ -140,7 +139,11 @@ class _Run:
         self.emit = on_event
         self.api_key = api_key
         self.progress = Progress()
-        self.limiter = Limiter(job.limits)
+        self.limiter = Limiter(
+            job.limits,
+            pause_initial_s=max(0.5, job.retry.backoff_initial_s),
+            pause_max_s=job.retry.backoff_max_s,
+        )
         self.progress.limiter = self.limiter
         self.ckpt = Checkpoint(job.checkpoint_dir)
         self.stop_error: BatchrunError | None = None
@@ -263,7 +266,7 @@ class _Run:
     def on_failure(self, exc: RequestFailed, attempt: int) -> None:
         if exc.status == 429:
             self.progress.rate_limited += 1
-            self.limiter.on_rate_limited(exc.retry_after_s, backoff_s(attempt, self.job.retry))
+            self.limiter.on_rate_limited(exc.retry_after_s)
         if exc.retry_after_s is not None and exc.retry_after_s > self.job.retry.max_retry_after_s:
             raise StopRun(
                 exc.error_type,
