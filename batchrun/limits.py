@@ -161,7 +161,11 @@ class Limiter:
             await self._pacer.wait()
         if self._tok_rate:
             await self._take_tokens(min(estimated_tokens, self._tok_capacity))
-        self._sends.append(self._clock())
+        now = self._clock()
+        sends = self._sends
+        sends.append(now)
+        while now - sends[0] > RECENT_S:  # bounded by the sends of RECENT_S seconds
+            sends.popleft()
 
     async def _take_tokens(self, n: float) -> None:
         while True:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from batchrun.simulate import SimConfig, SimServer, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,10 @@ def sim_factory() -> Iterator[Any]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, key: str | None = "test-key"
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    key: str | None = "test-key",
 ) -> subprocess.CompletedProcess[str]:
     """The real `batchrun` CLI in a subprocess (python -m batchrun)."""
     full_env = {k: v for k, v in os.environ.items() if k != "AIMLAPI_KEY"}

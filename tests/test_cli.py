@@ -23,7 +23,8 @@ def runner() -> CliRunner:
 @pytest.fixture
 def prompts(tmp_path: Path) -> Path:
     return write_jsonl(
-        tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": f"question {i}", "topic": "t"} for i in range(5)]
+        tmp_path / "p.jsonl",
+        [{"id": f"r{i}", "prompt": f"question {i}", "topic": "t"} for i in range(5)],
     )
 
 
@@ -53,8 +54,19 @@ def _run(runner: CliRunner, *args: str, key: str | None = "secret-key-123") -> t
     return result.exit_code, result.output
 
 
-def test_missing_key_is_exit_2_naming_the_variable(runner: CliRunner, prompts: Path, tmp_path: Path) -> None:
-    code, out = _run(runner, "--input", str(prompts), "--output", str(tmp_path / "o.parquet"), "--base-url", UNREACHABLE, key=None)
+def test_missing_key_is_exit_2_naming_the_variable(
+    runner: CliRunner, prompts: Path, tmp_path: Path
+) -> None:
+    code, out = _run(
+        runner,
+        "--input",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--base-url",
+        UNREACHABLE,
+        key=None,
+    )
     assert code == 2
     assert "AIMLAPI_KEY is not set" in out
     assert "Traceback" not in out
@@ -74,8 +86,20 @@ def test_missing_key_is_exit_2_naming_the_variable(runner: CliRunner, prompts: P
         ("--tools", "[{", "tools"),
     ],
 )
-def test_out_of_range_parameter_is_exit_2(runner: CliRunner, prompts: Path, tmp_path: Path, flag: str, value: str, name: str) -> None:
-    code, out = _run(runner, "--input", str(prompts), "--output", str(tmp_path / "o.parquet"), "--base-url", UNREACHABLE, flag, value)
+def test_out_of_range_parameter_is_exit_2(
+    runner: CliRunner, prompts: Path, tmp_path: Path, flag: str, value: str, name: str
+) -> None:
+    code, out = _run(
+        runner,
+        "--input",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--base-url",
+        UNREACHABLE,
+        flag,
+        value,
+    )
     assert code == 2, out
     assert name in out
     assert len(out.strip().splitlines()) == 1
@@ -84,14 +108,34 @@ def test_out_of_range_parameter_is_exit_2(runner: CliRunner, prompts: Path, tmp_
 def test_broken_json_line_names_file_and_line(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c",\n{"prompt": "d"}\n')
-    code, out = _run(runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--base-url", UNREACHABLE)
+    code, out = _run(
+        runner,
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--base-url",
+        UNREACHABLE,
+    )
     assert code == 2
     assert f"{path}, line 3" in out
     assert "not valid JSON" in out
 
 
-def test_missing_template_column_names_the_column_and_columns(runner: CliRunner, prompts: Path, tmp_path: Path) -> None:
-    code, out = _run(runner, "--input", str(prompts), "--output", str(tmp_path / "o.parquet"), "--template", "Q: {question}", "--base-url", UNREACHABLE)
+def test_missing_template_column_names_the_column_and_columns(
+    runner: CliRunner, prompts: Path, tmp_path: Path
+) -> None:
+    code, out = _run(
+        runner,
+        "--input",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--template",
+        "Q: {question}",
+        "--base-url",
+        UNREACHABLE,
+    )
     assert code == 2
     assert "'question' not found" in out
     assert "id, prompt, topic" in out
@@ -99,14 +143,35 @@ def test_missing_template_column_names_the_column_and_columns(runner: CliRunner,
 
 def test_null_template_value_names_line_and_column(runner: CliRunner, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "p.jsonl", [{"text": "a"}, {"text": None}])
-    code, out = _run(runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--template", "Q: {text}", "--base-url", UNREACHABLE)
+    code, out = _run(
+        runner,
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--template",
+        "Q: {text}",
+        "--base-url",
+        UNREACHABLE,
+    )
     assert code == 2
     assert "line 2" in out and "'text'" in out
 
 
 def test_duplicate_ids_are_exit_2(runner: CliRunner, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "b"}, {"id": 1, "prompt": "c"}])
-    code, out = _run(runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--base-url", UNREACHABLE)
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "b"}, {"id": 1, "prompt": "c"}],
+    )
+    code, out = _run(
+        runner,
+        "--input",
+        str(path),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--base-url",
+        UNREACHABLE,
+    )
     assert code == 2
     assert "not unique" in out and "line 3" in out
 
@@ -121,15 +186,30 @@ def test_unknown_job_file_key_is_exit_2(runner: CliRunner, prompts: Path, tmp_pa
 
 def test_flags_override_the_job_file(runner: CliRunner, prompts: Path, tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
-    job.write_text(f'input = "{prompts.name}"\noutput = "o.parquet"\ntemperature = 0.5\nmodel = "m-from-file"\n')
+    job.write_text(
+        f'input = "{prompts.name}"\noutput = "o.parquet"\ntemperature = 0.5\nmodel = "m-from-file"\n'
+    )
     code, out = _run(runner, str(job), "--dry-run", "--model", "m-from-flag")
     assert code == 0, out
     assert '"model": "m-from-flag"' in out
     assert '"temperature": 0.5' in out
 
 
-def test_dry_run_shows_requests_redacts_key_and_sends_nothing(runner: CliRunner, prompts: Path, tmp_path: Path) -> None:
-    code, out = _run(runner, "--input", str(prompts), "--output", str(tmp_path / "o.parquet"), "--dry-run", "--system", "Be brief.", "--max-tokens", "7")
+def test_dry_run_shows_requests_redacts_key_and_sends_nothing(
+    runner: CliRunner, prompts: Path, tmp_path: Path
+) -> None:
+    code, out = _run(
+        runner,
+        "--input",
+        str(prompts),
+        "--output",
+        str(tmp_path / "o.parquet"),
+        "--dry-run",
+        "--system",
+        "Be brief.",
+        "--max-tokens",
+        "7",
+    )
     assert code == 0, out
     assert "secret-key-123" not in out
     assert "Bearer ***" in out
@@ -147,8 +227,12 @@ def test_dry_run_shows_requests_redacts_key_and_sends_nothing(runner: CliRunner,
 
 
 def test_dry_run_lists_invalid_rows(runner: CliRunner, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": ""}, {"prompt": 3}, {"prompt": "fine"}])
-    code, out = _run(runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--dry-run")
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": ""}, {"prompt": 3}, {"prompt": "fine"}]
+    )
+    code, out = _run(
+        runner, "--input", str(path), "--output", str(tmp_path / "o.parquet"), "--dry-run"
+    )
     assert code == 2
     assert "line 2" in out and "line 3" in out
 
