@@ -204,7 +204,11 @@ class _Run:
             )
             return
         except _NotSent:
-            writer.forget_inflight(request.position)
+            # Left for the next run. Its in-flight mark stays if its last send's outcome is
+            # unknown (a timeout, a dropped connection): the resend reuses the key and the
+            # row counts as possibly charged twice.
+            if row.last is None or row.last.definite:
+                writer.forget_inflight(request.position)
             return
         finally:
             if row.holds_slot:
