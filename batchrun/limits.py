@@ -33,15 +33,21 @@ RATE_WINDOW_S = 10.0
 #: At most one multiplicative decrease per this many seconds (429s come in bursts).
 DECREASE_COOLDOWN_S = 1.0
 DECREASE_FACTOR = 0.85
+#: The pace set after a storm stays this far under the rate the server accepted.
+HEADROOM = 0.9
 #: Fractional increase of the pacing rate per second without a 429.
-INCREASE_PER_S = 0.02
-#: Share of 429s among the requests sent in the last RECENT_S seconds from which the limit
-#: counts as hit, given at least STORM_MIN_429S of them (or the concurrency, if lower).
-STORM_SHARE = 0.25
-RECENT_S = 2.0
+INCREASE_PER_S = 0.01
+#: The limit counts as hit after STORM_MIN_429S 429s in a row without a success, or when
+#: 429s are STORM_SHARE of the requests sent in the last RECENT_S seconds (and at least
+#: STORM_SHARE_MIN_429S of them); both counts capped at the concurrency.
 STORM_MIN_429S = 32
+STORM_SHARE = 0.10
+STORM_SHARE_MIN_429S = 8
+RECENT_S = 2.0
 #: A storm within this many seconds of the end of the last pause continues its streak.
 STREAK_GAP_S = 2.0
+#: 429s in a row that confirm a storm right after the last pause.
+STREAK_CONFIRM_429S = 4
 #: The adaptive pace never goes below this many requests per second.
 MIN_RATE_PER_S = 0.5
 
@@ -110,6 +116,7 @@ class Limiter:
         self._sends: deque[float] = deque()
         self._429s: deque[float] = deque()
         self._storm_min = min(STORM_MIN_429S, limits.concurrency)
+        self._share_min = min(STORM_SHARE_MIN_429S, limits.concurrency)
         self._429_run = 0  # 429s since the last success
 
     def __repr__(self) -> str:
@@ -212,14 +219,16 @@ class Limiter:
         not answers, keeps a burst of fast 429s (they come back before the successes sent
         with them) from looking like a wall; the run catches a wall hit after a burst of
         successes at once."""
-        if self._429_run >= self._storm_min:
-            return True
         now = self._clock()
+        # Right after a storm's pause a few 429s in a row confirm the wall is still there.
+        in_streak = self._storm_streak > 0 and now - self._pause_until < STREAK_GAP_S
+        if self._429_run >= (STREAK_CONFIRM_429S if in_streak else self._storm_min):
+            return True
         for times in (self._sends, self._429s):
             while times and now - times[0] > RECENT_S:
                 times.popleft()
         n429 = len(self._429s)
-        return n429 >= self._storm_min and n429 >= STORM_SHARE * len(self._sends)
+        return n429 >= self._share_min and n429 >= STORM_SHARE * len(self._sends)
 
     def on_rate_limited(self, retry_after_s: float | None) -> None:
         """A 429. When 429s are a real share of recent sends, the limit is hit: everyone
@@ -239,7 +248,9 @@ class Limiter:
             pause = min(self.pause_max_s, self.pause_initial_s * 2 ** (self._storm_streak - 1))
         self._pause_until = now + pause
         self._last_increase = max(now + pause, self._last_increase)
-        if not self.adaptive or now - self._last_decrease < DECREASE_COOLDOWN_S:
+        if not self.adaptive or self._storm_streak > 1:
+            return  # the same wall again: the pause doubles, the pace was already set
+        if now - self._last_decrease < DECREASE_COOLDOWN_S:
             return
         self._last_decrease = now
         self.window = max(1, int(self.window * DECREASE_FACTOR))
@@ -247,7 +258,7 @@ class Limiter:
             return  # nothing accepted yet: no rate to pace at; the pause and window act alone
         # Over the whole window even early in the run: a limit enforced per window admits
         # a burst and then nothing, and the burst is not the rate.
-        accepted_rate = max(MIN_RATE_PER_S, len(self._accepted) / RATE_WINDOW_S)
+        accepted_rate = max(MIN_RATE_PER_S, HEADROOM * len(self._accepted) / RATE_WINDOW_S)
         if self._pacer is None:
             self._pacer = _Pacer(accepted_rate, self._clock)
         else:
