@@ -87,16 +87,22 @@ class ApiClient:
             async with self._session.post(
                 self.url, data=data, headers={"Idempotency-Key": idempotency_key}
             ) as resp:
-                if any(h.startswith("x-ratelimit") for h in resp.headers):
+                if any(h.lower().startswith("x-ratelimit") for h in resp.headers):
                     self.ratelimit = {
                         k.lower(): v
                         for k, v in resp.headers.items()
                         if k.lower().startswith("x-ratelimit")
                     }
                 if 200 <= resp.status < 300:
-                    if resp.content_type == "text/event-stream":
-                        return await parse_sse(resp)
-                    return parse_completion(await resp.read())
+                    try:
+                        if resp.content_type == "text/event-stream":
+                            return await parse_sse(resp)
+                        return parse_completion(await resp.read())
+                    except RequestFailed as exc:
+                        # Bodies quoted in these messages may echo the key.
+                        exc.message = self._redact(exc.message)
+                        exc.args = (exc.message,)
+                        raise
                 raise await self._failure(resp)
         except TimeoutError:
             # aiohttp's timeouts are TimeoutError, not ClientError. The server may have
@@ -117,6 +123,9 @@ class ApiClient:
 
     async def _failure(self, resp: aiohttp.ClientResponse) -> RequestFailed:
         raw = await resp.read()
+        if self._api_key:
+            # Before the message is cut short: a cut key would no longer be found.
+            raw = raw.replace(self._api_key.encode(), b"***")
         message = _error_message(raw)
         cls = classify_status(resp.status)
         return cls(

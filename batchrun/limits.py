@@ -30,8 +30,6 @@ from batchrun.job import Limits
 
 #: Seconds over which accepted requests are counted to estimate the sustainable rate.
 RATE_WINDOW_S = 10.0
-#: At most one multiplicative decrease per this many seconds (429s come in bursts).
-DECREASE_COOLDOWN_S = 1.0
 DECREASE_FACTOR = 0.85
 #: The pace set after a storm stays this far under the rate the server accepted.
 HEADROOM = 0.9
@@ -101,7 +99,6 @@ class Limiter:
         self.adaptive = limits.requests_per_minute is None
         self._pacer: _Pacer | None = None
         self._pause_until = 0.0
-        self._last_decrease = -math.inf
         self._last_increase = clock()
         self._accepted: deque[float] = deque()
         self._successes_since_grow = 0
@@ -250,9 +247,6 @@ class Limiter:
         self._last_increase = max(now + pause, self._last_increase)
         if not self.adaptive or self._storm_streak > 1:
             return  # the same wall again: the pause doubles, the pace was already set
-        if now - self._last_decrease < DECREASE_COOLDOWN_S:
-            return
-        self._last_decrease = now
         self.window = max(1, int(self.window * DECREASE_FACTOR))
         if not self._accepted:
             return  # nothing accepted yet: no rate to pace at; the pause and window act alone
