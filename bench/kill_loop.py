@@ -33,6 +33,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--latency-ms", type=float, default=150.0)
+    ap.add_argument(
+        "--honor-idempotency",
+        action="store_true",
+        help="the simulator replays answers for a known key",
+    )
     opts = ap.parse_args()
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="batchrun-kill-") as d:
@@ -42,7 +48,10 @@ def main() -> None:
             for i in range(opts.rows):
                 f.write(json.dumps({"id": f"r{i}", "prompt": f"prompt number {i}"}) + "\n")
         out = tmp / "out.parquet"
-        sim = Simulator("--latency-ms", "40", "--jitter-ms", "30")
+        extra = ["--honor-idempotency"] if opts.honor_idempotency else []
+        sim = Simulator(
+            "--latency-ms", str(opts.latency_ms), "--jitter-ms", str(opts.latency_ms / 3), *extra
+        )
         args = [
             sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
             "--base-url", sim.url, "--concurrency", str(opts.concurrency), "--quiet",
@@ -86,7 +95,8 @@ def main() -> None:
             f"statuses: {dict((s, table.column('status').to_pylist().count(s)) for s in {'ok', 'error'})}"
         )
         print(
-            f"simulator: {stats['requests']:,} requests, {stats['ok']:,} fresh answers, billed twice {stats['billed_twice']}"
+            f"simulator: {stats['requests']:,} requests, {stats['ok']:,} fresh answers, "
+            f"{stats['replayed']:,} replayed for a known Idempotency-Key, billed twice {stats['billed_twice']}"
         )
         print(
             f"bound: kills x concurrency = {kills * opts.concurrency}; rows counted as possibly charged twice: {summary['rows_possibly_charged_twice']}"
