@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check batchrun tests
-	$(BIN)/ruff format --check batchrun tests
+	$(BIN)/ruff check batchrun tests bench
+	$(BIN)/ruff format --check batchrun tests bench
 	$(BIN)/mypy
 
 # Runs jobs/demo.toml against a local simulator (with latency, 5 % errors and some 429s,

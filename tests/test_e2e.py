@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from batchrun.simulate import completion_for, usage_for
 
+from batchrun.simulate import completion_for, usage_for
 from tests.conftest import ROOT, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
