@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from batchrun import __version__
+from batchrun import __version__, fastjson
 from batchrun.records import Completion
 from batchrun.retrying import (
     RequestFailed,
@@ -38,11 +38,17 @@ class ApiClient:
         *,
         concurrency: int,
         timeout_s: float,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
         self._concurrency = concurrency
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=timeout_s)
+        # A read timeout re-arms a timer on every chunk received: worth it for streams (a
+        # stalled stream), pure cost for answers that arrive whole.
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s,
+            sock_read=min(read_timeout_s, timeout_s) if read_timeout_s is not None else None,
+        )
         self._session: aiohttp.ClientSession | None = None
         #: Last rate-limit headers seen (x-ratelimit-*), for the limiter and the progress line.
         self.ratelimit: dict[str, str] = {}
@@ -82,7 +88,7 @@ class ApiClient:
     async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
         """Send one request; return the parsed answer or raise a RequestFailed subclass."""
         assert self._session is not None, "use ApiClient as an async context manager"
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        data = fastjson.dumps(body)
         try:
             async with self._session.post(
                 self.url, data=data, headers={"Idempotency-Key": idempotency_key}
@@ -107,9 +113,11 @@ class ApiClient:
         except TimeoutError:
             # aiohttp's timeouts are TimeoutError, not ClientError. The server may have
             # done (and billed) the work: the outcome is unknown.
-            raise Retryable(
-                "timeout", f"no complete answer within {self._timeout.total:g} s", definite=False
-            ) from None
+            t = self._timeout
+            within = f"within {t.total:g} s" + (
+                f" (or silent for {t.sock_read:g} s)" if t.sock_read is not None else ""
+            )
+            raise Retryable("timeout", f"no complete answer {within}", definite=False) from None
         except aiohttp.ClientPayloadError as exc:
             raise Retryable(
                 "connection_error", f"answer cut off: {self._redact(str(exc))}", definite=False
@@ -167,7 +175,7 @@ def _int_or_none(value: Any) -> int | None:
 def parse_completion(raw: bytes) -> Completion:
     """Parse a non-streamed success body; RowFailed(invalid_response) if it is not one."""
     try:
-        payload = json.loads(raw)
+        payload = fastjson.loads(raw)
         choice = payload["choices"][0]
         message = choice.get("message") or {}
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
@@ -250,7 +258,7 @@ async def parse_sse(resp: aiohttp.ClientResponse) -> Completion:
             state.done = True
             break
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             raise RowFailed(
                 "invalid_response", f"stream chunk is not JSON: {data[:120]!r}"

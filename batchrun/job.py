@@ -189,6 +189,9 @@ class RetryPolicy:
     max_attempts: int = 6
     #: Per request, whole request including reading the (streamed) answer.
     timeout_s: float = 120.0
+    #: A streamed answer silent this long has stalled. (A non-streamed answer arrives in
+    #: one piece at the end, so only ``timeout_s`` applies to it.)
+    read_timeout_s: float = 30.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     #: A Retry-After longer than this stops the run (resumably) instead of hanging.
@@ -204,6 +207,10 @@ class RetryPolicy:
         _check(
             _is_number(self.timeout_s) and self.timeout_s > 0,
             f"timeout must be a positive number of seconds, got {self.timeout_s!r}",
+        )
+        _check(
+            _is_number(self.read_timeout_s) and self.read_timeout_s > 0,
+            f"read_timeout must be a positive number of seconds, got {self.read_timeout_s!r}",
         )
         _check(
             self.backoff_initial_s >= 0 and self.backoff_max_s >= self.backoff_initial_s,
@@ -382,7 +389,8 @@ def template_columns(template: str) -> list[str]:
 SETTING_KEYS = frozenset(
     """
     input output model base_url api_key_env prompt_column messages_column template system
-    system_as_message id_column concurrency rpm tpm max_attempts timeout max_retry_after
+    system_as_message id_column concurrency rpm tpm max_attempts timeout read_timeout
+    max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices expected_column match group_by
@@ -482,6 +490,8 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             retry_kwargs["max_attempts"] = s.pop("max_attempts")
         if "timeout" in s:
             retry_kwargs["timeout_s"] = s.pop("timeout")
+        if "read_timeout" in s:
+            retry_kwargs["read_timeout_s"] = s.pop("read_timeout")
         if "max_retry_after" in s:
             retry_kwargs["max_retry_after_s"] = s.pop("max_retry_after")
         retry = RetryPolicy(**retry_kwargs)

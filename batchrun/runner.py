@@ -101,7 +101,11 @@ ClientFactory = Callable[[Job, str], AbstractAsyncContextManager[CompletionClien
 
 def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[CompletionClient]:
     return ApiClient(
-        job.base_url, api_key, concurrency=job.limits.concurrency, timeout_s=job.retry.timeout_s
+        job.base_url,
+        api_key,
+        concurrency=job.limits.concurrency,
+        timeout_s=job.retry.timeout_s,
+        read_timeout_s=job.retry.read_timeout_s if job.params.stream else None,
     )
 
 

@@ -605,7 +605,8 @@ async def start_simulator(
     """Serve the simulator until the block ends; port 0 picks a free port."""
     _check_loopback(host)
     app = make_app(config, record_bodies=record_bodies)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A stopping simulator does not wait for stalled answers (aiohttp's default is 60 s).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

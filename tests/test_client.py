@@ -145,6 +145,18 @@ def test_connection_pool_is_sized_to_the_concurrency(concurrency: int) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    "read_timeout, expected_sock_read",
+    [(None, None), (2.0, 2.0), (30.0, 7.5)],  # never longer than the whole request
+)
+def test_read_timeout_only_where_asked_and_within_the_total(
+    read_timeout: float | None, expected_sock_read: float | None
+) -> None:
+    client = ApiClient(BASE, KEY, concurrency=2, timeout_s=7.5, read_timeout_s=read_timeout)
+    assert client._timeout.total == 7.5
+    assert client._timeout.sock_read == expected_sock_read
+
+
 def test_session_is_closed_on_exit_even_after_an_error() -> None:
     async def main() -> aiohttp.ClientSession:
         client = ApiClient(BASE, KEY, concurrency=2, timeout_s=5)

@@ -199,3 +199,27 @@ def test_retry_failed_sends_exactly_the_failed_rows(tmp_path: Path, sim_factory:
     assert flaky.stats.ok - (200 - failed) == failed
     assert flaky.stats.requests - flaky_before >= failed
     assert json.loads((tmp_path / "out.summary.json").read_text())["rows_resumed"] == 200 - failed
+
+
+def test_a_stalled_stream_times_out_after_the_read_timeout_and_is_retried(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    # A third of the streams go silent after their first chunk and never finish.
+    sim = sim_factory(stream_stall_rate=0.3, seed=5)
+    n = 30
+    out = tmp_path / "out.parquet"
+    t0 = time.monotonic()
+    proc = run_cli(
+        "run", "--input", str(_src(tmp_path, n)), "--output", str(out), "--base-url", sim.url,
+        "--stream", "--read-timeout", "0.3", "--timeout", "60", "--concurrency", "30",
+        "--max-attempts", "10", "--quiet",
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert max(table.column("attempts").to_pylist()) > 1
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["retries"] == sim.stats.requests - n > 0
+    # Far below one --timeout: the silence, not the whole-request limit, ended the stalls.
+    assert elapsed < 30

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchrun import fastjson
 from batchrun.errors import InputError, UsageError
 
 DEFAULT_BATCH_ROWS = 2048
@@ -68,7 +69,7 @@ def iter_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[I
 
 def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[InputBatch]:
     name = str(path)
-    loads = json.loads
+    loads = fastjson.loads
     position = 0
     batch = InputBatch(start=0, rows=[], lines=[])
     with path.open("rb") as f:

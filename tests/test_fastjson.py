@@ -1,0 +1,60 @@
+"""JSON on the hot path: orjson's speed, the standard library's acceptance and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from batchrun import fastjson
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (b'{"a": 1, "b": "\xc3\xa9"}', {"a": 1, "b": "é"}),
+        (b'{"a": [1, 2.5, null, true]}', {"a": [1, 2.5, None, True]}),
+        # orjson would read these as floats; json keeps them whole.
+        (b'{"id": 18446744073709551617}', {"id": 2**64 + 1}),
+        (b'{"id": -123456789012345678901234567890}', {"id": -123456789012345678901234567890}),
+        (b'{"id": 18446744073709551615}', {"id": 2**64 - 1}),
+        (b'{"t": "call 01234567890123456789"}', {"t": "call 01234567890123456789"}),
+        # orjson refuses this; json accepts it, so batchrun does too.
+        (b'{"x": Infinity}', {"x": math.inf}),
+    ],
+)
+def test_loads_accepts_what_json_accepts(text: bytes, expected: object) -> None:
+    assert fastjson.loads(text) == expected
+
+
+def test_loads_nan_falls_back_to_json() -> None:
+    assert math.isnan(fastjson.loads(b'{"x": NaN}')["x"])
+
+
+@pytest.mark.parametrize("text", [b'{"a": 1,,}', b'{"a": ', b"[1, 2", b'{"a": tru}'])
+def test_loads_errors_are_jsons_with_line_and_column(text: bytes) -> None:
+    with pytest.raises(json.JSONDecodeError) as got:
+        fastjson.loads(text)
+    with pytest.raises(json.JSONDecodeError) as want:
+        json.loads(text)
+    assert (got.value.msg, got.value.lineno, got.value.colno) == (
+        want.value.msg,
+        want.value.lineno,
+        want.value.colno,
+    )
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": "héllo \u2603"}]},
+        {"n": 1, "f": 0.5, "none": None, "nested": {"list": [True, False]}},
+        {"big": 2**70},  # beyond orjson's 64-bit integers
+    ],
+)
+def test_dumps_is_compact_utf8_json_equal_to_jsons(obj: object) -> None:
+    out = fastjson.dumps(obj)
+    assert isinstance(out, bytes)
+    assert out == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    assert json.loads(out) == obj
