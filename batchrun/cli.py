@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import pyarrow as pa
 
 from batchrun import __version__
 from batchrun.errors import BatchrunError, InvalidInput
@@ -45,6 +46,16 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
+
+
+def use_system_allocator() -> None:
+    """Give Arrow the C library's allocator unless ARROW_DEFAULT_MEMORY_POOL chooses one.
+
+    Arrow's default (mimalloc) keeps what it once held: reading a 1,000,000-row Parquet
+    input batch by batch left the process 45 MB larger than a 100,000-row one, against
+    14 MB with the system allocator (measured; see ``make bench``, scenario E)."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
@@ -218,6 +229,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     flags["input"] = input_
     flags["stop"] = flags["stop"] or None
     dry = bool(flags.get("dry_run"))
+    use_system_allocator()
     try:
         settings = resolve_settings(job_file, flags)
         dry = bool(settings.get("dry_run"))

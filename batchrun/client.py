@@ -66,6 +66,8 @@ class ApiClient:
                 "Accept": "application/json, text/event-stream",
             },
             raise_for_status=False,
+            # An API client has no use for cookies, and the jar costs time on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

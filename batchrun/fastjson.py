@@ -18,7 +18,8 @@ import orjson
 
 # 2**64 has 20 digits: a run of 20 digits may be an integer orjson would turn into a float.
 # (Digits inside strings match too; they only cost the slower parser.)
-_LONG_DIGITS = re.compile(rb"\d{20}")
+# Spelled out: faster to search for than \d{20}.
+_LONG_DIGITS = re.compile(rb"\d" * 20)
 
 
 def loads(data: bytes) -> Any:

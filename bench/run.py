@@ -179,6 +179,16 @@ def make_input(path: Path, rows: int) -> Path:
     return path
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 @dataclass
 class Row:
     scenario: str
@@ -193,10 +203,32 @@ class Row:
     retries: int
     s429: int
     note: str = ""
+    #: Rows per second from the first request sent to the last answer (from the output).
+    sending_rows_per_s: float = 0.0
 
     @property
     def ratio(self) -> float:
         return self.rows_per_s / self.ideal if self.ideal else 0.0
+
+    def rate_cell(self, rate: float) -> str:
+        return f"{rate:,.0f}" + (f" ({rate / self.ideal:.1%})" if self.ideal else "")
+
+
+def sending_rate(output: Path) -> float:
+    """Rows per second over the sending phase: from the first request's start (its finish
+    less its latency) to the last answer, read from the output. Process start-up, the
+    validation pass and writing the output are outside it."""
+    try:
+        t = pq.read_table(output, columns=["finished_at", "latency_ms"])
+    except OSError:
+        return 0.0
+    ends = t.column("finished_at").to_pylist()
+    starts = [
+        e - (lat or 0.0) / 1000
+        for e, lat in zip(ends, t.column("latency_ms").to_pylist(), strict=True)
+    ]
+    span = max(ends) - min(starts) if ends else 0.0
+    return len(ends) / span if span > 0 else 0.0
 
 
 def _429s(stats: dict[str, Any]) -> int:
@@ -217,10 +249,9 @@ def scenario(
 ) -> Row:
     src = make_input(tmp / f"{name}.{fmt}", rows)
     sim = Simulator(*sim_args, port=port)
+    output = tmp / f"{name}.out.parquet"
     try:
-        run = run_client(
-            ["--input", str(src), "--base-url", sim.url, *client_args], tmp / f"{name}.out.parquet"
-        )
+        run = run_client(["--input", str(src), "--base-url", sim.url, *client_args], output)
         stats = sim.stats()
     finally:
         sim.close()
@@ -246,6 +277,7 @@ def scenario(
         int(s.get("retries", 0)),
         _429s(stats),
         note,
+        sending_rate(output),
     )
 
 
@@ -390,16 +422,30 @@ def main() -> None:
         f"# batchrun benchmarks — {dt.date.today().isoformat()}",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"server pinned to core {SERVER_CPU}, client to core {CLIENT_CPU}: {TWO_CORES}. {'Quick run.' if q else 'Full run.'}",
+        f"server pinned to core {SERVER_CPU}, client to core {CLIENT_CPU}: {TWO_CORES}. {'Quick run.' if q else 'Full run.'} "
+        f"Commit {_commit()}.",
         "",
-        "| scenario | setup | rows | rows/s | ideal | ratio | target | CPU-s / 1k rows | peak RSS MB | requests | retries | 429s | notes |",
+        "rows/s is end to end (process start to exit: start-up, validation pass, sending, "
+        "writing the output); 'while sending' counts from the first request to the last answer. "
+        "Ratios are to the ideal.",
+        "",
+        "| scenario | setup | rows | rows/s end to end | rows/s while sending | ideal | target | CPU-s / 1k rows | peak RSS MB | requests | retries | 429s | notes |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in table:
         lines.append(
-            f"| {r.scenario} | {r.setup} | {r.rows:,} | {r.rows_per_s:,.0f} | {r.ideal:,.0f} | "
-            f"{r.ratio:.1%} | {r.target} | {r.cpu_per_1k:.3f} | {r.rss_mb:.0f} | {r.requests:,} | "
+            f"| {r.scenario} | {r.setup} | {r.rows:,} | {r.rate_cell(r.rows_per_s)} | "
+            f"{r.rate_cell(r.sending_rows_per_s)} | {f'{r.ideal:,.0f}' if r.ideal else '—'} | "
+            f"{r.target} | {r.cpu_per_1k:.3f} | {r.rss_mb:.0f} | {r.requests:,} | "
             f"{r.retries:,} | {r.s429:,} | {r.note} |"
+        )
+    e_rows = [r for r in table if r.scenario.startswith("E")]
+    if len(e_rows) == 2:
+        small, large = e_rows
+        extra.append(
+            f"- E peak RSS: {large.rss_mb:.0f} MB at {large.rows:,} rows against {small.rss_mb:.0f} MB "
+            f"at {small.rows:,} ({large.rss_mb / small.rss_mb:.2f} times; the run holds 8 bytes an id for "
+            "the uniqueness check, 24 at the check's peak)."
         )
     lines += ["", *extra, ""]
     text = "\n".join(lines)
