@@ -31,7 +31,7 @@ from typing import Any
 from batchrun.errors import CheckpointError
 from batchrun.records import RowResult
 
-JOURNAL_VERSION = "1"
+JOURNAL_VERSION = "2"
 RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
 
 _SCHEMA = f"""
@@ -232,7 +232,8 @@ class Checkpoint:
         db = self.db
         row = db.execute(
             "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(attempts) FROM results WHERE position < ?",
+            " sum(completion_tokens), sum(total_tokens), sum(attempts), sum(reported_cost_usd),"
+            " count(reported_cost_usd) FROM results WHERE position < ?",
             (below,),
         ).fetchone()
         errors = dict(
@@ -256,6 +257,8 @@ class Checkpoint:
             "completion_tokens": row[4] or 0,
             "total_tokens": row[5] or 0,
             "attempts": row[6] or 0,
+            "reported_cost_usd": row[7],
+            "rows_cost_reported": row[8] or 0,
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }

@@ -16,7 +16,13 @@ import pyarrow as pa
 from batchrun import __version__
 from batchrun.errors import BatchrunError, InvalidInput
 from batchrun.io.writers import write_text_atomically
-from batchrun.job import DEFAULT_API_KEY_ENV, ERROR_TYPES, job_from_settings, resolve_settings
+from batchrun.job import (
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_COST_HEADER,
+    ERROR_TYPES,
+    job_from_settings,
+    resolve_settings,
+)
 from batchrun.plan import dry_run
 from batchrun.pricing import PriceTable
 from batchrun.progress import ProgressView
@@ -208,6 +214,10 @@ def main() -> None:
     help='TOML price file merged over the bundled prices: [models."NAME"] input = .., output = .. (USD per million tokens).',
 )
 @click.option(
+    "--cost-header",
+    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. [default: {DEFAULT_COST_HEADER}]",
+)
+@click.option(
     "--expected-column",
     help="Grade completions against this column; adds a `correct` column and an accuracy.",
 )
@@ -384,6 +394,11 @@ def report(output: Path, html_path: Path | None, group_by: str | None, prices: P
     show_default=True,
     type=float,
     help="Fraction of streamed answers that stall mid-stream.",
+)
+@click.option(
+    "--cost-header",
+    help="Report each answer's cost (bundled list prices) in this response header, "
+    f"e.g. {DEFAULT_COST_HEADER}.",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."

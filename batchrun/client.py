@@ -7,6 +7,7 @@ The client sends one request and either returns a :class:`Completion` or raises 
 from __future__ import annotations
 
 import json
+import math
 import time
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,7 @@ class ApiClient:
         concurrency: int,
         timeout_s: float,
         read_timeout_s: float | None = None,
+        cost_header: str | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
@@ -50,6 +52,7 @@ class ApiClient:
             sock_read=min(read_timeout_s, timeout_s) if read_timeout_s is not None else None,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._cost_header = cost_header
         #: Last rate-limit headers seen (x-ratelimit-*), for the limiter and the progress line.
         self.ratelimit: dict[str, str] = {}
 
@@ -104,13 +107,19 @@ class ApiClient:
                 if 200 <= resp.status < 300:
                     try:
                         if resp.content_type == "text/event-stream":
-                            return await parse_sse(resp)
-                        return parse_completion(await resp.read())
+                            completion = await parse_sse(resp)
+                        else:
+                            completion = parse_completion(await resp.read())
                     except RequestFailed as exc:
                         # Bodies quoted in these messages may echo the key.
                         exc.message = self._redact(exc.message)
                         exc.args = (exc.message,)
                         raise
+                    if self._cost_header is not None:
+                        completion.reported_cost_usd = parse_cost(
+                            resp.headers.get(self._cost_header)
+                        )
+                    return completion
                 raise await self._failure(resp)
         except TimeoutError:
             # aiohttp's timeouts are TimeoutError, not ClientError. The server may have
@@ -159,6 +168,17 @@ def _error_message(raw: bytes) -> str:
         if isinstance(err, str):
             return err[:_ERROR_TEXT_MAX]
     return json.dumps(payload)[:_ERROR_TEXT_MAX]
+
+
+def parse_cost(value: str | None) -> float | None:
+    """A cost header's value in USD ("0.0012", "$0.0012"); None if absent or not a number."""
+    if value is None:
+        return None
+    try:
+        cost = float(value.strip().removeprefix("$"))
+    except ValueError:
+        return None
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 def _content_text(content: Any) -> str | None:

@@ -22,6 +22,8 @@ from batchrun.errors import UsageError
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
 DEFAULT_API_KEY_ENV = "AIMLAPI_KEY"
+#: Response header read for the cost the server charged (LiteLLM-based gateways send it).
+DEFAULT_COST_HEADER = "x-litellm-response-cost"
 
 #: Error types a failed row can carry (the ``error_type`` column); ``--only`` takes these.
 ERROR_TYPES = (
@@ -294,6 +296,8 @@ class Job:
     grading: Grading | None = None
     #: A TOML price file merged over the bundled prices.
     prices_path: Path | None = None
+    #: Response header carrying the cost the server charged, in USD (None: read none).
+    cost_header: str | None = DEFAULT_COST_HEADER
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
@@ -393,7 +397,7 @@ SETTING_KEYS = frozenset(
     max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
-    max_tokens_total prices expected_column match group_by
+    max_tokens_total prices cost_header expected_column match group_by
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
@@ -522,6 +526,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             ),
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
+            cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

@@ -53,6 +53,8 @@ class Completion:
     total_tokens: int | None
     model: str | None
     response_id: str | None
+    #: What the server said the request cost (USD), where it says so in a header.
+    reported_cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class RowResult:
     error: str | None = None
     #: Unix time in seconds at which the row finished.
     finished_at: float = 0.0
+    reported_cost_usd: float | None = None
 
     @classmethod
     def success(
@@ -96,6 +99,7 @@ class RowResult:
             attempts=attempts,
             latency_ms=latency_ms,
             finished_at=finished_at,
+            reported_cost_usd=c.reported_cost_usd,
         )
 
     @classmethod

@@ -36,6 +36,7 @@ _COLUMNS = {
     "model": pa.string(),
     "latency_ms": pa.float64(),
     "finished_at": pa.timestamp("ms", tz="UTC"),
+    "reported_cost_usd": pa.float64(),
 }
 # Throughput bucket widths above one second that a reader of clocks recognises (ms).
 _DAY_MS = 86_400_000
@@ -82,6 +83,9 @@ class Report:
     #: Over the models with a price; None when tokens were used but no model has a price.
     estimated_cost_usd: float | None
     cost_by_model: dict[str, float | None]  # models that used tokens; None: no price known
+    #: Sum of the costs the server reported; None when no row has one.
+    reported_cost_usd: float | None
+    rows_cost_reported: int
     latency_ms: dict[str, float | None]  # p50 p90 p95 p99 (linear interpolation) and max
     latency_histogram: Histogram  # edges in ms
     throughput: Histogram  # rows finished per bucket; edges in ms since the Unix epoch
@@ -127,7 +131,8 @@ def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
     # Only the columns the report needs: the text columns of a labeled dataset can be huge.
     wanted = dict.fromkeys([*_COLUMNS, "correct", *([group_by] if group_by else [])])
     table = pq.read_table(path, columns=[c for c in wanted if c in schema.names])
-    # A column absent from the file (none in schema 1) reads as all null, not as a crash.
+    # A column absent from the file (reported_cost_usd before schema 2) reads as all null,
+    # not as a crash.
     for name, type_ in _COLUMNS.items():
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, type_))
@@ -230,6 +235,7 @@ def build_report(
     priced = [v for v in costs.values() if v is not None]
     if unpriced := [k for k, v in costs.items() if v is None]:
         notes.append(f"no price known for {', '.join(unpriced)}; left out of the estimated cost")
+    reported = pc.drop_null(table.column("reported_cost_usd"))
     latency = pc.drop_null(table.column("latency_ms"))
     quantiles = pc.quantile(latency, q=list(PERCENTILES)).to_pylist() if len(latency) else []
     lat: dict[str, float | None] = {f"p{round(q * 100)}": None for q in PERCENTILES}
@@ -254,6 +260,8 @@ def build_report(
         total_tokens=_sum(table.column("total_tokens")),
         estimated_cost_usd=math.fsum(priced) if priced or not costs else None,
         cost_by_model=costs,
+        reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
+        rows_cost_reported=len(reported),
         latency_ms=lat,
         latency_histogram=_histogram(latency, 20, 0.1),
         # Timestamps have ms resolution: no bucket narrower than 1 ms.
@@ -333,6 +341,8 @@ def _sections(r: Report) -> list[_Section]:
         *[(k, [_int(f"rows-{k}", r.by_status[k])]) for k in ("ok", "error")],
         *[(f"{k} tokens", [_int(f"tokens-{k}", v)]) for k, v in tokens.items()],
         ("estimated cost (USD, list prices)", [_usd("cost-total", r.estimated_cost_usd)]),
+        ("cost reported by the API (USD)", [_usd("cost-reported", r.reported_cost_usd)]),
+        ("rows with a reported cost", [_int("cost-reported-rows", r.rows_cost_reported)]),
         ("first finished (UTC)", [_when("wall-first", r.first_finished_at)]),
         ("last finished (UTC)", [_when("wall-last", r.last_finished_at)]),
         ("wall span (s)", [("wall-span-s", r.wall_span_s, _num(r.wall_span_s, ",.3f"))]),

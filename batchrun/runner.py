@@ -105,6 +105,7 @@ def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[Comple
         concurrency=job.limits.concurrency,
         timeout_s=job.retry.timeout_s,
         read_timeout_s=job.retry.read_timeout_s if job.params.stream else None,
+        cost_header=job.cost_header,
     )
 
 
@@ -418,6 +419,8 @@ class _Run:
             estimated_cost_usd=_round(
                 recorded_cost(self.ckpt, self.prices, self.job.params.model, total)
             ),
+            reported_cost_usd=_round(agg["reported_cost_usd"]),
+            rows_cost_reported=agg["rows_cost_reported"],
         )
         grading = self.job.grading
         if grading is not None and self.job.output_path.exists():

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batchrun.pricing import PriceTable
+
 MODELS = ("anthropic/claude-3-opus", "anthropic/claude-3-haiku", "gpt-4o-mini", "gpt-4o")
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 _WORDS = [
@@ -80,6 +82,8 @@ class SimConfig:
     api_key: str | None = None
     honor_idempotency: bool = False
     stream_stall_rate: float = 0.0
+    #: Send each answer's cost (bundled list prices, USD) in this response header.
+    cost_header: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -118,6 +122,8 @@ class SimStats:
     in_flight: int = 0
     max_in_flight: int = 0
     rate_limited: int = 0
+    #: The costs sent in the cost header, summed over fresh answers (replays not again).
+    reported_cost_usd: float = 0.0
     bodies: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -301,7 +307,8 @@ class _Simulator:
         self.rng = random.Random(config.seed)
         self.accepted: deque[float] = deque()
         self.billed_keys: set[str] = set()
-        self.replies: dict[str, tuple[int, bytes]] = {}
+        self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self.prices = PriceTable.default()
         # Response ids: unique per simulator run, counting up.
         self.seed_id = random.Random(config.seed).getrandbits(32)
         self.window_cap = (
@@ -379,9 +386,9 @@ class _Simulator:
             return _error(404, f"model {body['model']!r} not found", "model_not_found", "model")
         if cfg.honor_idempotency and key and key in self.replies:
             st.replayed += 1
-            status, payload = self.replies[key]
+            status, payload, headers = self.replies[key]
             self._count(status)
-            return web.Response(status=status, body=payload, content_type=_JSON)
+            return web.Response(status=status, body=payload, content_type=_JSON, headers=headers)
         wait = self._over_limit()
         if wait is not None:
             st.rate_limited += 1
@@ -450,9 +457,17 @@ class _Simulator:
             else:
                 self.billed_keys.add(key)
         created = int(time.time())
+        headers = self._ratelimit_headers()
+        if self.config.cost_header:
+            cost = self.prices.cost(model, usage["prompt_tokens"], usage["completion_tokens"])
+            if cost is not None:
+                st.reported_cost_usd += cost
+                headers[self.config.cost_header] = repr(cost)
         if body.get("stream"):
             self._count(200)
-            return await self._stream(request, rid, model, created, text, finish, usage, call)
+            return await self._stream(
+                request, rid, model, created, text, finish, usage, call, headers
+            )
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
         if call is not None:
             message["tool_calls"] = [call]
@@ -462,18 +477,17 @@ class _Simulator:
             "usage": usage,
         }).encode()  # fmt: skip
         if self.config.honor_idempotency and key:
-            self.replies[key] = (201, payload)
+            self.replies[key] = (201, payload, headers)
         self._count(201)
-        return web.Response(
-            status=201, body=payload, content_type=_JSON, headers=self._ratelimit_headers()
-        )
+        return web.Response(status=201, body=payload, content_type=_JSON, headers=headers)
 
     async def _stream(
         self, request: web.Request, rid: str, model: str, created: int, text: str, finish: str,
-        usage: dict[str, int], call: dict[str, Any] | None,
+        usage: dict[str, int], call: dict[str, Any] | None, headers: dict[str, str],
     ) -> web.StreamResponse:  # fmt: skip
         resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers},
         )
         await resp.prepare(request)
 

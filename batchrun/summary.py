@@ -36,6 +36,9 @@ class Summary:
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated_cost_usd: float | None = None
+    #: The sum of the costs the server reported (--cost-header), over the rows it reported.
+    reported_cost_usd: float | None = None
+    rows_cost_reported: int = 0
     wall_time_s: float = 0.0
     rows_per_s: float = 0.0
     latency_ms: dict[str, float | None] = field(default_factory=dict)
@@ -67,6 +70,11 @@ class Summary:
             + (
                 f", est. cost ${self.estimated_cost_usd:,.4f}"
                 if self.estimated_cost_usd is not None
+                else ""
+            )
+            + (
+                f", reported cost ${self.reported_cost_usd:,.4f} ({self.rows_cost_reported:,} rows)"
+                if self.reported_cost_usd is not None
                 else ""
             ),
             f"  wall {self.wall_time_s:.1f} s, {self.rows_per_s:,.1f} rows/s"

@@ -13,7 +13,7 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 
 from batchrun import __version__
-from batchrun.client import ApiClient
+from batchrun.client import ApiClient, parse_cost
 from batchrun.records import Completion
 from batchrun.retrying import RequestFailed, Retryable, RowFailed, StopRun
 
@@ -38,11 +38,14 @@ def _run(
     *,
     base_url: str = BASE,
     concurrency: int = 7,
+    cost_header: str | None = None,
 ) -> tuple[Any, aioresponses]:
     async def main() -> tuple[Any, aioresponses]:
         with aioresponses() as mocked:
             setup(mocked)
-            async with ApiClient(base_url, KEY, concurrency=concurrency, timeout_s=5) as client:
+            async with ApiClient(
+                base_url, KEY, concurrency=concurrency, timeout_s=5, cost_header=cost_header
+            ) as client:
                 return await call(client), mocked
 
     return asyncio.run(main())
@@ -547,3 +550,46 @@ def test_key_echoed_in_a_stream_chunk_that_is_not_json_is_redacted() -> None:
     exc = _failure(_sse_setup(body))
     assert exc.error_type == "invalid_response"
     _assert_no_key(exc)
+
+
+@pytest.mark.parametrize(
+    "value, cost",
+    [
+        ("0.0012", 0.0012),
+        (" 0.5 ", 0.5),
+        ("$0.25", 0.25),
+        ("0", 0.0),
+        ("1e-05", 1e-05),
+        (None, None),
+        ("", None),
+        ("free", None),
+        ("-0.1", None),
+        ("nan", None),
+        ("inf", None),
+    ],
+)
+def test_parse_cost(value: str | None, cost: float | None) -> None:
+    assert parse_cost(value) == cost
+
+
+@pytest.mark.parametrize(
+    "cost_header, headers, expected",
+    [
+        ("x-litellm-response-cost", {"x-litellm-response-cost": "0.0042"}, 0.0042),
+        ("x-litellm-response-cost", {"X-LiteLLM-Response-Cost": "0.0042"}, 0.0042),  # any case
+        ("x-litellm-response-cost", {}, None),
+        ("x-cost", {"x-litellm-response-cost": "0.0042"}, None),  # another header named
+        (None, {"x-litellm-response-cost": "0.0042"}, None),  # reading costs switched off
+    ],
+)
+def test_reported_cost_is_read_from_the_named_header(
+    cost_header: str | None, headers: dict[str, str], expected: float | None
+) -> None:
+    result, _ = _run(
+        lambda m: m.post(URL, payload=_ok(), status=201, headers=headers),
+        lambda c: c.complete(BODY, "key-1"),
+        cost_header=cost_header,
+    )
+    assert isinstance(result, Completion)
+    assert result.text is not None
+    assert result.reported_cost_usd == expected

@@ -143,6 +143,43 @@ def test_summary_equals_the_output_and_the_simulator(tmp_path: Path, sim_factory
     assert summary["requests_sent"] == sim.stats.requests
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_costs_reported_in_a_header_are_recorded_per_row_and_totalled(
+    tmp_path: Path, sim_factory: Any, stream: bool
+) -> None:
+    sim = sim_factory(cost_header="x-litellm-response-cost")
+    src = write_jsonl(
+        tmp_path / "in.jsonl", [{"prompt": f"question {i} " * (i % 5 + 1)} for i in range(120)]
+    )
+    out = tmp_path / "out.parquet"
+    proc = run_cli(
+        "run", "--input", str(src), "--output", str(out), "--base-url", sim.url,
+        "--stream" if stream else "--no-stream",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)
+    costs = table.column("reported_cost_usd").to_pylist()
+    assert None not in costs and len(set(costs)) > 1  # every row's own cost
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["rows_cost_reported"] == 120
+    assert summary["reported_cost_usd"] == pytest.approx(sum(costs))
+    assert sum(costs) == pytest.approx(sim.stats.reported_cost_usd)
+    # The simulator prices at the bundled list prices, so the estimate agrees here.
+    assert summary["estimated_cost_usd"] == pytest.approx(summary["reported_cost_usd"], rel=1e-4)
+    assert "reported cost $" in proc.stdout
+
+
+def test_without_a_cost_header_the_column_is_null(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(20)])
+    out = tmp_path / "out.parquet"
+    proc = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(out).column("reported_cost_usd").null_count == 20
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["reported_cost_usd"] is None and summary["rows_cost_reported"] == 0
+
+
 def test_failure_rate_above_the_limit_is_exit_3(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory(error_500_rate=0.5, seed=2)
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(100)])

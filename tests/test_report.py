@@ -52,6 +52,8 @@ def result_row(i: int, rng: random.Random, *, ok: bool, model: str, at: datetime
             "total_tokens": p + c,
             "model": model,
             "response_id": f"resp-{i}",
+            # Some servers report the cost of some answers (the --cost-header).
+            "reported_cost_usd": round(rng.uniform(0.0001, 0.01), 6) if i % 3 == 0 else None,
         }
     else:
         row |= {
@@ -203,7 +205,11 @@ def test_counts_tokens_cost_latency(full: tuple[Path, list[dict[str, Any]]]) -> 
     for p in (50, 90, 95, 99):
         assert report.latency_ms[f"p{p}"] == pytest.approx(percentile(latencies, p))
     assert report.latency_ms["max"] == max(latencies)
-    assert report.schema_version == "1"
+    reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
+    assert 0 < len(reported) < len(ok)
+    assert report.reported_cost_usd == pytest.approx(sum(reported))
+    assert report.rows_cost_reported == len(reported)
+    assert report.schema_version == "2"
     assert report.first_finished_at == rows[0]["finished_at"]
     assert report.last_finished_at == rows[-1]["finished_at"]
     span = (rows[-1]["finished_at"] - rows[0]["finished_at"]).total_seconds()
@@ -299,7 +305,10 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert float(parsed.value("latency-p50")) == pytest.approx(percentile(latencies, 50))
     assert float(parsed.value("latency-p99")) == pytest.approx(percentile(latencies, 99))
     assert float(parsed.value("latency-max")) == max(latencies)
-    assert parsed.value("schema-version") == "1"
+    assert parsed.value("schema-version") == "2"
+    reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
+    assert float(parsed.value("cost-reported")) == pytest.approx(sum(reported))
+    assert int(parsed.value("cost-reported-rows")) == len(reported)
     errors = Counter(r["error_type"] for r in rows if r["error_type"])
     assert {k: int(v) for k, v in parsed.column("by-error-type", "count").items()} == errors
     finish = parsed.column("by-finish-reason", "count")
@@ -509,3 +518,18 @@ def test_reads_only_the_needed_columns(
     build_report(path)
     assert len(seen) == 1
     assert not {"prompt", "completion", "error", "tool_calls", "response_id"} & set(seen[0])
+
+
+def test_schema_1_output_without_a_reported_cost_column(tmp_path: Path) -> None:
+    """Outputs written before schema 2 have no reported_cost_usd: no cost reported, no crash."""
+    old = pa.schema(
+        [f for f in schema() if f.name != "reported_cost_usd"],
+        metadata={**(schema().metadata or {}), b"batchrun.schema_version": b"1"},
+    )
+    rows = make_rows(30)
+    for r in rows:
+        del r["reported_cost_usd"]
+    report = build_report(write(tmp_path / "v1.parquet", rows, old))
+    assert report.schema_version == "1"
+    assert report.reported_cost_usd is None and report.rows_cost_reported == 0
+    assert report.rows == 30

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from batchrun import __version__
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 #: The result columns, after ``id`` and the input columns (DESIGN "Output").
 RESULT_FIELDS: tuple[pa.Field, ...] = (
@@ -37,6 +37,8 @@ RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("error_type", pa.string()),
     pa.field("error", pa.string()),
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    # The cost the server reported for the row (the --cost-header), null where it reported none.
+    pa.field("reported_cost_usd", pa.float64()),
 )
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.
