@@ -121,7 +121,8 @@ class Checkpoint:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
             elif version[0] != JOURNAL_VERSION:
                 raise CheckpointError(
-                    f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}"
+                    f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}",
+                    hint="finish the job with the batchrun that started it, or use --restart (every row is sent again)",
                 )
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
