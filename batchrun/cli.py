@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -14,7 +15,7 @@ import click
 import pyarrow as pa
 
 from batchrun import __version__
-from batchrun.errors import BatchrunError, InvalidInput
+from batchrun.errors import BatchrunError, Interrupted, InvalidInput, RunStopped
 from batchrun.io.writers import write_text_atomically
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
@@ -81,7 +82,16 @@ def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
         )
     else:
         click.echo(f"batchrun: error: {error}", err=True)
+    if isinstance(error, (Interrupted, RunStopped)):
+        click.echo(f"batchrun: to resume: {resume_command(sys.argv)}", err=True)
     sys.exit(error.exit_code)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this run: the same one, less a --restart (which would
+    throw away what this run recorded)."""
+    args = [a for a in argv[1:] if a != "--restart"]
+    return shlex.join(["batchrun", *args])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -183,7 +183,13 @@ class _Run:
         self.signals += 1
         name = signal.Signals(signum).name
         if self.signals == 1:
-            self.stop(Interrupted(f"interrupted by {name}", signal_number=signum))
+            self.stop(
+                Interrupted(
+                    f"interrupted by {name}",
+                    signal_number=signum,
+                    hint="every finished row is recorded; rerun the same command to resume",
+                )
+            )
             asyncio.get_running_loop().call_later(GRACE_S, self.cancel_in_flight)
         else:
             self.cancel_in_flight()

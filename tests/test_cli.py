@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchrun.cli import main
+from batchrun.cli import main, resume_command
 from tests.conftest import write_jsonl
 
 UNREACHABLE = "http://127.0.0.1:9/v1"  # discard port: any request would fail loudly
@@ -243,3 +243,21 @@ def test_every_run_flag_is_a_job_file_key() -> None:
 
     names = {p.name for p in run.params if p.name not in ("job_file", "input_")} | {"input"}
     assert names == set(SETTING_KEYS)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["batchrun", "run", "jobs/x.toml"], "batchrun run jobs/x.toml"),
+        (
+            ["/venv/bin/batchrun", "run", "jobs/x.toml", "--restart", "--rpm", "600"],
+            "batchrun run jobs/x.toml --rpm 600",
+        ),
+        (
+            ["batchrun", "run", "--input", "my prompts.jsonl", "--template", "Say {text}"],
+            "batchrun run --input 'my prompts.jsonl' --template 'Say {text}'",
+        ),
+    ],
+)
+def test_resume_command_is_the_same_command_without_restart(argv: list[str], expected: str) -> None:
+    assert resume_command(argv) == expected

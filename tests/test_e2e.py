@@ -273,7 +273,10 @@ def test_kill_9_at_random_points_then_resume_gives_every_row_exactly_once(
     assert sim.stats.billed_twice <= summary["rows_possibly_charged_twice"]
 
 
-def test_sigint_writes_partial_output_and_rerun_completes(tmp_path: Path, sim_factory: Any) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_writes_partial_output_and_rerun_completes(
+    tmp_path: Path, sim_factory: Any, sig: signal.Signals, code: int
+) -> None:
     sim = sim_factory(latency_ms=30)
     rows = _rows(1000)
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -283,10 +286,11 @@ def test_sigint_writes_partial_output_and_rerun_completes(tmp_path: Path, sim_fa
         cwd=ROOT, env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 130, stderr
-    assert "interrupted by SIGINT" in stderr
+    assert proc.returncode == code, stderr
+    assert f"interrupted by {sig.name}" in stderr
+    assert "to resume: batchrun run --input" in stderr
     partial = pq.read_table(out)
     assert 0 < partial.num_rows < len(rows)
     ids = partial.column("id").to_pylist()
@@ -308,6 +312,33 @@ def test_sigint_writes_partial_output_and_rerun_completes(tmp_path: Path, sim_fa
     assert final.returncode == 0, final.stderr
     _check_output(out, rows)
     assert sim.stats.requests - sent_before == len(rows) - done_before
+
+
+def test_a_second_sigint_stops_at_once_and_loses_nothing_recorded(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    # Answers take 4 s: after the first Ctrl-C the run would wait out its grace for them.
+    sim = sim_factory(latency_ms=4000)
+    rows = _rows(40)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "8"],
+        cwd=ROOT, env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while sim.stats.requests < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - t0 < 3  # not the 4 s answers, not the 5 s grace
+    assert proc.returncode == 130, stderr
+    final = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "8")  # fmt: skip
+    assert final.returncode == 0, final.stderr
+    _check_output(out, rows)
 
 
 def test_second_run_on_the_same_output_exits_5_at_once(tmp_path: Path, sim_factory: Any) -> None:
