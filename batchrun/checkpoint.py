@@ -32,6 +32,12 @@ from batchrun.errors import CheckpointError
 from batchrun.records import RowResult
 
 JOURNAL_VERSION = "2"
+#: How an older journal becomes the current one (in one transaction), rather than being
+#: refused: refusing would leave --restart, which pays for every row again.
+_MIGRATIONS: dict[str, str] = {
+    # 2 added the cost the API reports; earlier rows have none.
+    "1": "ALTER TABLE results ADD COLUMN reported_cost_usd",
+}
 RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
 
 _SCHEMA = f"""
@@ -119,6 +125,13 @@ class Checkpoint:
             version = db.execute("SELECT value FROM meta WHERE key='journal_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
+            elif version[0] in _MIGRATIONS:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(_MIGRATIONS[version[0]])
+                db.execute(
+                    "UPDATE meta SET value=? WHERE key='journal_version'", (JOURNAL_VERSION,)
+                )
+                db.execute("COMMIT")
             elif version[0] != JOURNAL_VERSION:
                 raise CheckpointError(
                     f"checkpoint {self.path} has journal version {version[0]}, this batchrun writes {JOURNAL_VERSION}",

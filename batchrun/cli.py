@@ -15,12 +15,13 @@ import click
 import pyarrow as pa
 
 from batchrun import __version__
-from batchrun.errors import BatchrunError, Interrupted, InvalidInput, RunStopped
+from batchrun.errors import BatchrunError, Interrupted, InvalidInput
 from batchrun.io.writers import write_text_atomically
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_COST_HEADER,
     ERROR_TYPES,
+    Job,
     job_from_settings,
     resolve_settings,
 )
@@ -65,7 +66,7 @@ def use_system_allocator() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
+def _fail(error: BatchrunError, *, every_row: bool = False, resume: str | None = None) -> None:
     """One clear line (and, for a dry run, every invalid row found), then the exit code."""
     if isinstance(error, InvalidInput) and every_row:
         for e in error.errors:
@@ -82,15 +83,18 @@ def _fail(error: BatchrunError, *, every_row: bool = False) -> None:
         )
     else:
         click.echo(f"batchrun: error: {error}", err=True)
-    if isinstance(error, (Interrupted, RunStopped)):
-        click.echo(f"batchrun: to resume: {resume_command(sys.argv)}", err=True)
+    if resume is not None:
+        click.echo(f"batchrun: to resume: {resume}", err=True)
     sys.exit(error.exit_code)
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that resumes this run: the same one, less a --restart (which would
-    throw away what this run recorded)."""
+def resume_command(argv: list[str], restarted: bool) -> str:
+    """The command that resumes an interrupted run: the same one, without starting over
+    (which would throw away what this run recorded), whether --restart was a flag or a
+    job-file setting."""
     args = [a for a in argv[1:] if a != "--restart"]
+    if restarted:
+        args.append("--no-restart")
     return shlex.join(["batchrun", *args])
 
 
@@ -163,7 +167,7 @@ def main() -> None:
 @click.option(
     "--read-timeout",
     type=float,
-    help="Seconds a streamed answer may stay silent before the request counts as timed out. [default: 30]",
+    help="Seconds a streamed answer may stay silent (the wait for its first byte included) before the request counts as timed out. [default: 60]",
 )
 @click.option(
     "--max-retry-after",
@@ -191,8 +195,7 @@ def main() -> None:
     help=f"With --retry-failed: comma-separated error types to retry ({', '.join(ERROR_TYPES)}).",
 )
 @click.option(
-    "--restart",
-    is_flag=True,
+    "--restart/--no-restart",
     default=None,
     help="Discard the checkpoint and start over (every row is sent again).",
 )
@@ -250,6 +253,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     flags["stop"] = flags["stop"] or None
     dry = bool(flags.get("dry_run"))
     use_system_allocator()
+    job: Job | None = None
     try:
         settings = resolve_settings(job_file, flags)
         dry = bool(settings.get("dry_run"))
@@ -264,7 +268,14 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
         if exc.summary is not None:
             for line in exc.summary.lines():
                 click.echo(line)
-        _fail(exc, every_row=dry)
+        # A stop (budget, API refusal) says in its hint what to change before rerunning;
+        # an interruption is resumed by the same command.
+        resume = (
+            resume_command(sys.argv, job.restart)
+            if isinstance(exc, Interrupted) and job is not None
+            else None
+        )
+        _fail(exc, every_row=dry, resume=resume)
     except Exception:
         if os.environ.get(DEBUG_ENV):
             raise
@@ -276,6 +287,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     view.close()
     for line in summary.lines():
         click.echo(line)
+    assert job is not None
     click.echo(f"  summary: {job.summary_path}")
     sys.exit(summary.exit_code)
 

@@ -1,11 +1,16 @@
 """JSON on the hot path: orjson where it can, the standard library where it cannot.
 
 orjson parses and serialises several times faster than :mod:`json`, which shows in the
-per-row cost of a run (request bodies, answers, JSONL input). It refuses a few things the
-standard library accepts (NaN and Infinity, integers beyond 64 bits on output), and it
-reads integers beyond 64 bits as floats, silently changing them (a long numeric id, say).
-Those cases go to :mod:`json`, so what batchrun reads and sends does not depend on which
-library ran. A parse error is raised by :mod:`json` too, for its line and column.
+per-row cost of a run (request bodies, answers, JSONL input). Where the two differ, the
+standard library decides, so what batchrun reads and sends does not depend on which ran:
+
+- orjson reads integers beyond 64 bits as floats, silently changing them (a long numeric
+  id, say), and refuses NaN and Infinity: such input is parsed by :mod:`json`;
+- orjson cannot write integers beyond 64 bits: :mod:`json` writes them. (NaN and Infinity,
+  which orjson would write as null, never reach a body: the job's JSON settings are
+  checked for them.)
+
+A parse error is raised by :mod:`json` too, for its line and column.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from typing import Any
 
 import orjson
 
-# 2**64 has 20 digits: a run of 20 digits may be an integer orjson would turn into a float.
-# (Digits inside strings match too; they only cost the slower parser.)
-# Spelled out: faster to search for than \d{20}.
-_LONG_DIGITS = re.compile(rb"\d" * 20)
+# Integers orjson keeps exactly lie in -2**63 .. 2**64-1; anything outside has at least 19
+# digits (-9223372036854775809). Digits inside strings match too: they only cost the
+# slower parser. Spelled out: faster to search for than \d{19}.
+_LONG_DIGITS = re.compile(rb"\d" * 19)
 
 
 def loads(data: bytes) -> Any:

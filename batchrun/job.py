@@ -137,6 +137,15 @@ class RequestParams:
             )
         if self.metadata is not None:
             _check(isinstance(self.metadata, dict), "metadata must be an object")
+        for name in ("tools", "tool_choice", "metadata"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    json.dumps(value, allow_nan=False)
+                except ValueError:
+                    raise UsageError(
+                        f"{name} holds NaN or Infinity, which JSON cannot carry"
+                    ) from None
 
     def body_fields(self) -> dict[str, Any]:
         """The job-level part of every request body, in a stable key order."""
@@ -191,9 +200,9 @@ class RetryPolicy:
     max_attempts: int = 6
     #: Per request, whole request including reading the (streamed) answer.
     timeout_s: float = 120.0
-    #: A streamed answer silent this long has stalled. (A non-streamed answer arrives in
-    #: one piece at the end, so only ``timeout_s`` applies to it.)
-    read_timeout_s: float = 30.0
+    #: A streamed answer silent this long has stalled, the wait for its first byte included.
+    #: (A non-streamed answer arrives in one piece at the end: only ``timeout_s`` applies.)
+    read_timeout_s: float = 60.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     #: A Retry-After longer than this stops the run (resumably) instead of hanging.
@@ -337,6 +346,11 @@ class Job:
         _check(
             not (self.retry_failed and self.restart),
             "--retry-failed and --restart exclude each other",
+        )
+        _check(
+            self.cost_header is None
+            or (isinstance(self.cost_header, str) and bool(self.cost_header)),
+            f"cost_header must be a header name, got {self.cost_header!r}",
         )
         if self.limit is not None:
             _check(

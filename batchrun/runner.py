@@ -187,7 +187,7 @@ class _Run:
                 Interrupted(
                     f"interrupted by {name}",
                     signal_number=signum,
-                    hint="every finished row is recorded; rerun the same command to resume",
+                    hint="every finished row is recorded; rerunning without --restart resumes",
                 )
             )
             asyncio.get_running_loop().call_later(GRACE_S, self.cancel_in_flight)

@@ -457,12 +457,15 @@ class _Simulator:
             else:
                 self.billed_keys.add(key)
         created = int(time.time())
-        headers = self._ratelimit_headers()
+        # The cost header belongs to the answer (a replay repeats it); rate-limit headers
+        # describe the moment.
+        cost_headers: dict[str, str] = {}
         if self.config.cost_header:
             cost = self.prices.cost(model, usage["prompt_tokens"], usage["completion_tokens"])
             if cost is not None:
                 st.reported_cost_usd += cost
-                headers[self.config.cost_header] = repr(cost)
+                cost_headers[self.config.cost_header] = repr(cost)
+        headers = self._ratelimit_headers() | cost_headers
         if body.get("stream"):
             self._count(200)
             return await self._stream(
@@ -477,7 +480,7 @@ class _Simulator:
             "usage": usage,
         }).encode()  # fmt: skip
         if self.config.honor_idempotency and key:
-            self.replies[key] = (201, payload, headers)
+            self.replies[key] = (201, payload, cost_headers)
         self._count(201)
         return web.Response(status=201, body=payload, content_type=_JSON, headers=headers)
 

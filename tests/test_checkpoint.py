@@ -1,4 +1,5 @@
-"""The journal: a checkpoint from another journal version is refused, never reused."""
+"""The journal across batchrun versions: an older journal is migrated in place, an unknown
+one refused, never silently reused or thrown away."""
 
 from __future__ import annotations
 
@@ -7,38 +8,71 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.checkpoint import JOURNAL_VERSION, Checkpoint
+from batchrun.checkpoint import JOURNAL_VERSION, RESULT_COLUMNS, Checkpoint
 from batchrun.errors import CheckpointError
+from batchrun.records import RowResult
 
 
-def test_a_journal_of_another_version_stops_with_exit_5_and_a_way_out(tmp_path: Path) -> None:
+def _journal(tmp_path: Path) -> Checkpoint:
     ckpt = Checkpoint(tmp_path / "out.checkpoint")
     ckpt.lock()
     assert ckpt.open() is False
+    return ckpt
+
+
+def _reopen(tmp_path: Path) -> Checkpoint:
+    again = Checkpoint(tmp_path / "out.checkpoint")
+    again.lock()
+    return again
+
+
+def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    ckpt = _journal(tmp_path)
+    ckpt.close()
+    # What batchrun 1 left: no reported_cost_usd column, version 1, one finished row.
+    db = sqlite3.connect(ckpt.path)
+    with db:
+        db.execute("ALTER TABLE results DROP COLUMN reported_cost_usd")
+        db.execute("UPDATE meta SET value='1' WHERE key='journal_version'")
+        cols = RESULT_COLUMNS[:-1]
+        db.execute(
+            f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0),
+        )
+    db.close()
+    again = _reopen(tmp_path)
+    assert again.open() is True
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
+    rows = again.results_between(0, 10)
+    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-1] is None
+    # New rows go in with the new column.
+    again.write([], [RowResult(1, "ok", completion="no", finished_at=2.0, reported_cost_usd=0.5)])
+    assert again.results_between(1, 2)[0][-1] == 0.5
+    assert again.aggregate(10)["rows"] == 2
+    again.close()
+
+
+def test_a_journal_of_an_unknown_version_stops_with_exit_5_and_a_way_out(tmp_path: Path) -> None:
+    ckpt = _journal(tmp_path)
     ckpt.close()
     db = sqlite3.connect(ckpt.path)
     with db:
-        db.execute("UPDATE meta SET value='1' WHERE key='journal_version'")
+        db.execute("UPDATE meta SET value='99' WHERE key='journal_version'")
     db.close()
-    assert JOURNAL_VERSION != "1"
-    again = Checkpoint(tmp_path / "out.checkpoint")
-    again.lock()
+    again = _reopen(tmp_path)
     with pytest.raises(CheckpointError) as err:
         again.open()
     again.close()
     assert err.value.exit_code == 5
-    assert "journal version 1" in err.value.message
+    assert "journal version 99" in err.value.message
     assert err.value.hint is not None and "--restart" in err.value.hint
 
 
 def test_reopening_a_journal_of_this_version_keeps_it(tmp_path: Path) -> None:
-    ckpt = Checkpoint(tmp_path / "out.checkpoint")
-    ckpt.lock()
-    ckpt.open()
+    ckpt = _journal(tmp_path)
     ckpt.set_meta(fingerprint={"model": "m"})
     ckpt.close()
-    again = Checkpoint(tmp_path / "out.checkpoint")
-    again.lock()
+    again = _reopen(tmp_path)
     assert again.open() is True
     assert again.get_meta("fingerprint") == {"model": "m"}
     again.close()

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import main, resume_command
+from batchrun.job import job_from_settings, resolve_settings
 from tests.conftest import write_jsonl
 
 UNREACHABLE = "http://127.0.0.1:9/v1"  # discard port: any request would fail loudly
@@ -246,18 +247,33 @@ def test_every_run_flag_is_a_job_file_key() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv, expected",
+    "argv, restarted, expected",
     [
-        (["batchrun", "run", "jobs/x.toml"], "batchrun run jobs/x.toml"),
+        (["batchrun", "run", "jobs/x.toml"], False, "batchrun run jobs/x.toml"),
         (
             ["/venv/bin/batchrun", "run", "jobs/x.toml", "--restart", "--rpm", "600"],
-            "batchrun run jobs/x.toml --rpm 600",
+            True,
+            "batchrun run jobs/x.toml --rpm 600 --no-restart",
         ),
+        # restart = true in the job file: the rerun must say --no-restart.
+        (["batchrun", "run", "jobs/fresh.toml"], True, "batchrun run jobs/fresh.toml --no-restart"),
         (
             ["batchrun", "run", "--input", "my prompts.jsonl", "--template", "Say {text}"],
+            False,
             "batchrun run --input 'my prompts.jsonl' --template 'Say {text}'",
         ),
     ],
 )
-def test_resume_command_is_the_same_command_without_restart(argv: list[str], expected: str) -> None:
-    assert resume_command(argv) == expected
+def test_resume_command_is_the_same_command_without_starting_over(
+    argv: list[str], restarted: bool, expected: str
+) -> None:
+    assert resume_command(argv, restarted) == expected
+
+
+def test_no_restart_overrides_restart_in_the_job_file(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi"}])
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(f'input = "{src.name}"\nrestart = true\n')
+    settings = resolve_settings(job_file, {"restart": False})
+    assert job_from_settings(settings).restart is False
+    assert job_from_settings(resolve_settings(job_file, {"restart": None})).restart is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def test_2000_rows_in_order_with_the_simulators_answers(
     )
     assert proc.returncode == 0, proc.stderr
     table = _check_output(out, rows)
-    assert table.schema.metadata[b"batchrun.schema_version"] == b"1"
+    assert table.schema.metadata[b"batchrun.schema_version"] == b"2"
     assert sim.stats.requests == TEMPLATE_ROWS
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert summary["rows_ok"] == TEMPLATE_ROWS
@@ -317,28 +318,36 @@ def test_a_signal_writes_partial_output_and_rerun_completes(
 def test_a_second_sigint_stops_at_once_and_loses_nothing_recorded(
     tmp_path: Path, sim_factory: Any
 ) -> None:
-    # Answers take 4 s: after the first Ctrl-C the run would wait out its grace for them.
-    sim = sim_factory(latency_ms=4000)
+    # Answers take 0.1 to 4.9 s: some rows finish quickly, others would keep the run
+    # waiting out its 5 s grace after a first Ctrl-C.
+    sim = sim_factory(latency_ms=2500, jitter_ms=2400, seed=11)
     rows = _rows(40)
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.parquet"
+    journal = tmp_path / "out.checkpoint" / "journal.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "8"],
+        [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "40"],
         cwd=ROOT, env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 15
-    while sim.stats.requests < 8 and time.monotonic() < deadline:
+    while sim.stats.ok < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
-    assert time.monotonic() - t0 < 3  # not the 4 s answers, not the 5 s grace
+    assert time.monotonic() - t0 < 3  # not the slow answers, not the 5 s grace
     assert proc.returncode == 130, stderr
-    final = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "8")  # fmt: skip
+    with sqlite3.connect(journal) as db:
+        recorded = db.execute("SELECT count(*) FROM results").fetchone()[0]
+    assert 0 < recorded < len(rows)
+    sent_before = sim.stats.requests
+    final = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "40")  # fmt: skip
     assert final.returncode == 0, final.stderr
     _check_output(out, rows)
+    # Every row recorded before the second Ctrl-C was kept: the rerun sent only the rest.
+    assert sim.stats.requests - sent_before == len(rows) - recorded
 
 
 def test_second_run_on_the_same_output_exits_5_at_once(tmp_path: Path, sim_factory: Any) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.errors import UsageError
 from batchrun.job import job_from_settings, resolve_settings
 from batchrun.scan import scan_input
 
@@ -35,3 +36,28 @@ def test_reprocessing_job_is_the_labeling_job() -> None:
     assert label.output_path == again.output_path
     assert label.fingerprint_fields() == again.fingerprint_fields()  # so it may resume that output
     assert again.retry_failed and again.only_error_types
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"metadata": '{"score": NaN}'}, "metadata holds NaN or Infinity"),
+        ({"metadata": {"score": float("inf")}}, "metadata holds NaN or Infinity"),
+        ({"cost_header": 1}, "cost_header must be a header name"),
+        ({"cost_header": True}, "cost_header must be a header name"),
+    ],
+)
+def test_settings_json_cannot_carry_or_of_the_wrong_kind_are_refused(
+    tmp_path: Path, settings: dict[str, object], message: str
+) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(UsageError, match=message):
+        job_from_settings({"input": str(src), **settings})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("x-cost", "x-cost"), ("", None)])
+def test_cost_header_setting(tmp_path: Path, value: str, expected: str | None) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "hi"}\n')
+    assert job_from_settings({"input": str(src), "cost_header": value}).cost_header == expected
