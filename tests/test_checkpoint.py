@@ -20,6 +20,19 @@ def _journal(tmp_path: Path) -> Checkpoint:
     return ckpt
 
 
+def _closed_journal(tmp_path: Path, *statements: str | tuple[str, tuple[object, ...]]) -> None:
+    """A fresh journal, closed, then changed behind batchrun's back by ``statements``
+    (SQL, or SQL with its parameters)."""
+    ckpt = _journal(tmp_path)
+    ckpt.close()
+    db = sqlite3.connect(ckpt.path)
+    with db:
+        for st in statements:
+            sql, params = (st, ()) if isinstance(st, str) else st
+            db.execute(sql, params)
+    db.close()
+
+
 def _reopen(tmp_path: Path) -> Checkpoint:
     again = Checkpoint(tmp_path / "out.checkpoint")
     again.lock()
@@ -27,19 +40,16 @@ def _reopen(tmp_path: Path) -> Checkpoint:
 
 
 def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    ckpt = _journal(tmp_path)
-    ckpt.close()
     # What batchrun 1 left: no reported_cost_usd column, version 1, one finished row.
-    db = sqlite3.connect(ckpt.path)
-    with db:
-        db.execute("ALTER TABLE results DROP COLUMN reported_cost_usd")
-        db.execute("UPDATE meta SET value='1' WHERE key='journal_version'")
-        cols = RESULT_COLUMNS[:-1]
-        db.execute(
-            f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-            (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0),
-        )
-    db.close()
+    cols = RESULT_COLUMNS[:-1]
+    values = (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0)
+    assert len(values) == len(cols)
+    _closed_journal(
+        tmp_path,
+        "ALTER TABLE results DROP COLUMN reported_cost_usd",
+        "UPDATE meta SET value='1' WHERE key='journal_version'",
+        (f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values),
+    )
     again = _reopen(tmp_path)
     assert again.open() is True
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
@@ -53,12 +63,7 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
 
 
 def test_a_journal_of_an_unknown_version_stops_with_exit_5_and_a_way_out(tmp_path: Path) -> None:
-    ckpt = _journal(tmp_path)
-    ckpt.close()
-    db = sqlite3.connect(ckpt.path)
-    with db:
-        db.execute("UPDATE meta SET value='99' WHERE key='journal_version'")
-    db.close()
+    _closed_journal(tmp_path, "UPDATE meta SET value='99' WHERE key='journal_version'")
     again = _reopen(tmp_path)
     with pytest.raises(CheckpointError) as err:
         again.open()
