@@ -197,7 +197,7 @@ def _int_or_none(value: Any) -> int | None:
 def parse_completion(raw: bytes) -> Completion:
     """Parse a non-streamed success body; RowFailed(invalid_response) if it is not one."""
     try:
-        payload = fastjson.loads(raw)
+        payload = fastjson.loads(raw, exact_ints=False)
         choice = payload["choices"][0]
         message = choice.get("message") or {}
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
@@ -280,7 +280,7 @@ async def parse_sse(resp: aiohttp.ClientResponse) -> Completion:
             state.done = True
             break
         try:
-            chunk = fastjson.loads(data)
+            chunk = fastjson.loads(data, exact_ints=False)
         except ValueError:
             raise RowFailed(
                 "invalid_response", f"stream chunk is not JSON: {data[:120]!r}"

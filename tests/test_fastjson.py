@@ -60,3 +60,12 @@ def test_dumps_is_compact_utf8_json_equal_to_jsons(obj: object) -> None:
     assert isinstance(out, bytes)
     assert out == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
     assert json.loads(out) == obj
+
+
+def test_answers_may_skip_the_exact_integer_search_but_not_the_stdlib_fallback() -> None:
+    # Without the search a huge integer comes back as orjson reads it (a float) ...
+    assert fastjson.loads(b'{"n": 18446744073709551617}', exact_ints=False)["n"] == float(2**64 + 1)
+    # ... but what orjson refuses is still parsed, and errors are still json's.
+    assert math.isnan(fastjson.loads(b'{"x": NaN}', exact_ints=False)["x"])
+    with pytest.raises(json.JSONDecodeError):
+        fastjson.loads(b'{"a": ', exact_ints=False)
