@@ -9,6 +9,8 @@ underestimated).
 
 from __future__ import annotations
 
+import asyncio
+
 from batchrun.checkpoint import Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
@@ -62,6 +64,10 @@ class BudgetGate:
         self.spent_tokens = spent_tokens
         self.reserved_usd = 0.0
         self.reserved_tokens = 0
+        self.in_flight = 0
+        #: Set by every settle: a request that did not fit beside the ones in flight may
+        #: fit once they are settled at what they really used.
+        self.settled = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -96,20 +102,29 @@ class BudgetGate:
             )
         self.reserved_usd += usd
         self.reserved_tokens += tokens
+        self.in_flight += 1
         return None
 
     def settle(
         self,
         prompt_estimate: int,
         max_tokens: int,
+        answered: bool,
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> None:
-        """Replace a reservation by what the request really used (nothing if it failed)."""
+        """Replace a reservation by what the request really used: nothing if it failed,
+        the reported usage if answered, the worst case if answered without usage (an
+        answer was paid for, and nothing says how much)."""
         usd, tokens = self._worst(prompt_estimate, max_tokens)
         self.reserved_usd -= usd
         self.reserved_tokens -= tokens
-        p, c = prompt_tokens or 0, completion_tokens or 0
+        self.in_flight -= 1
+        self.settled.set()
+        if answered and prompt_tokens is None and completion_tokens is None:
+            p, c = prompt_estimate, max_tokens
+        else:
+            p, c = prompt_tokens or 0, completion_tokens or 0
         self.spent_tokens += p + c
         if self.price is not None:
             self.spent_usd += self.price.cost(p, c)

@@ -34,9 +34,13 @@ from batchrun.records import RowResult
 JOURNAL_VERSION = "2"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again.
-_MIGRATIONS: dict[str, str] = {
-    # 2 added the cost the API reports; earlier rows have none.
-    "1": "ALTER TABLE results ADD COLUMN reported_cost_usd",
+_MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # 2 added the cost the API reports (earlier rows have none) and counts each in-flight
+    # mark once as possibly charged twice.
+    "1": (
+        "ALTER TABLE results ADD COLUMN reported_cost_usd",
+        "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
 
@@ -47,7 +51,9 @@ CREATE TABLE IF NOT EXISTS results (
     {", ".join(RESULT_COLUMNS[1:])}
 );
 CREATE TABLE IF NOT EXISTS inflight (
-    position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL
+    position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL,
+    -- 1 once a run has counted the row as possibly charged twice (it is counted once)
+    counted INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -127,7 +133,8 @@ class Checkpoint:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
             elif version[0] in _MIGRATIONS:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute(_MIGRATIONS[version[0]])
+                for statement in _MIGRATIONS[version[0]]:
+                    db.execute(statement)
                 db.execute(
                     "UPDATE meta SET value=? WHERE key='journal_version'", (JOURNAL_VERSION,)
                 )
@@ -205,6 +212,22 @@ class Checkpoint:
     def inflight_keys(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT position, idempotency_key FROM inflight"))
 
+    def count_possibly_charged_twice(self, below: int) -> int:
+        """Add the in-flight marks no run has counted yet (rows in flight when a run died,
+        now to be sent again) to the stored total, once each; return the total."""
+        with self.transaction() as db:
+            new = db.execute(
+                "UPDATE inflight SET counted=1 WHERE counted=0 AND position < ?", (below,)
+            ).rowcount
+            row = db.execute("SELECT value FROM meta WHERE key='possibly_charged_twice'").fetchone()
+            total = (json.loads(row[0]) if row else 0) + new
+            if new:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('possibly_charged_twice', ?)",
+                    (json.dumps(total),),
+                )
+        return int(total)
+
     def forget_failed(self, error_types: tuple[str, ...]) -> int:
         """Delete error rows (of these types, or all) so the run sends them again."""
         with self.transaction() as db:
@@ -225,7 +248,10 @@ class Checkpoint:
         rows taken out of flight unsent."""
         with self.transaction() as db:
             if inflight:
-                db.executemany("INSERT OR REPLACE INTO inflight VALUES (?, ?)", inflight)
+                db.executemany(
+                    "INSERT OR REPLACE INTO inflight (position, idempotency_key) VALUES (?, ?)",
+                    inflight,
+                )
             if results:
                 db.executemany(_INSERT_RESULT, map(_result_tuple, results))
                 db.executemany(

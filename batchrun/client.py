@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from batchrun import __version__, fastjson
 from batchrun.records import Completion
@@ -139,6 +140,14 @@ class ApiClient:
                 f"connection failed: {self._redact(str(exc)) or type(exc).__name__}",
                 definite=False,
             ) from None
+        except (aiohttp.ClientError, HttpProcessingError) as exc:
+            # A reply that is not HTTP as aiohttp reads it (a malformed status line or
+            # headers, say): whatever the server did with the request is unknown.
+            raise Retryable(
+                "connection_error",
+                f"unreadable answer: {self._redact(str(exc)) or type(exc).__name__}",
+                definite=False,
+            ) from None
 
     async def _failure(self, resp: aiohttp.ClientResponse) -> RequestFailed:
         raw = await resp.read()
@@ -191,7 +200,23 @@ def _content_text(content: Any) -> str | None:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A token count as the journal and the output can hold it (a non-negative int64)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    """A text field (model, id, finish reason) as text, whatever JSON type the server used."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+#: What a success body of the wrong shape raises while it is taken apart.
+_SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
 def parse_completion(raw: bytes) -> Completion:
@@ -200,23 +225,23 @@ def parse_completion(raw: bytes) -> Completion:
         payload = fastjson.loads(raw, exact_ints=False)
         choice = payload["choices"][0]
         message = choice.get("message") or {}
-    except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        usage = payload.get("usage") or {}
+        tool_calls = message.get("tool_calls")
+        return Completion(
+            text=_content_text(message.get("content")),
+            finish_reason=_str_or_none(choice.get("finish_reason")),
+            tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(usage.get("completion_tokens")),
+            total_tokens=_int_or_none(usage.get("total_tokens")),
+            model=_str_or_none(payload.get("model")),
+            response_id=_str_or_none(payload.get("id")),
+        )
+    except (*_SHAPE_ERRORS, UnicodeDecodeError):
         snippet = raw[:120].decode("utf-8", "replace")
         raise RowFailed(
             "invalid_response", f"success status but not a chat completion: {snippet!r}"
         ) from None
-    usage = payload.get("usage") or {}
-    tool_calls = message.get("tool_calls")
-    return Completion(
-        text=_content_text(message.get("content")),
-        finish_reason=choice.get("finish_reason"),
-        tool_calls=json.dumps(tool_calls, ensure_ascii=False) if tool_calls else None,
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        total_tokens=_int_or_none(usage.get("total_tokens")),
-        model=payload.get("model"),
-        response_id=payload.get("id"),
-    )
 
 
 class _StreamState:
@@ -232,8 +257,9 @@ class _StreamState:
         self.done = False
 
     def feed(self, chunk: dict[str, Any]) -> None:
-        self.model = chunk.get("model") or self.model
-        self.response_id = chunk.get("id") or self.response_id
+        """Merge one chunk; a chunk of the wrong shape raises one of _SHAPE_ERRORS."""
+        self.model = _str_or_none(chunk.get("model")) or self.model
+        self.response_id = _str_or_none(chunk.get("id")) or self.response_id
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
@@ -252,7 +278,7 @@ class _StreamState:
                 slot["function"]["name"] += fn.get("name") or ""
                 slot["function"]["arguments"] += fn.get("arguments") or ""
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = _str_or_none(choice["finish_reason"])
 
     def result(self) -> Completion:
         calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
@@ -270,6 +296,19 @@ class _StreamState:
 
 async def parse_sse(resp: aiohttp.ClientResponse) -> Completion:
     """Read a server-sent-events answer to the end and merge its chunks."""
+    try:
+        return await _read_sse(resp)
+    except RequestFailed:
+        raise
+    except (*_SHAPE_ERRORS, HttpProcessingError) as exc:
+        # A chunk of the wrong shape, or a line longer than aiohttp reads: the server
+        # answered (and billed), but not in a form that can be read. Retrying would pay again.
+        raise RowFailed(
+            "invalid_response", f"stream is not a chat completion stream ({type(exc).__name__})"
+        ) from None
+
+
+async def _read_sse(resp: aiohttp.ClientResponse) -> Completion:
     state = _StreamState()
     async for raw_line in resp.content:
         line = raw_line.strip()

@@ -26,7 +26,7 @@ FINISH_REASONS: dict[str, str] = {
 
 def normalize_finish_reason(raw: str | None) -> str | None:
     """Map a raw finish reason to stop/length/tool_calls/content_filter; None if unknown."""
-    if raw is None:
+    if not isinstance(raw, str):
         return None
     return FINISH_REASONS.get(raw.lower())
 

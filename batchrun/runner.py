@@ -9,6 +9,7 @@ the single journal writer. A failed row is a row, never an exception out of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -46,7 +47,7 @@ from batchrun.retrying import (
     WaitRetryAfterOrBackoff,
 )
 from batchrun.scan import Scan, scan_input
-from batchrun.sink import JournalWriter
+from batchrun.sink import JournalFailed, JournalWriter
 from batchrun.summary import Summary, latency_percentiles
 
 #: Seconds in-flight requests get to finish after the first SIGINT/SIGTERM.
@@ -157,6 +158,7 @@ class _Run:
         self.same_error: tuple[str, int] = ("", 0)
         self.possibly_charged_twice = 0
         self.signals = 0
+        self.journal_error: BaseException | None = None
         self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
         self.gate = BudgetGate(
             Budget(), None, model=job.params.model, spent_usd=0.0, spent_tokens=0
@@ -194,6 +196,18 @@ class _Run:
         else:
             self.cancel_in_flight()
 
+    def journal_failed(self, exc: BaseException) -> None:
+        """Nothing more can be recorded: stop at once rather than pay for rows that would
+        be lost. What was committed stays; a rerun resumes from it."""
+        self.journal_error = exc
+        self.stop(
+            CheckpointError(
+                f"the checkpoint journal {self.ckpt.path} cannot be written ({exc})",
+                hint="free disk space or fix the folder's permissions, then rerun the same command to resume",
+            )
+        )
+        self.cancel_in_flight()
+
     def cancel_in_flight(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -214,20 +228,39 @@ class _Run:
             )
             return
         except _NotSent:
-            # Left for the next run. Its in-flight mark stays if its last send's outcome is
-            # unknown (a timeout, a dropped connection): the resend reuses the key and the
-            # row counts as possibly charged twice.
-            if row.last is None or row.last.definite:
+            # Left for the next run. Its in-flight mark stays if the server may hold its
+            # key (a send of it timed out, or an earlier run died with it in flight): the
+            # resend reuses the key and the row counts as possibly charged twice.
+            if not row.key_maybe_received:
                 writer.forget_inflight(request.position)
             return
+        except JournalFailed:
+            return  # not sent; the run is stopping (see journal_failed)
+        except asyncio.CancelledError:
+            # Cancelled at the end of the grace (or a second signal): the same rule.
+            if not row.key_maybe_received:
+                writer.forget_inflight(request.position)
+            raise
+        except Exception as exc:
+            # Something no one foresaw (a bug, most likely): the row fails, the run goes on.
+            result = RowResult.failure(
+                request.position,
+                error_type="internal_error",
+                error=f"unexpected {type(exc).__name__}: {exc}"[:300],
+                attempts=row.attempts,
+                latency_ms=row.latency_ms,
+                finished_at=time.time(),
+            )
         finally:
             if row.holds_slot:
                 self.limiter.release_slot()
             if self.gate.active:
                 max_tokens = self.job.params.max_tokens
+                answered = result is not None and result.status == OK
                 self.gate.settle(
                     request.estimated_tokens - max_tokens,
                     max_tokens,
+                    answered,
                     result.prompt_tokens if result else None,
                     result.completion_tokens if result else None,
                 )
@@ -316,7 +349,7 @@ class _Run:
         bits = self.ckpt.done_bitmap(total)
         builder = RequestBuilder(job, str(job.input_path))
         builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
-        writer = JournalWriter(self.ckpt)
+        writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
         writer.start()
         try:
             async with self.client_factory(job, self.api_key) as client, asyncio.TaskGroup() as tg:
@@ -332,7 +365,7 @@ class _Run:
                         assert row is not None  # the scan proved every row valid
                         request = builder.build(row, pos, batch.where(offset))
                         if self.gate.active:
-                            why = self.gate.admit(request.estimated_tokens - max_tokens, max_tokens)
+                            why = await self.admit(request.estimated_tokens - max_tokens)
                             if why is not None:
                                 self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
                                 break
@@ -346,6 +379,18 @@ class _Run:
                     await asyncio.sleep(0)  # let workers run between input batches
         finally:
             await writer.close()
+
+    async def admit(self, prompt_estimate: int) -> str | None:
+        """Reserve a request's worst case under the budget. One that does not fit beside
+        the requests in flight waits for them to settle at what they really used; the cap
+        stops the run only when it does not fit even with nothing in flight."""
+        gate, max_tokens = self.gate, self.job.params.max_tokens
+        while True:
+            gate.settled.clear()
+            why = gate.admit(prompt_estimate, max_tokens)
+            if why is None or gate.in_flight == 0 or self.stopping.is_set():
+                return why
+            await gate.settled.wait()
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -446,11 +491,7 @@ class _Run:
                 self.emit(Event("notice", p, message=f"retrying {n:,} failed rows"))
             resumed = ckpt.done_count(below=total)
             self.inflight_keys = ckpt.inflight_keys()
-            self.possibly_charged_twice = len(self.inflight_keys) + (
-                ckpt.get_meta("possibly_charged_twice") or 0
-            )
-            if self.inflight_keys:
-                ckpt.set_meta(possibly_charged_twice=self.possibly_charged_twice)
+            self.possibly_charged_twice = ckpt.count_possibly_charged_twice(below=total)
             p.total, p.already_done, p.to_send = total, resumed, total - resumed
             self.check_grading(scan)
             agg = ckpt.aggregate(total)
@@ -474,8 +515,10 @@ class _Run:
                 await self.pool(scan, total)
             done = ckpt.done_count(below=total)
             self.emit(Event("finalizing", p))
-            if self.stop_error is not None and self.signals > 1:
-                raise self.stop_error  # second signal: leave at once, the journal has every row
+            if self.stop_error is not None and (self.signals > 1 or self.journal_error):
+                # A second signal: leave at once, the journal has every row. A journal that
+                # cannot be written: no output can be made from it now.
+                raise self.stop_error
             write_output(job, ckpt, scan, total, partial=done < total)
             if done == total:
                 ckpt.set_meta(finalized=finished)
@@ -522,6 +565,7 @@ class _RowSend:
         "fresh_key",
         "holds_slot",
         "key",
+        "key_maybe_received",
         "last",
         "latency_ms",
         "request",
@@ -540,6 +584,9 @@ class _RowSend:
         key = run.inflight_keys.pop(request.position, None)
         self.fresh_key = key is None
         self.key = key or _new_key()
+        #: The server may have received a send with ``key`` and its outcome is unknown to
+        #: us: the key must survive this run if the row is not finished.
+        self.key_maybe_received = key is not None
         self.attempts = 0
         self.latency_ms: float | None = None
         self.last: RequestFailed | None = None
@@ -548,12 +595,16 @@ class _RowSend:
 
     async def sleep(self, seconds: float) -> None:
         """Wait before a retry without holding an in-flight slot: a row waiting out its
-        backoff is not in flight, so other rows may use the slot meanwhile."""
-        limiter = self.run.limiter
-        limiter.release_slot()
+        backoff is not in flight, so other rows may use the slot meanwhile. A stop ends
+        the wait at once."""
+        run = self.run
+        run.limiter.release_slot()
         self.holds_slot = False
-        await asyncio.sleep(seconds)
-        await limiter.slot()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stopping.wait(), seconds)
+        if run.stopping.is_set():
+            raise _NotSent
+        await run.limiter.slot()
         self.holds_slot = True
 
     async def once(self) -> Completion:
@@ -565,22 +616,26 @@ class _RowSend:
             # The server answered the last send, so its outcome is known: the next send is
             # a new request with a new key.
             self.key, self.fresh_key = _new_key(), True
-        if self.fresh_key:
-            await self.writer.mark_inflight(self.request.position, self.key)
-            self.fresh_key = False
         await run.limiter.before_send(self.request.estimated_tokens)
         if run.stopping.is_set():
             raise _NotSent
+        if self.fresh_key:
+            # Only once the send may go: a row stopped while it waits for the rate limits
+            # leaves no mark of a request never sent.
+            await self.writer.mark_inflight(self.request.position, self.key)
+            self.fresh_key = False
         self.attempts += 1
         run.progress.requests += 1
         if self.attempts > 1:
             run.progress.retries += 1
         t0 = time.perf_counter()
+        self.key_maybe_received = True
         try:
             completion = await self.client.complete(self.request.body, self.key)
         except RequestFailed as exc:
             self.latency_ms = (time.perf_counter() - t0) * 1000.0
             self.last = exc
+            self.key_maybe_received = not exc.definite
             run.on_failure(exc, self.attempts)
             raise
         self.latency_ms = (time.perf_counter() - t0) * 1000.0

@@ -9,6 +9,8 @@ after its Idempotency-Key is on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from batchrun.checkpoint import Checkpoint
 from batchrun.records import RowResult
@@ -16,13 +18,29 @@ from batchrun.records import RowResult
 _STOP = object()
 
 
+class JournalFailed(Exception):
+    """The journal could not be written; ``cause`` is why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the checkpoint journal cannot be written ({cause})")
+        self.cause = cause
+
+
 class JournalWriter:
     """Group-committing writer over a :class:`Checkpoint` (one per run)."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._ckpt = checkpoint
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        #: Called once if a commit fails (disk full, I/O error): nothing more can be
+        #: recorded, so the run must stop rather than go on paying for rows it would lose.
+        self._on_failure = on_failure
+        self.failure: BaseException | None = None
         self.commits = 0
         self.rows_written = 0
 
@@ -33,7 +51,11 @@ class JournalWriter:
         self._task = asyncio.create_task(self._run(), name="batchrun-journal-writer")
 
     async def mark_inflight(self, position: int, key: str) -> None:
-        """Record that ``position`` is about to be sent with ``key``; returns once committed."""
+        """Record that ``position`` is about to be sent with ``key``; returns once committed.
+
+        Raises the commit's error if the journal cannot be written."""
+        if self.failure is not None:
+            raise JournalFailed(self.failure)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((position, key, fut))
         await fut
@@ -47,11 +69,13 @@ class JournalWriter:
         self._queue.put_nowait(position)
 
     async def close(self) -> None:
-        """Commit everything queued, then stop."""
+        """Commit everything queued, then stop. A failed writer was reported already."""
         if self._task is None:
             return
-        self._queue.put_nowait(_STOP)
-        await asyncio.shield(self._task)
+        if self.failure is None:
+            self._queue.put_nowait(_STOP)
+            with contextlib.suppress(Exception):  # reported through on_failure
+                await asyncio.shield(self._task)
         self._task = None
 
     async def _run(self) -> None:
@@ -77,17 +101,24 @@ class JournalWriter:
                     forget.append(item)
             try:
                 self._ckpt.write(marks, results, forget)
-            except BaseException as exc:
+            except Exception as exc:
+                self.failure = exc
                 for w in waiters:
                     if not w.done():
-                        w.set_exception(
-                            exc
-                            if isinstance(exc, Exception)
-                            else RuntimeError("journal writer stopped")
-                        )
+                        w.set_exception(JournalFailed(exc))
+                self._fail_queued(exc)
+                if self._on_failure is not None:
+                    self._on_failure(exc)
                 raise
             self.commits += 1
             self.rows_written += len(results)
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        """Fail the marks still queued: their requests must not leave."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, tuple) and not item[2].done():
+                item[2].set_exception(JournalFailed(exc))

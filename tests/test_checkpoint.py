@@ -47,6 +47,8 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     _closed_journal(
         tmp_path,
         "ALTER TABLE results DROP COLUMN reported_cost_usd",
+        "ALTER TABLE inflight DROP COLUMN counted",
+        "INSERT INTO inflight VALUES (5, 'key-5')",
         "UPDATE meta SET value='1' WHERE key='journal_version'",
         (f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values),
     )
@@ -59,7 +61,20 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     again.write([], [RowResult(1, "ok", completion="no", finished_at=2.0, reported_cost_usd=0.5)])
     assert again.results_between(1, 2)[0][-1] == 0.5
     assert again.aggregate(10)["rows"] == 2
+    assert again.inflight_keys() == {5: "key-5"}
+    assert again.count_possibly_charged_twice(below=10) == 1
     again.close()
+
+
+def test_each_in_flight_mark_is_counted_once_as_possibly_charged_twice(tmp_path: Path) -> None:
+    ckpt = _journal(tmp_path)
+    ckpt.write([(1, "k1"), (2, "k2"), (30, "k30")], [])
+    assert ckpt.count_possibly_charged_twice(below=10) == 2  # 30 is beyond --limit 10
+    assert ckpt.count_possibly_charged_twice(below=10) == 2  # a rerun counts them no more
+    ckpt.write([(3, "k3")], [])  # a new send in flight at the next crash
+    assert ckpt.count_possibly_charged_twice(below=10) == 3
+    assert ckpt.count_possibly_charged_twice(below=100) == 4  # 30 once the limit admits it
+    ckpt.close()
 
 
 def test_a_journal_of_an_unknown_version_stops_with_exit_5_and_a_way_out(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage
 from aioresponses import CallbackResult, aioresponses
 
 from batchrun import __version__
@@ -367,6 +368,21 @@ def test_sse_chunk_that_is_not_json_fails_the_row() -> None:
     assert exc.error_type == "invalid_response"
 
 
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [{"choices": ["x"]}],
+        [{"choices": [{"delta": "text"}]}],
+        [_chunk({"tool_calls": [{"index": 0, "function": {"name": 5}}]})],
+        [_chunk({"tool_calls": "many"})],
+    ],
+)
+def test_sse_chunk_of_the_wrong_shape_fails_the_row(chunks: list[Any]) -> None:
+    exc = _failure(_sse_setup(_sse(*chunks, _chunk({}, "stop"), "[DONE]")))
+    assert type(exc) is RowFailed
+    assert exc.error_type == "invalid_response"
+
+
 # --- statuses ------------------------------------------------------------------------------------
 
 
@@ -593,3 +609,37 @@ def test_reported_cost_is_read_from_the_named_header(
     assert isinstance(result, Completion)
     assert result.text is not None
     assert result.reported_cost_usd == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"choices": [{"message": "just text", "finish_reason": "stop"}]},
+        {"choices": [{"message": {"content": "x"}}], "usage": ["x"]},
+        {"choices": "none"},
+        {"choices": [None]},
+        ["not", "an", "object"],
+    ],
+)
+def test_success_body_of_the_wrong_shape_fails_the_row(payload: Any) -> None:
+    exc = _failure(lambda m: m.post(URL, payload=payload, status=201))
+    assert type(exc) is RowFailed
+    assert exc.error_type == "invalid_response"
+
+
+def test_fields_of_unexpected_json_types_are_kept_as_text_or_dropped() -> None:
+    payload = {
+        "id": 123,
+        "model": {"name": "m"},
+        "choices": [{"message": {"content": "hi"}, "finish_reason": 7}],
+        "usage": {"prompt_tokens": 2**64, "completion_tokens": -1, "total_tokens": True},
+    }
+    c = _complete(lambda m: m.post(URL, payload=payload, status=201))
+    assert (c.text, c.response_id, c.model, c.finish_reason) == ("hi", "123", '{"name": "m"}', "7")
+    assert (c.prompt_tokens, c.completion_tokens, c.total_tokens) == (None, None, None)
+
+
+def test_a_reply_that_is_not_readable_http_is_retryable_with_unknown_outcome() -> None:
+    exc = _failure(lambda m: m.post(URL, exception=BadHttpMessage("bad status line")))
+    assert type(exc) is Retryable
+    assert exc.error_type == "connection_error" and exc.definite is False

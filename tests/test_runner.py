@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.checkpoint import Checkpoint
 from batchrun.errors import CheckpointError, RunStopped, UsageError
-from batchrun.job import Job, Limits, RequestParams, RetryPolicy
+from batchrun.job import Budget, Job, Limits, RequestParams, RetryPolicy
 from batchrun.records import Completion
 from batchrun.retrying import Retryable, RowFailed, StopRun
 from batchrun.runner import Event, run_job
@@ -364,6 +367,66 @@ def test_a_timed_out_row_left_by_a_stop_is_resent_with_the_same_key(tmp_path: Pa
     assert summary.rows_possibly_charged_twice == 1
 
 
+def test_a_resumed_key_survives_a_run_that_stops_before_resending_it(tmp_path: Path) -> None:
+    stopped = asyncio.Event()
+
+    class FirstRun(FakeClient):
+        """p0 and p1 time out (outcome unknown) once p2's 403 has stopped the run."""
+
+        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
+            prompt = body["messages"][-1]["content"]
+            self.calls.append((prompt, idempotency_key))
+            if prompt == "p2":
+                stopped.set()
+                raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
+            await stopped.wait()
+            raise Retryable("timeout", "no answer", definite=False)
+
+    class SecondRun(FakeClient):
+        """p0 is refused at once: the run stops before p1 (whose key the server may
+        hold from the first run) is sent again."""
+
+        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
+            prompt = body["messages"][-1]["content"]
+            self.calls.append((prompt, idempotency_key))
+            if prompt == "p0":
+                raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
+            return await super().complete(body, idempotency_key)
+
+    first = FirstRun()
+    with pytest.raises(RunStopped):
+        _run(_job(tmp_path, 10, limits=Limits(concurrency=3)), first)
+    assert sorted(first.prompts()) == ["p0", "p1", "p2"]
+    second = SecondRun()
+    with pytest.raises(RunStopped):
+        _run(_job(tmp_path, 10, limits=Limits(concurrency=2)), second)
+    assert second.prompts() == ["p0"]  # p1 was never sent again
+    healthy = FakeClient()
+    summary = _run(_job(tmp_path, 10, limits=Limits(concurrency=2)), healthy)
+    assert healthy.keys_of("p1") == first.keys_of("p1")  # still the first run's key
+    assert sorted(healthy.prompts(), key=_index) == _prompts(range(10))
+    assert summary.rows_possibly_charged_twice == 2  # p0 and p1, each counted once
+
+
+def test_a_stop_ends_a_retry_wait_at_once(tmp_path: Path) -> None:
+    # p0 waits out a 30 s backoff when p1's 403 stops the run: the run must not wait too.
+    def fail(prompt: str, n: int) -> Exception | None:
+        if prompt == "p0":
+            return Retryable("server_error", "HTTP 500", status=500)
+        if prompt == "p1":
+            return StopRun("permission_denied", "HTTP 403: no credits", status=403)
+        return None
+
+    client = FakeClient(fail, delay_ms=lambda i: 0 if i == 0 else 50)
+    slow = RetryPolicy(backoff_initial_s=30, backoff_max_s=30)
+    job = _job(tmp_path, 10, limits=Limits(concurrency=2), retry=slow)
+    t0 = time.monotonic()
+    with pytest.raises(RunStopped):
+        _run(job, client)
+    assert time.monotonic() - t0 < 5
+    assert client.prompts().count("p0") == 1
+
+
 def test_the_same_error_row_after_row_stops_the_run(tmp_path: Path) -> None:
     client = FakeClient(lambda p, n: RowFailed("not_found", "HTTP 404: no such model"))
     retry = RetryPolicy(backoff_initial_s=0, backoff_max_s=0, same_error_stop_after=5)
@@ -541,3 +604,62 @@ def test_max_failure_rate_sets_exit_code_3(
 def test_all_rows_ok_exits_0_even_with_no_failure_allowed(tmp_path: Path) -> None:
     summary = _run(_job(tmp_path, 10), FakeClient())
     assert summary.exit_code == 0 and summary.rows_error == 0
+
+
+def test_an_unforeseen_exception_fails_its_row_not_the_run(tmp_path: Path) -> None:
+    def fail(prompt: str, n: int) -> Exception | None:
+        return KeyError("surprise") if prompt == "p3" else None
+
+    client = FakeClient(fail)
+    job = _job(tmp_path, 10, max_failure_rate=0.5)
+    summary = _run(job, client)
+    rows = _rows(job)
+    assert [r["status"] for r in rows].count("ok") == 9
+    bad = rows[3]
+    assert bad["status"] == "error" and bad["error_type"] == "internal_error"
+    assert "KeyError" in bad["error"]
+    assert summary.exit_code == 0 and summary.rows_error == 1
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run_and_a_rerun_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = Checkpoint.write
+    commits = 0
+
+    def failing_write(self: Checkpoint, *args: Any, **kwargs: Any) -> None:
+        nonlocal commits
+        commits += 1
+        if commits > 5:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "write", failing_write)
+    client = FakeClient()
+    job = _job(tmp_path, 200, limits=Limits(concurrency=4))
+    with pytest.raises(CheckpointError, match="disk is full") as info:
+        _run(job, client)  # within RUN_TIMEOUT_S: no hang
+    assert info.value.exit_code == 5
+    sent = len(client.calls)
+    assert sent < 200  # stopped, not run to the end with nothing recorded
+    monkeypatch.setattr(Checkpoint, "write", real_write)
+    healthy = FakeClient()
+    summary = _run(job, healthy)
+    assert summary.rows_ok == 200
+    assert len(healthy.calls) == 200 - summary.rows_resumed
+    assert [r["completion"] for r in _rows(job)] == [f"answer to p{i}" for i in range(200)]
+
+
+def test_a_token_cap_waits_for_requests_in_flight_before_it_stops_the_run(tmp_path: Path) -> None:
+    # Each request reserves its worst case (about 9 tokens) but uses 5. With 8 in flight
+    # the reservations alone near the cap; the run must wait for them to settle, not stop.
+    job = _job(tmp_path, 20, budget=Budget(max_tokens_total=110))
+    summary = _run(job, FakeClient())
+    assert summary.rows_ok == 20 and summary.exit_code == 0
+    assert summary.total_tokens == 100
+    # A cap the rows cannot fit in still stops the run, within the cap.
+    (tmp_path / "tight").mkdir()
+    tight = _job(tmp_path / "tight", 20, budget=Budget(max_tokens_total=50))
+    with pytest.raises(RunStopped, match="token cap") as info:
+        _run(tight, FakeClient())
+    assert info.value.summary is not None and info.value.summary.total_tokens <= 50
