@@ -214,10 +214,13 @@ class Checkpoint:
 
     def count_possibly_charged_twice(self, below: int) -> int:
         """Add the in-flight marks no run has counted yet (rows in flight when a run died,
-        now to be sent again) to the stored total, once each; return the total."""
+        now to be sent again) to the stored total, once each; return the total. A mark
+        kept by a recorded row counts only once the row is to be sent again."""
         with self.transaction() as db:
             new = db.execute(
-                "UPDATE inflight SET counted=1 WHERE counted=0 AND position < ?", (below,)
+                "UPDATE inflight SET counted=1 WHERE counted=0 AND position < ?"
+                " AND position NOT IN (SELECT position FROM results)",
+                (below,),
             ).rowcount
             row = db.execute("SELECT value FROM meta WHERE key='possibly_charged_twice'").fetchone()
             total = (json.loads(row[0]) if row else 0) + new
@@ -242,10 +245,17 @@ class Checkpoint:
         return cur.rowcount
 
     def write(
-        self, inflight: list[tuple[int, str]], results: list[RowResult], forget: Sequence[int] = ()
+        self,
+        inflight: list[tuple[int, str]],
+        results: list[RowResult],
+        forget: Sequence[int] = (),
+        keep: Sequence[int] = (),
     ) -> None:
-        """Record in one transaction: rows now in flight, finished rows (leaving flight), and
-        rows taken out of flight unsent."""
+        """Record in one transaction: rows now in flight, finished rows (leaving flight, but
+        for those in ``keep``), and rows taken out of flight unsent.
+
+        ``keep``: failed rows whose last send's outcome is unknown (a timeout): the key stays
+        for the resend that --retry-failed makes."""
         with self.transaction() as db:
             if inflight:
                 db.executemany(
@@ -254,8 +264,10 @@ class Checkpoint:
                 )
             if results:
                 db.executemany(_INSERT_RESULT, map(_result_tuple, results))
+                kept = set(keep)
                 db.executemany(
-                    "DELETE FROM inflight WHERE position=?", [(r.position,) for r in results]
+                    "DELETE FROM inflight WHERE position=?",
+                    [(r.position,) for r in results if r.position not in kept],
                 )
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])

@@ -264,7 +264,7 @@ class _Run:
                     result.prompt_tokens if result else None,
                     result.completion_tokens if result else None,
                 )
-        writer.record(result)
+        writer.record(result, keep_key=result.status != OK and row.key_maybe_received)
         p = self.progress
         if result.status == OK:
             p.ok += 1

@@ -18,6 +18,15 @@ from batchrun.records import RowResult
 _STOP = object()
 
 
+class _KeepKey:
+    """A finished row whose in-flight mark must stay (see ``record``)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: RowResult) -> None:
+        self.result = result
+
+
 class JournalFailed(Exception):
     """The journal could not be written; ``cause`` is why."""
 
@@ -60,9 +69,10 @@ class JournalWriter:
         self._queue.put_nowait((position, key, fut))
         await fut
 
-    def record(self, result: RowResult) -> None:
-        """Queue a finished row; it is committed within a loop turn or two."""
-        self._queue.put_nowait(result)
+    def record(self, result: RowResult, *, keep_key: bool = False) -> None:
+        """Queue a finished row; it is committed within a loop turn or two. ``keep_key``:
+        the row failed with its last send's outcome unknown; its in-flight mark stays."""
+        self._queue.put_nowait(_KeepKey(result) if keep_key else result)
 
     def forget_inflight(self, position: int) -> None:
         """The row was not sent after all (run stopped before it): drop its in-flight mark."""
@@ -89,18 +99,22 @@ class JournalWriter:
             waiters: list[asyncio.Future[None]] = []
             results: list[RowResult] = []
             forget: list[int] = []
+            keep: list[int] = []
             for item in items:
                 if item is _STOP:
                     stop = True
                 elif isinstance(item, RowResult):
                     results.append(item)
+                elif isinstance(item, _KeepKey):
+                    results.append(item.result)
+                    keep.append(item.result.position)
                 elif isinstance(item, tuple):
                     marks.append((item[0], item[1]))
                     waiters.append(item[2])
                 elif isinstance(item, int):
                     forget.append(item)
             try:
-                self._ckpt.write(marks, results, forget)
+                self._ckpt.write(marks, results, forget, keep)
             except Exception as exc:
                 self.failure = exc
                 for w in waiters:

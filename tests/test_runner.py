@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -663,3 +664,24 @@ def test_a_token_cap_waits_for_requests_in_flight_before_it_stops_the_run(tmp_pa
     with pytest.raises(RunStopped, match="token cap") as info:
         _run(tight, FakeClient())
     assert info.value.summary is not None and info.value.summary.total_tokens <= 50
+
+
+def test_retry_failed_resends_a_timed_out_row_with_the_key_the_server_may_hold(
+    tmp_path: Path,
+) -> None:
+    def fail(prompt: str, n: int) -> Exception | None:
+        return Retryable("timeout", "no answer", definite=False) if prompt == "p2" else None
+
+    first = FakeClient(fail)
+    job = _job(tmp_path, 6, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0, backoff_max_s=0))
+    summary = _run(job, first)
+    assert summary.rows_error == 1 and _rows(job)[2]["error_type"] == "timeout"
+    assert len(set(first.keys_of("p2"))) == 1  # unknown outcomes keep the key
+    # A plain rerun sends nothing and counts nothing as charged twice.
+    idle = FakeClient()
+    assert _run(job, idle).rows_possibly_charged_twice == 0 and idle.calls == []
+    retry = FakeClient()
+    summary = _run(dataclasses.replace(job, retry_failed=True), retry)
+    assert retry.prompts() == ["p2"]
+    assert retry.keys_of("p2") == first.keys_of("p2")[:1]  # the key the server may hold
+    assert summary.rows_possibly_charged_twice == 1 and summary.rows_error == 0
