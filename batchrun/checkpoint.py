@@ -31,16 +31,15 @@ from typing import Any
 from batchrun.errors import CheckpointError
 from batchrun.records import RowResult
 
-JOURNAL_VERSION = "2"
+JOURNAL_VERSION = "3"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again.
+_ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
-    # 2 added the cost the API reports (earlier rows have none) and counts each in-flight
+    # 2 added the cost the API reports (earlier rows have none); 3 counts each in-flight
     # mark once as possibly charged twice.
-    "1": (
-        "ALTER TABLE results ADD COLUMN reported_cost_usd",
-        "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0",
-    ),
+    "1": ("ALTER TABLE results ADD COLUMN reported_cost_usd", _ADD_COUNTED),
+    "2": (_ADD_COUNTED,),
 }
 RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
 

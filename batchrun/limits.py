@@ -50,6 +50,10 @@ STREAK_CONFIRM_429S = 4
 MIN_RATE_PER_S = 0.5
 
 
+class Stopped(Exception):
+    """The run is stopping: no slot, no send."""
+
+
 def _rpm_throttler(rpm: float) -> Throttler:
     # k requests per k*60/rpm seconds: slices near 0.1 s for high rates, 1 request per
     # interval for low ones. Same average, never a minute's burst.
@@ -115,6 +119,8 @@ class Limiter:
         self._storm_min = min(STORM_MIN_429S, limits.concurrency)
         self._share_min = min(STORM_SHARE_MIN_429S, limits.concurrency)
         self._429_run = 0  # 429s since the last success
+        #: Set by ``stop()``: every wait here ends at once (see ``Stopped``).
+        self._stopped = asyncio.Event()
 
     def __repr__(self) -> str:
         rate = f"{self._pacer.rate:.1f}/s" if self._pacer else "unpaced"
@@ -127,8 +133,34 @@ class Limiter:
 
     # --- in-flight slots ------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """The run is stopping: end every wait for a slot, a pause or a rate limit now
+        (those waiting get :class:`Stopped`) and refuse new ones."""
+        self._stopped.set()
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(Stopped())
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, unless the run stops first (then raise Stopped). Only pauses and the
+        token bucket come here, never the hot path, so two tasks a wait are cheap."""
+        if self._stopped.is_set():
+            raise Stopped
+        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+        if self._stopped.is_set():
+            raise Stopped
+
     async def slot(self) -> None:
         """Wait for an in-flight slot (FIFO, woken by release, never polled)."""
+        if self._stopped.is_set():
+            raise Stopped
         if self.in_flight < self.window and not self._waiters:
             self.in_flight += 1
             return
@@ -157,8 +189,8 @@ class Limiter:
     async def before_send(self, estimated_tokens: int) -> None:
         # Not polling: each sleep lasts exactly until the pause ends; the loop only re-checks
         # because another 429 may have pushed the end further while we slept.
-        while (delay := self._pause_until - self._clock()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(delay)
+        while (delay := self._pause_until - self._clock()) > 0:
+            await self._sleep(delay)
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
         if self._pacer is not None:
@@ -181,7 +213,7 @@ class Limiter:
             if self._tokens >= n:
                 self._tokens -= n
                 return
-            await asyncio.sleep((n - self._tokens) / self._tok_rate)
+            await self._sleep((n - self._tokens) / self._tok_rate)
 
     def after_send(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Give back (or take more of) the token budget once real usage is known."""

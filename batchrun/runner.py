@@ -36,7 +36,7 @@ from batchrun.finalize import write_output
 from batchrun.grading import accuracy
 from batchrun.io.readers import iter_batches
 from batchrun.job import Budget, Job
-from batchrun.limits import Limiter
+from batchrun.limits import Limiter, Stopped
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Completion, Request, RowResult
 from batchrun.retrying import (
@@ -158,7 +158,8 @@ class _Run:
         self.same_error: tuple[str, int] = ("", 0)
         self.possibly_charged_twice = 0
         self.signals = 0
-        self.journal_error: BaseException | None = None
+        #: Reported whatever stopped the run first: rows after it were not recorded.
+        self.journal_error: CheckpointError | None = None
         self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
         self.gate = BudgetGate(
             Budget(), None, model=job.params.model, spent_usd=0.0, spent_tokens=0
@@ -180,6 +181,10 @@ class _Run:
             self.stop_error = error
             self.emit(Event("notice", self.progress, message=f"stopping: {error.message}"))
         self.stopping.set()
+        # Nothing waits on: not the producer for a slot or for the budget, not a row for
+        # a slot, a pause or a rate limit.
+        self.limiter.stop()
+        self.gate.settled.set()
 
     def on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -199,13 +204,11 @@ class _Run:
     def journal_failed(self, exc: BaseException) -> None:
         """Nothing more can be recorded: stop at once rather than pay for rows that would
         be lost. What was committed stays; a rerun resumes from it."""
-        self.journal_error = exc
-        self.stop(
-            CheckpointError(
-                f"the checkpoint journal {self.ckpt.path} cannot be written ({exc})",
-                hint="free disk space or fix the folder's permissions, then rerun the same command to resume",
-            )
+        self.journal_error = CheckpointError(
+            f"the checkpoint journal {self.ckpt.path} cannot be written ({exc})",
+            hint="free disk space or fix the folder's permissions, then rerun the same command to resume",
         )
+        self.stop(self.journal_error)
         self.cancel_in_flight()
 
     def cancel_in_flight(self) -> None:
@@ -222,7 +225,8 @@ class _Run:
         try:
             result = await self.attempts(row)
         except StopRun as exc:
-            writer.forget_inflight(request.position)
+            if not row.maybe_billed:
+                writer.forget_inflight(request.position)
             self.stop(
                 RunStopped(f"the API refused the request: {exc.message}", hint=self.resume_hint())
             )
@@ -231,32 +235,41 @@ class _Run:
             # Left for the next run. Its in-flight mark stays if the server may hold its
             # key (a send of it timed out, or an earlier run died with it in flight): the
             # resend reuses the key and the row counts as possibly charged twice.
-            if not row.key_maybe_received:
+            if not row.maybe_billed:
                 writer.forget_inflight(request.position)
             return
         except JournalFailed:
             return  # not sent; the run is stopping (see journal_failed)
         except asyncio.CancelledError:
             # Cancelled at the end of the grace (or a second signal): the same rule.
-            if not row.key_maybe_received:
+            if not row.maybe_billed:
                 writer.forget_inflight(request.position)
             raise
         except Exception as exc:
-            # Something no one foresaw (a bug, most likely): the row fails, the run goes on.
+            # Something no one foresaw (a bug, most likely): the row fails, the run goes on
+            # (and stops if every row fails so).
+            message = f"unexpected {type(exc).__name__}: {exc}"[:300]
             result = RowResult.failure(
                 request.position,
                 error_type="internal_error",
-                error=f"unexpected {type(exc).__name__}: {exc}"[:300],
+                error=message,
                 attempts=row.attempts,
                 latency_ms=row.latency_ms,
                 finished_at=time.time(),
             )
+            self.count_same_error("internal_error", message)
         finally:
             if row.holds_slot:
                 self.limiter.release_slot()
             if self.gate.active:
                 max_tokens = self.job.params.max_tokens
-                answered = result is not None and result.status == OK
+                # What was (or may have been) paid for: an answer, even one that could not be
+                # used, or a send whose outcome is unknown.
+                answered = result is not None and (
+                    result.status == OK
+                    or result.error_type in ("invalid_response", "internal_error")
+                    or row.maybe_billed
+                )
                 self.gate.settle(
                     request.estimated_tokens - max_tokens,
                     max_tokens,
@@ -264,7 +277,7 @@ class _Run:
                     result.prompt_tokens if result else None,
                     result.completion_tokens if result else None,
                 )
-        writer.record(result, keep_key=result.status != OK and row.key_maybe_received)
+        writer.record(result, keep_key=result.status != OK and row.maybe_billed)
         p = self.progress
         if result.status == OK:
             p.ok += 1
@@ -290,7 +303,7 @@ class _Run:
         except (Retryable, RowFailed) as exc:
             n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
-            self.count_same_error(exc)
+            self.count_same_error(exc.error_type, exc.message)
             return RowResult.failure(
                 request.position,
                 error_type=exc.error_type,
@@ -322,17 +335,17 @@ class _Run:
                 status=exc.status,
             )
 
-    def count_same_error(self, exc: RequestFailed) -> None:
+    def count_same_error(self, error_type: str, message: str) -> None:
         """Stop the run when row after row fails for good with the very same error (an
         unknown model, a server that answers 500 to everything): sending the rest would
         only fail them one by one."""
-        sig = f"{exc.error_type}: {exc.message}"
+        sig = f"{error_type}: {message}"
         count = self.same_error[1] + 1 if self.same_error[0] == sig else 1
         self.same_error = (sig, count)
         if count >= self.job.retry.same_error_stop_after:
             self.stop(
                 RunStopped(
-                    f"{count} rows in a row failed with the same error ({exc.message})",
+                    f"{count} rows in a row failed with the same error ({message})",
                     hint=self.resume_hint(retry_failed=True),
                 )
             )
@@ -369,7 +382,10 @@ class _Run:
                             if why is not None:
                                 self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
                                 break
-                        await self.limiter.slot()
+                        try:
+                            await self.limiter.slot()
+                        except Stopped:
+                            break
                         if self.stopping.is_set():
                             self.limiter.release_slot()
                             break
@@ -515,10 +531,10 @@ class _Run:
                 await self.pool(scan, total)
             done = ckpt.done_count(below=total)
             self.emit(Event("finalizing", p))
-            if self.stop_error is not None and (self.signals > 1 or self.journal_error):
-                # A second signal: leave at once, the journal has every row. A journal that
-                # cannot be written: no output can be made from it now.
-                raise self.stop_error
+            if self.journal_error is not None:
+                raise self.journal_error  # no output can be made from the journal now
+            if self.stop_error is not None and self.signals > 1:
+                raise self.stop_error  # second signal: leave at once, the journal has every row
             write_output(job, ckpt, scan, total, partial=done < total)
             if done == total:
                 ckpt.set_meta(finalized=finished)
@@ -562,10 +578,11 @@ class _RowSend:
     __slots__ = (
         "attempts",
         "client",
+        "doubt",
         "fresh_key",
         "holds_slot",
+        "in_send",
         "key",
-        "key_maybe_received",
         "last",
         "latency_ms",
         "request",
@@ -584,9 +601,10 @@ class _RowSend:
         key = run.inflight_keys.pop(request.position, None)
         self.fresh_key = key is None
         self.key = key or _new_key()
-        #: The server may have received a send with ``key`` and its outcome is unknown to
-        #: us: the key must survive this run if the row is not finished.
-        self.key_maybe_received = key is not None
+        #: Some send of this row, here or in a run that died, has an outcome unknown to us
+        #: (the server may have billed it): sticky, whatever later sends are answered.
+        self.doubt = key is not None
+        self.in_send = False
         self.attempts = 0
         self.latency_ms: float | None = None
         self.last: RequestFailed | None = None
@@ -604,7 +622,10 @@ class _RowSend:
             await asyncio.wait_for(run.stopping.wait(), seconds)
         if run.stopping.is_set():
             raise _NotSent
-        await run.limiter.slot()
+        try:
+            await run.limiter.slot()
+        except Stopped:
+            raise _NotSent from None
         self.holds_slot = True
 
     async def once(self) -> Completion:
@@ -616,7 +637,10 @@ class _RowSend:
             # The server answered the last send, so its outcome is known: the next send is
             # a new request with a new key.
             self.key, self.fresh_key = _new_key(), True
-        await run.limiter.before_send(self.request.estimated_tokens)
+        try:
+            await run.limiter.before_send(self.request.estimated_tokens)
+        except Stopped:
+            raise _NotSent from None
         if run.stopping.is_set():
             raise _NotSent
         if self.fresh_key:
@@ -624,22 +648,32 @@ class _RowSend:
             # leaves no mark of a request never sent.
             await self.writer.mark_inflight(self.request.position, self.key)
             self.fresh_key = False
+            if run.stopping.is_set():
+                raise _NotSent  # stopped during the commit: the key was never sent
         self.attempts += 1
         run.progress.requests += 1
         if self.attempts > 1:
             run.progress.retries += 1
         t0 = time.perf_counter()
-        self.key_maybe_received = True
+        self.in_send = True
         try:
             completion = await self.client.complete(self.request.body, self.key)
         except RequestFailed as exc:
+            self.in_send = False
             self.latency_ms = (time.perf_counter() - t0) * 1000.0
             self.last = exc
-            self.key_maybe_received = not exc.definite
+            self.doubt = self.doubt or not exc.definite
             run.on_failure(exc, self.attempts)
             raise
+        self.in_send = False
         self.latency_ms = (time.perf_counter() - t0) * 1000.0
         return completion
+
+    @property
+    def maybe_billed(self) -> bool:
+        """The server may have billed a send of this row that no answer accounts for: the
+        row's in-flight mark must outlive this run unless the row is finished."""
+        return self.doubt or self.in_send
 
 
 def _new_key() -> str:

@@ -9,7 +9,6 @@ after its Idempotency-Key is on disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from batchrun.checkpoint import Checkpoint
@@ -84,8 +83,7 @@ class JournalWriter:
             return
         if self.failure is None:
             self._queue.put_nowait(_STOP)
-            with contextlib.suppress(Exception):  # reported through on_failure
-                await asyncio.shield(self._task)
+        await asyncio.shield(self._task)
         self._task = None
 
     async def _run(self) -> None:
@@ -123,7 +121,7 @@ class JournalWriter:
                 self._fail_queued(exc)
                 if self._on_failure is not None:
                     self._on_failure(exc)
-                raise
+                return  # nothing more can be written; the failure is reported
             self.commits += 1
             self.rows_written += len(results)
             for w in waiters:

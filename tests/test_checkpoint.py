@@ -77,6 +77,21 @@ def test_each_in_flight_mark_is_counted_once_as_possibly_charged_twice(tmp_path:
     ckpt.close()
 
 
+def test_a_version_2_journal_gains_the_counted_column(tmp_path: Path) -> None:
+    _closed_journal(
+        tmp_path,
+        "ALTER TABLE inflight DROP COLUMN counted",
+        "UPDATE meta SET value='2' WHERE key='journal_version'",
+        "INSERT INTO inflight VALUES (3, 'key-3')",
+    )
+    again = _reopen(tmp_path)
+    assert again.open() is True
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
+    assert again.count_possibly_charged_twice(below=10) == 1
+    assert again.count_possibly_charged_twice(below=10) == 1
+    again.close()
+
+
 def test_a_journal_of_an_unknown_version_stops_with_exit_5_and_a_way_out(tmp_path: Path) -> None:
     _closed_journal(tmp_path, "UPDATE meta SET value='99' WHERE key='journal_version'")
     again = _reopen(tmp_path)

@@ -20,6 +20,7 @@ from batchrun.limits import (
     MIN_RATE_PER_S,
     RATE_WINDOW_S,
     Limiter,
+    Stopped,
     _rpm_throttler,
 )
 
@@ -241,7 +242,7 @@ def test_before_send_waits_for_a_pause_extended_while_it_slept(
         start = clock.t
         lim._pause_until = start + 1.0
         waiting = asyncio.create_task(lim.before_send(1))
-        await _turns(1)  # it is asleep until start + 1
+        await _turns(3)  # it is asleep until start + 1
         assert sleeps.waits == [1.0]
         lim._pause_until = start + 3.0  # another storm pushed the end further meanwhile
         await waiting
@@ -534,3 +535,22 @@ def test_a_request_bigger_than_the_bucket_waits_for_a_full_bucket_not_forever(
         assert sleeps.total == pytest.approx(10.0)  # one full bucket at 10 tokens/s
 
     _run(main)
+
+
+def test_stop_ends_every_wait_at_once() -> None:
+    async def main() -> None:
+        lim = Limiter(Limits(concurrency=1))
+        await lim.slot()
+        waiting_for_slot = asyncio.create_task(lim.slot())
+        _storm(lim, retry_after_s=600.0)  # a ten-minute pause
+        waiting_in_pause = asyncio.create_task(lim.before_send(1))
+        await _turns()
+        assert not waiting_for_slot.done() and not waiting_in_pause.done()
+        lim.stop()
+        await _turns()
+        for task in (waiting_for_slot, waiting_in_pause):
+            assert isinstance(task.exception(), Stopped)
+        with pytest.raises(Stopped):
+            await lim.slot()  # and no new waits
+
+    asyncio.run(asyncio.wait_for(main(), 5))

@@ -413,7 +413,7 @@ def test_a_stop_ends_a_retry_wait_at_once(tmp_path: Path) -> None:
     # p0 waits out a 30 s backoff when p1's 403 stops the run: the run must not wait too.
     def fail(prompt: str, n: int) -> Exception | None:
         if prompt == "p0":
-            return Retryable("server_error", "HTTP 500", status=500)
+            return Retryable("rate_limited", "HTTP 429", status=429, retry_after_s=30.0)
         if prompt == "p1":
             return StopRun("permission_denied", "HTTP 403: no credits", status=403)
         return None
@@ -685,3 +685,58 @@ def test_retry_failed_resends_a_timed_out_row_with_the_key_the_server_may_hold(
     assert retry.prompts() == ["p2"]
     assert retry.keys_of("p2") == first.keys_of("p2")[:1]  # the key the server may hold
     assert summary.rows_possibly_charged_twice == 1 and summary.rows_error == 0
+
+
+@pytest.mark.parametrize("failing_commit", [1, 2, 3, 5])
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+def test_a_journal_failure_with_a_full_pool_and_instant_answers_never_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_commit: int, concurrency: int
+) -> None:
+    real_write = Checkpoint.write
+    commits = 0
+
+    def failing_write(self: Checkpoint, *args: Any, **kwargs: Any) -> None:
+        nonlocal commits
+        commits += 1
+        if commits >= failing_commit:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "write", failing_write)
+    job = _job(tmp_path, 50, limits=Limits(concurrency=concurrency))
+    with pytest.raises(CheckpointError, match="disk I/O error"):
+        _run(job, FakeClient(delay_ms=lambda i: 0))  # RUN_TIMEOUT_S turns a hang into a failure
+
+
+def test_a_key_in_doubt_stays_in_doubt_after_a_later_answer(tmp_path: Path) -> None:
+    """p0's first send times out (it may have been billed); its resend is answered 500;
+    the run stops during the backoff. The row must stay marked: the next run counts it as
+    possibly charged twice."""
+    stopped = asyncio.Event()
+
+    class Client(FakeClient):
+        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
+            prompt = body["messages"][-1]["content"]
+            self.calls.append((prompt, idempotency_key))
+            self.attempts[prompt] += 1
+            if prompt == "p0" and self.attempts[prompt] == 1:
+                raise Retryable("timeout", "no answer", definite=False)
+            if prompt == "p0":
+                stopped.set()  # answered: wait 5 s, during which p1's 403 stops the run
+                raise Retryable("server_error", "HTTP 500", status=500, retry_after_s=5.0)
+            if prompt == "p1":
+                await stopped.wait()
+                raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
+            return await super().complete(body, idempotency_key)
+
+    broke = Client()
+    retry = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.01)
+    job = _job(tmp_path, 4, limits=Limits(concurrency=2), retry=retry)
+    with pytest.raises(RunStopped):
+        _run(job, broke)
+    assert broke.prompts().count("p0") == 2
+    healthy = FakeClient()
+    summary = _run(job, healthy)
+    assert summary.rows_possibly_charged_twice == 1
+    assert sorted(healthy.prompts()) == ["p0", "p1"]  # p2 and p3 were answered
+    assert healthy.keys_of("p0") == broke.keys_of("p0")[:1]  # the key of the send in doubt
