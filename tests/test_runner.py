@@ -622,20 +622,28 @@ def test_an_unforeseen_exception_fails_its_row_not_the_run(tmp_path: Path) -> No
     assert summary.exit_code == 0 and summary.rows_error == 1
 
 
-def test_a_journal_that_cannot_be_written_stops_the_run_and_a_rerun_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fail_journal_from(
+    monkeypatch: pytest.MonkeyPatch, commit: int, message: str
+) -> Callable[..., None]:
+    """Make the journal's commits fail from the ``commit``-th on; returns the real write."""
     real_write = Checkpoint.write
     commits = 0
 
     def failing_write(self: Checkpoint, *args: Any, **kwargs: Any) -> None:
         nonlocal commits
         commits += 1
-        if commits > 5:
-            raise sqlite3.OperationalError("database or disk is full")
+        if commits >= commit:
+            raise sqlite3.OperationalError(message)
         real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(Checkpoint, "write", failing_write)
+    return real_write
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run_and_a_rerun_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = _fail_journal_from(monkeypatch, 6, "database or disk is full")
     client = FakeClient()
     job = _job(tmp_path, 200, limits=Limits(concurrency=4))
     with pytest.raises(CheckpointError, match="disk is full") as info:
@@ -692,17 +700,7 @@ def test_retry_failed_resends_a_timed_out_row_with_the_key_the_server_may_hold(
 def test_a_journal_failure_with_a_full_pool_and_instant_answers_never_hangs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_commit: int, concurrency: int
 ) -> None:
-    real_write = Checkpoint.write
-    commits = 0
-
-    def failing_write(self: Checkpoint, *args: Any, **kwargs: Any) -> None:
-        nonlocal commits
-        commits += 1
-        if commits >= failing_commit:
-            raise sqlite3.OperationalError("disk I/O error")
-        real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(Checkpoint, "write", failing_write)
+    _fail_journal_from(monkeypatch, failing_commit, "disk I/O error")
     job = _job(tmp_path, 50, limits=Limits(concurrency=concurrency))
     with pytest.raises(CheckpointError, match="disk I/O error"):
         _run(job, FakeClient(delay_ms=lambda i: 0))  # RUN_TIMEOUT_S turns a hang into a failure
