@@ -142,7 +142,7 @@ class Limiter:
             if not fut.done():
                 fut.set_exception(Stopped())
 
-    async def _sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         """Sleep, unless the run stops first (then raise Stopped). Only pauses and the
         token bucket come here, never the hot path, so two tasks a wait are cheap."""
         if self._stopped.is_set():
@@ -190,7 +190,7 @@ class Limiter:
         # Not polling: each sleep lasts exactly until the pause ends; the loop only re-checks
         # because another 429 may have pushed the end further while we slept.
         while (delay := self._pause_until - self._clock()) > 0:
-            await self._sleep(delay)
+            await self.sleep(delay)
         if self._throttler is not None:
             await self._throttler.acquire()  # type: ignore[no-untyped-call]
         if self._pacer is not None:
@@ -213,7 +213,7 @@ class Limiter:
             if self._tokens >= n:
                 self._tokens -= n
                 return
-            await self._sleep((n - self._tokens) / self._tok_rate)
+            await self.sleep((n - self._tokens) / self._tok_rate)
 
     def after_send(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Give back (or take more of) the token budget once real usage is known."""

@@ -9,7 +9,6 @@ the single journal writer. A failed row is a row, never an exception out of the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -225,25 +224,18 @@ class _Run:
         try:
             result = await self.attempts(row)
         except StopRun as exc:
-            if not row.maybe_billed:
-                writer.forget_inflight(request.position)
+            row.leave()
             self.stop(
                 RunStopped(f"the API refused the request: {exc.message}", hint=self.resume_hint())
             )
             return
         except _NotSent:
-            # Left for the next run. Its in-flight mark stays if the server may hold its
-            # key (a send of it timed out, or an earlier run died with it in flight): the
-            # resend reuses the key and the row counts as possibly charged twice.
-            if not row.maybe_billed:
-                writer.forget_inflight(request.position)
+            row.leave()
             return
         except JournalFailed:
             return  # not sent; the run is stopping (see journal_failed)
-        except asyncio.CancelledError:
-            # Cancelled at the end of the grace (or a second signal): the same rule.
-            if not row.maybe_billed:
-                writer.forget_inflight(request.position)
+        except asyncio.CancelledError:  # at the end of the grace, or a second signal
+            row.leave()
             raise
         except Exception as exc:
             # Something no one foresaw (a bug, most likely): the row fails, the run goes on
@@ -615,15 +607,12 @@ class _RowSend:
         """Wait before a retry without holding an in-flight slot: a row waiting out its
         backoff is not in flight, so other rows may use the slot meanwhile. A stop ends
         the wait at once."""
-        run = self.run
-        run.limiter.release_slot()
+        limiter = self.run.limiter
+        limiter.release_slot()
         self.holds_slot = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.stopping.wait(), seconds)
-        if run.stopping.is_set():
-            raise _NotSent
         try:
-            await run.limiter.slot()
+            await limiter.sleep(seconds)
+            await limiter.slot()
         except Stopped:
             raise _NotSent from None
         self.holds_slot = True
@@ -668,6 +657,13 @@ class _RowSend:
         self.in_send = False
         self.latency_ms = (time.perf_counter() - t0) * 1000.0
         return completion
+
+    def leave(self) -> None:
+        """The row is left for the next run. Its in-flight mark stays if the server may
+        hold its key (a send timed out, or a run died with it in flight): the resend
+        reuses the key and the row counts as possibly charged twice."""
+        if not self.maybe_billed:
+            self.writer.forget_inflight(self.request.position)
 
     @property
     def maybe_billed(self) -> bool:
