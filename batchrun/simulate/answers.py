@@ -1,0 +1,126 @@
+"""Deterministic answers: the same request body always gets the same text, usage and tool call.
+
+Nothing here knows HTTP or the wire shape (``wire.py`` encodes an Answer as JSON or SSE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+_WORDS = [
+    "amber", "delta", "river", "quiet", "lantern", "orbit", "maple", "cobalt",
+    "harbor", "meadow", "signal", "paper", "velvet", "summit", "ember", "canyon",
+    "willow", "pixel", "falcon", "garnet", "prairie", "tide", "beacon", "cedar",
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the simulator answers a valid request with, before any wire encoding."""
+
+    model: str
+    #: The assistant's text (sent as null content when ``tool_call`` is set).
+    text: str
+    finish: str
+    usage: dict[str, int]
+    tool_call: dict[str, Any] | None = None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _digest(*parts: str) -> int:
+    h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big")
+
+
+def _claude(model: str) -> bool:
+    return "claude" in model
+
+
+def completion_for(body: dict[str, Any]) -> tuple[str, str]:
+    """(text, finish_reason) the simulator answers for a request body.
+
+    Depends on the model, the system prompt and the messages only (and on ``max_tokens``
+    and ``stop_sequences``, which cut the text). A last user message holding
+    "one of: a, b, c" is answered with one of those options.
+    """
+    model = str(body.get("model", ""))
+    messages = body.get("messages") or []
+    system = str(body.get("system") or "")
+    convo = "\x1e".join(f"{m.get('role')}:{_text(m.get('content'))}" for m in messages)
+    seed = _digest(model, system, convo)
+    last_user = next(
+        (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    lower = last_user.lower()
+    if "one of:" in lower:
+        tail = last_user[lower.index("one of:") + len("one of:") :].split("\n", 1)[0]
+        options = [o.strip().strip(".!?;:").strip() for o in tail.split(",")]
+        options = [o for o in options if o]
+        words = [options[seed % len(options)]] if options else ["none"]
+    else:
+        n = 3 + seed % 10
+        words = ["sim", "reply:"] + [_WORDS[(seed >> (4 * i)) % len(_WORDS)] for i in range(n)]
+    claude = _claude(model)
+    finish = "end_turn" if claude else "stop"
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and len(words) > max_tokens:
+        words = words[:max_tokens]
+        finish = "max_tokens" if claude else "length"
+    text = " ".join(words)
+    for stop in body.get("stop_sequences") or ():
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+            finish = "stop_sequence" if claude else "stop"
+    return text, finish
+
+
+def usage_for(body: dict[str, Any], text: str | None = None) -> dict[str, int]:
+    """Usage the simulator reports: ~4 characters a prompt token + 3 a message; a word an
+    answer token. ``text``: the answer, when already computed."""
+    messages = body.get("messages") or []
+    prompt = sum(-(-len(_text(m.get("content"))) // 4) + 3 for m in messages)
+    if body.get("system"):
+        prompt += -(-len(str(body["system"])) // 4) + 3
+    if text is None:
+        text = completion_for(body)[0]
+    completion = max(1, text.count(" ") + 1 if text else 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not tools or not isinstance(choice, dict) or choice.get("type") not in ("required", "tool"):
+        return None
+    name = choice.get("name") if choice.get("type") == "tool" else tools[0]["name"]
+    seed = _digest(json.dumps(body.get("messages"), sort_keys=True), str(name))
+    return {
+        "id": f"call_{seed:016x}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps({"query": _WORDS[seed % len(_WORDS)]})},
+    }
+
+
+def answer_for(body: dict[str, Any]) -> Answer:
+    """The whole answer to a validated request body."""
+    text, finish = completion_for(body)
+    usage = usage_for(body, text)
+    call = _tool_call(body)
+    model = body["model"]
+    if call is not None:
+        finish = "tool_use" if _claude(model) else "tool_calls"
+    return Answer(model=model, text=text, finish=finish, usage=usage, tool_call=call)

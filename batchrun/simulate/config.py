@@ -1,0 +1,84 @@
+"""What the simulator is told (SimConfig) and what it counts (SimStats)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: The models ``GET /v1/models`` lists (others with a provider prefix are served too).
+MODELS = ("anthropic/claude-3-opus", "anthropic/claude-3-haiku", "gpt-4o-mini", "gpt-4o")
+
+_RATES = (
+    "error_500_rate",
+    "rate_429",
+    "rate_429_no_retry_after",
+    "rate_403",
+    "drop_rate",
+    "stream_stall_rate",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """Behaviour of the simulator. Rates are fractions of requests (0..1); times as named."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    error_500_rate: float = 0.0
+    rate_429: float = 0.0
+    rate_429_no_retry_after: float = 0.0
+    retry_after_s: float = 1.0
+    rate_403: float = 0.0
+    drop_rate: float = 0.0
+    rpm_limit: int | None = None
+    rpm_window_s: float = 10.0
+    limit_sends_retry_after: bool = True
+    ratelimit_headers: bool = False
+    api_key: str | None = None
+    honor_idempotency: bool = False
+    stream_stall_rate: float = 0.0
+    #: Send each answer's cost (bundled list prices, USD) in this response header.
+    cost_header: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in _RATES:
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.latency_ms < 0 or self.jitter_ms < 0 or self.retry_after_s < 0:
+            raise ValueError("latency, jitter and retry-after must be >= 0")
+        if self.rpm_limit is not None and self.rpm_limit < 1:
+            raise ValueError("rpm_limit must be >= 1")
+        if self.rpm_window_s <= 0:
+            raise ValueError("rpm_window_s must be > 0")
+
+
+@dataclass
+class SimStats:
+    """Live counters, served as JSON at ``GET /_sim/stats``."""
+
+    requests: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    dropped: int = 0
+    ok: int = 0
+    replayed: int = 0
+    #: Fresh 2xx answers for an Idempotency-Key that already had one: the row was billed twice.
+    billed_twice: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    rate_limited: int = 0
+    #: The costs sent in the cost header, summed over fresh answers (replays not again).
+    reported_cost_usd: float = 0.0
+    bodies: list[dict[str, Any]] | None = None
+
+    def count(self, status: int) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
+        d.pop("bodies")
+        return d

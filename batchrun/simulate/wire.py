@@ -1,0 +1,86 @@
+"""How answers and errors look on the wire: a ``chat.completion`` JSON body, the SSE events
+of a streamed answer (``chat.completion.chunk``), and the API's JSON error body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+
+from batchrun.simulate.answers import Answer
+
+JSON = "application/json"
+#: Tool-call arguments stream in pieces of this many characters.
+_ARGS_PIECE = 8
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    err: dict[str, Any] = {"message": message, "type": kind}
+    if param is not None:
+        err["param"] = param
+    return web.Response(
+        status=status, body=json.dumps({"error": err}), content_type=JSON, headers=headers
+    )
+
+
+def completion_body(answer: Answer, rid: str, created: int) -> bytes:
+    """The non-streamed answer, as the gateway sends it with HTTP 201."""
+    call = answer.tool_call
+    message: dict[str, Any] = {"role": "assistant", "content": None if call else answer.text}
+    if call is not None:
+        message["tool_calls"] = [call]
+    return json.dumps({
+        "id": rid, "object": "chat.completion", "model": answer.model, "created": created,
+        "choices": [{"index": 0, "message": message, "finish_reason": answer.finish}],
+        "usage": answer.usage,
+    }).encode()  # fmt: skip
+
+
+def _deltas(answer: Answer) -> Iterator[dict[str, Any]]:
+    """The deltas after the role delta: a tool call's name then its arguments in pieces,
+    else the text word by word."""
+    call = answer.tool_call
+    if call is not None:
+        fn = call["function"]
+        head = {"name": fn["name"], "arguments": ""}
+        yield {"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": head}]}
+        args = fn["arguments"]
+        for i in range(0, len(args), _ARGS_PIECE):
+            piece = {"arguments": args[i : i + _ARGS_PIECE]}
+            yield {"tool_calls": [{"index": 0, "function": piece}]}
+        return
+    for i, w in enumerate(answer.text.split(" ")):
+        yield {"content": w if i == 0 else " " + w}
+
+
+def sse_events(answer: Answer, rid: str, created: int) -> Iterator[bytes]:
+    """The streamed answer's server-sent events, the role delta first, ``[DONE]`` last."""
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        data = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "model": answer.model,
+            "created": created,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    def delta(d: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return event([{"index": 0, "delta": d, "finish_reason": finish_reason}])
+
+    yield delta({"role": "assistant"})
+    for d in _deltas(answer):
+        yield delta(d)
+    yield delta({}, answer.finish)
+    yield event([], usage=answer.usage)
+    yield b"data: [DONE]\n\n"
