@@ -423,6 +423,13 @@ def report(output: Path, html_path: Path | None, group_by: str | None, prices: P
     f"e.g. {DEFAULT_COST_HEADER}.",
 )
 @click.option(
+    "--reasoning-rate",
+    default=0.25,
+    show_default=True,
+    type=float,
+    help="Fraction of answers that carry reasoning_content (which ones: by prompt).",
+)
+@click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
 def simulate(

@@ -4,7 +4,9 @@ Users rehearse jobs with it offline; the demo, the end-to-end tests and the benc
 against it. It answers like the documented API: ``POST /v1/chat/completions`` with a bearer
 key, 400 with a JSON error naming the field on a bad request, **201** with a deterministic
 completion and usage derived from the prompt, SSE (200, ``text/event-stream``) when
-``stream`` is true. Faults are drawn from one seeded RNG so runs repeat.
+``stream`` is true; a share of answers (``reasoning_rate``) carry ``reasoning_content``,
+streamed as ``delta.reasoning_content`` before the content. Faults are drawn from one
+seeded RNG so runs repeat.
 
 Simulator-only endpoints: ``GET /_sim/stats`` (counters as JSON) and ``POST /_sim/reset``.
 
@@ -12,7 +14,7 @@ One idea a module::
 
     config.py    SimConfig (what it is told), SimStats (what it counts), MODELS
     validate.py  request validation as the real API does it
-    answers.py   the deterministic answer to a body (text, usage, tool call)
+    answers.py   the deterministic answer to a body (text, usage, tool call, reasoning)
     wire.py      an answer or error as JSON, a streamed answer as SSE events
     faults.py    the requests-per-minute window and the injected faults (one seeded RNG)
     server.py    handlers, routes (registered in one place), make_app / start_simulator / serve
@@ -20,7 +22,7 @@ One idea a module::
 
 from __future__ import annotations
 
-from batchrun.simulate.answers import Answer, answer_for, completion_for, usage_for
+from batchrun.simulate.answers import Answer, answer_for, completion_for, reasoning_for, usage_for
 from batchrun.simulate.config import MODELS, SimConfig, SimStats
 from batchrun.simulate.server import SimServer, make_app, serve, start_simulator
 from batchrun.simulate.validate import ROLES, known_model, validate
@@ -36,6 +38,7 @@ __all__ = [
     "completion_for",
     "known_model",
     "make_app",
+    "reasoning_for",
     "serve",
     "start_simulator",
     "usage_for",

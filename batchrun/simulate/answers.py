@@ -27,6 +27,8 @@ class Answer:
     finish: str
     usage: dict[str, int]
     tool_call: dict[str, Any] | None = None
+    #: ``reasoning_content`` the answer carries, if any.
+    reasoning: str | None = None
 
 
 def _text(content: Any) -> str:
@@ -46,6 +48,16 @@ def _claude(model: str) -> bool:
     return "claude" in model
 
 
+def _prompt_seed(body: dict[str, Any], *salt: str) -> int:
+    """A digest of what the answer depends on: the model, the system prompt, the messages."""
+    model = str(body.get("model", ""))
+    system = str(body.get("system") or "")
+    convo = "\x1e".join(
+        f"{m.get('role')}:{_text(m.get('content'))}" for m in body.get("messages") or []
+    )
+    return _digest(*salt, model, system, convo)
+
+
 def completion_for(body: dict[str, Any]) -> tuple[str, str]:
     """(text, finish_reason) the simulator answers for a request body.
 
@@ -55,9 +67,7 @@ def completion_for(body: dict[str, Any]) -> tuple[str, str]:
     """
     model = str(body.get("model", ""))
     messages = body.get("messages") or []
-    system = str(body.get("system") or "")
-    convo = "\x1e".join(f"{m.get('role')}:{_text(m.get('content'))}" for m in messages)
-    seed = _digest(model, system, convo)
+    seed = _prompt_seed(body)
     last_user = next(
         (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
@@ -115,7 +125,21 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def answer_for(body: dict[str, Any]) -> Answer:
+def reasoning_for(body: dict[str, Any], rate: float) -> str | None:
+    """The ``reasoning_content`` for a body, for a share ``rate`` of prompts (else None).
+
+    Which prompts, and the text, depend on the prompt alone (not on ``stream``), so a rerun,
+    streamed or not, gets the same reasoning.
+    """
+    seed = _prompt_seed(body, "reasoning")
+    if seed >= rate * 2**64:
+        return None
+    n = 4 + seed % 6
+    words = [_WORDS[(seed >> (5 * i)) % len(_WORDS)] for i in range(n)]
+    return f"Considering the request: {' '.join(words)}. That settles the answer."
+
+
+def answer_for(body: dict[str, Any], *, reasoning_rate: float = 0.0) -> Answer:
     """The whole answer to a validated request body."""
     text, finish = completion_for(body)
     usage = usage_for(body, text)
@@ -123,4 +147,7 @@ def answer_for(body: dict[str, Any]) -> Answer:
     model = body["model"]
     if call is not None:
         finish = "tool_use" if _claude(model) else "tool_calls"
-    return Answer(model=model, text=text, finish=finish, usage=usage, tool_call=call)
+    reasoning = reasoning_for(body, reasoning_rate)
+    return Answer(
+        model=model, text=text, finish=finish, usage=usage, tool_call=call, reasoning=reasoning
+    )

@@ -15,6 +15,7 @@ _RATES = (
     "rate_403",
     "drop_rate",
     "stream_stall_rate",
+    "reasoning_rate",
 )
 
 
@@ -39,6 +40,8 @@ class SimConfig:
     stream_stall_rate: float = 0.0
     #: Send each answer's cost (bundled list prices, USD) in this response header.
     cost_header: str | None = None
+    #: Share of answers that carry ``reasoning_content`` (which ones: a digest of the prompt).
+    reasoning_rate: float = 0.25
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -124,7 +124,7 @@ class _Simulator:
         self, request: web.Request, body: dict[str, Any], key: str | None
     ) -> web.StreamResponse:
         st = self.stats
-        answer = answer_for(body)
+        answer = answer_for(body, reasoning_rate=self.config.reasoning_rate)
         st.ok += 1
         rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
         st.prompt_tokens += answer.usage["prompt_tokens"]

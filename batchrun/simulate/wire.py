@@ -35,6 +35,8 @@ def completion_body(answer: Answer, rid: str, created: int) -> bytes:
     """The non-streamed answer, as the gateway sends it with HTTP 201."""
     call = answer.tool_call
     message: dict[str, Any] = {"role": "assistant", "content": None if call else answer.text}
+    if answer.reasoning is not None:
+        message["reasoning_content"] = answer.reasoning
     if call is not None:
         message["tool_calls"] = [call]
     return json.dumps({
@@ -44,9 +46,21 @@ def completion_body(answer: Answer, rid: str, created: int) -> bytes:
     }).encode()  # fmt: skip
 
 
+def reasoning_pieces(text: str) -> list[str]:
+    """``text`` split at spaces into 1-3 non-empty pieces (how many: by its length), the way
+    a streamed answer sends its reasoning."""
+    words = text.split(" ")
+    n = min(1 + len(text) % 3, len(words))
+    cuts = [len(words) * k // n for k in range(n + 1)]
+    return [("" if k == 0 else " ") + " ".join(words[cuts[k] : cuts[k + 1]]) for k in range(n)]
+
+
 def _deltas(answer: Answer) -> Iterator[dict[str, Any]]:
-    """The deltas after the role delta: a tool call's name then its arguments in pieces,
-    else the text word by word."""
+    """The deltas after the role delta: the reasoning in pieces, if any; then a tool call's
+    name and its arguments in pieces, else the text word by word."""
+    if answer.reasoning is not None:
+        for piece in reasoning_pieces(answer.reasoning):
+            yield {"reasoning_content": piece}
     call = answer.tool_call
     if call is not None:
         fn = call["function"]
@@ -54,8 +68,8 @@ def _deltas(answer: Answer) -> Iterator[dict[str, Any]]:
         yield {"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": head}]}
         args = fn["arguments"]
         for i in range(0, len(args), _ARGS_PIECE):
-            piece = {"arguments": args[i : i + _ARGS_PIECE]}
-            yield {"tool_calls": [{"index": 0, "function": piece}]}
+            part = {"arguments": args[i : i + _ARGS_PIECE]}
+            yield {"tool_calls": [{"index": 0, "function": part}]}
         return
     for i, w in enumerate(answer.text.split(" ")):
         yield {"content": w if i == 0 else " " + w}

@@ -1,0 +1,128 @@
+"""The simulator over a real socket on 127.0.0.1: reasoning_content, streamed and not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from batchrun.simulate import SimConfig, start_simulator
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+_AUTH = {"Authorization": "Bearer test-key"}
+
+
+def _body(i: int, *, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    prompt = f"Label item {i} in one word."
+    messages = [{"role": "user", "content": prompt}]
+    return {"model": "gpt-4o", "messages": messages, "stream": stream, **extra}
+
+
+def _events(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON events of an SSE body, up to ``[DONE]``."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        data = block.removeprefix("data: ")
+        if not block.startswith("data: ") or data == "[DONE]":
+            continue
+        events.append(json.loads(data))
+    return events
+
+
+def _ask(config: SimConfig, bodies: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
+    """Each body sent once, in order, to a fresh simulator: (status, raw answer)."""
+
+    async def main() -> list[tuple[int, bytes]]:
+        out = []
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            start_simulator(config) as sim,
+            aiohttp.ClientSession(timeout=timeout) as session,
+        ):
+            for body in bodies:
+                url = f"{sim.url}/chat/completions"
+                async with session.post(url, json=body, headers=_AUTH) as resp:
+                    out.append((resp.status, await resp.read()))
+        return out
+
+    return asyncio.run(main())
+
+
+def _reasoning(status: int, raw: bytes) -> str | None:
+    """The reasoning of one answer; for a stream, its pieces joined (checked to come first)."""
+    if status == 201:
+        message = json.loads(raw)["choices"][0]["message"]
+        assert message.get("reasoning_content", "absent") is not None  # absent, never null
+        return message.get("reasoning_content")
+    assert status == 200
+    deltas = [e["choices"][0]["delta"] for e in _events(raw) if e["choices"]]
+    pieces = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+    if not pieces:
+        return None
+    assert 1 <= len(pieces) <= 3
+    assert all(pieces)
+    kinds = [next(iter(d)) for d in deltas if d]
+    # role, then every reasoning piece, then the content (or the tool call)
+    assert kinds[: len(pieces) + 1] == ["role"] + ["reasoning_content"] * len(pieces)
+    assert kinds[len(pieces) + 1] in ("content", "tool_calls")
+    return "".join(pieces)
+
+
+def test_a_share_of_answers_near_the_knob_carries_reasoning() -> None:
+    answers = _ask(SimConfig(reasoning_rate=0.25), [_body(i) for i in range(400)])
+    reasoned = [r for r in (_reasoning(*a) for a in answers) if r is not None]
+    assert 70 <= len(reasoned) <= 130  # 100 expected
+    assert len(set(reasoned)) > 1
+    assert all(json.loads(raw)["choices"][0]["message"]["content"] for _, raw in answers)
+
+
+def test_the_same_prompt_gets_the_same_reasoning_streamed_or_not_and_on_a_rerun() -> None:
+    config = SimConfig(reasoning_rate=0.5)
+    n = 60
+    plain = [_reasoning(*a) for a in _ask(config, [_body(i) for i in range(n)])]
+    streamed_raw = _ask(config, [_body(i, stream=True) for i in range(n)])
+    streamed = [_reasoning(*a) for a in streamed_raw]
+    again = [_reasoning(*a) for a in _ask(config, [_body(i) for i in range(n)])]
+    assert plain == streamed == again
+    assert 0 < sum(r is not None for r in plain) < n
+    # the stream splits the text, sometimes into one piece, sometimes more
+    counts = set()
+    for _, raw in streamed_raw:
+        deltas = [e["choices"][0]["delta"] for e in _events(raw) if e["choices"]]
+        counts.add(sum("reasoning_content" in d for d in deltas))
+    assert len(counts - {0}) > 1
+
+
+def test_reasoning_comes_with_tool_calls_too() -> None:
+    tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
+    bodies = [
+        _body(i, stream=s, tools=tools, tool_choice={"type": "required"})
+        for i in range(20)
+        for s in (False, True)
+    ]
+    answers = _ask(SimConfig(reasoning_rate=1), bodies)
+    reasoning = [_reasoning(*a) for a in answers]
+    assert all(r is not None for r in reasoning)
+    assert reasoning[0::2] == reasoning[1::2]
+    for _, raw in answers[0::2]:
+        assert json.loads(raw)["choices"][0]["message"]["tool_calls"]
+
+
+def test_rate_zero_sends_no_reasoning() -> None:
+    bodies = [_body(i, stream=i % 2 == 1) for i in range(100)]
+    answers = _ask(SimConfig(reasoning_rate=0), bodies)
+    assert all(_reasoning(*a) is None for a in answers)
+    assert all(b"reasoning_content" not in raw for _, raw in answers)
+
+
+def test_simulate_rejects_a_reasoning_rate_out_of_range() -> None:
+    result = run_cli("simulate", "--port", "0", "--reasoning-rate", "1.5", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "batchrun: error: reasoning_rate must be between 0 and 1, got 1.5"
+    )
