@@ -8,7 +8,7 @@ from typing import Any
 
 from batchrun.errors import InputError, UsageError
 from batchrun.io.readers import Where
-from batchrun.job import Job, template_columns
+from batchrun.job import Job, RequestParams, template_columns
 from batchrun.records import Request
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -33,9 +33,32 @@ class _Row(Mapping[str, str]):
         return len(self._row)
 
 
-def estimate_tokens(text_chars: int, max_tokens: int) -> int:
-    """A cheap upper-leaning estimate: ~4 characters a token, plus what the answer may use."""
-    return text_chars // 4 + 4 + max_tokens
+def estimate_prompt_tokens(text_chars: int) -> int:
+    """A cheap upper-leaning estimate of a prompt's tokens: ~4 characters a token."""
+    return text_chars // 4 + 4
+
+
+def request_params(params: RequestParams) -> dict[str, Any]:
+    """The job-level parameters of every request, in the API's names and a stable order
+    (the dialect turns them into the wire body)."""
+    out: dict[str, Any] = {"model": params.model, "max_tokens": params.max_tokens}
+    for name in ("temperature", "top_p", "top_k", "frequency_penalty"):
+        value = getattr(params, name)
+        if value is not None:
+            out[name] = value
+    if params.stop_sequences:
+        out["stop_sequences"] = list(params.stop_sequences)
+    if params.stream:
+        out["stream"] = True
+    if params.system is not None:
+        out["system"] = params.system
+    if params.tools is not None:
+        out["tools"] = list(params.tools)
+    if params.tool_choice is not None:
+        out["tool_choice"] = params.tool_choice
+    if params.metadata is not None:
+        out["metadata"] = params.metadata
+    return out
 
 
 class RequestBuilder:
@@ -44,12 +67,9 @@ class RequestBuilder:
     def __init__(self, job: Job, file: str) -> None:
         self.job = job
         self.file = file
-        self._base = job.params.body_fields()
-        self._system_message = (
-            {"role": "system", "content": job.params.system}
-            if job.params.system is not None and job.params.system_as_message
-            else None
-        )
+        #: Shared by every request of the job (rows do not change it).
+        self._params = request_params(job.params)
+        self._system_chars = len(job.params.system or "")
         self._template_columns = template_columns(job.template) if job.template else []
         self.mode: str | None = None
         self.column: str | None = None
@@ -134,17 +154,12 @@ class RequestBuilder:
         else:
             assert self.column is not None
             messages, chars = self._messages(row.get(self.column), where)
-        if self._system_message is not None:
-            messages = [self._system_message, *messages]
-            chars += len(self._system_message["content"])
-        elif "system" in self._base:
-            chars += len(self._base["system"])
-        body = dict(self._base)
-        body["messages"] = messages
         return Request(
             position=position,
-            body=body,
-            estimated_tokens=estimate_tokens(chars, self.job.params.max_tokens),
+            messages=messages,
+            params=self._params,
+            max_tokens=self.job.params.max_tokens,
+            prompt_tokens=estimate_prompt_tokens(chars + self._system_chars),
         )
 
     def _messages(self, value: Any, where: Where) -> tuple[list[Any], int]:

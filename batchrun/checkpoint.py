@@ -24,30 +24,31 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import CheckpointError
-from batchrun.records import RowResult
+from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "3"
+JOURNAL_VERSION = "4"
 #: How an older journal becomes the current one (in one transaction), rather than being
-#: refused: refusing would leave --restart, which pays for every row again.
+#: refused: refusing would leave --restart, which pays for every row again. Result columns
+#: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
+#: added reported_cost_usd, 4 reasoning_content. 3 counts each in-flight mark once as
+#: possibly charged twice.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
-    # 2 added the cost the API reports (earlier rows have none); 3 counts each in-flight
-    # mark once as possibly charged twice.
-    "1": ("ALTER TABLE results ADD COLUMN reported_cost_usd", _ADD_COUNTED),
+    "1": (_ADD_COUNTED,),
     "2": (_ADD_COUNTED,),
+    "3": (),
 }
-RESULT_COLUMNS = tuple(f.name for f in fields(RowResult))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     position INTEGER PRIMARY KEY,
-    {", ".join(RESULT_COLUMNS[1:])}
+    {", ".join(RESULT_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS inflight (
     position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL,
@@ -134,6 +135,10 @@ class Checkpoint:
                 db.execute("BEGIN IMMEDIATE")
                 for statement in _MIGRATIONS[version[0]]:
                     db.execute(statement)
+                have = {r[1] for r in db.execute("PRAGMA table_info(results)")}
+                for name in RESULT_COLUMNS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE results ADD COLUMN {name}")
                 db.execute(
                     "UPDATE meta SET value=? WHERE key='journal_version'", (JOURNAL_VERSION,)
                 )
@@ -221,14 +226,8 @@ class Checkpoint:
                 " AND position NOT IN (SELECT position FROM results)",
                 (below,),
             ).rowcount
-            row = db.execute("SELECT value FROM meta WHERE key='possibly_charged_twice'").fetchone()
-            total = (json.loads(row[0]) if row else 0) + new
-            if new:
-                db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('possibly_charged_twice', ?)",
-                    (json.dumps(total),),
-                )
-        return int(total)
+            total = _add_meta_count(db, "possibly_charged_twice", new)
+        return total
 
     def forget_failed(self, error_types: tuple[str, ...]) -> int:
         """Delete error rows (of these types, or all) so the run sends them again."""
@@ -249,13 +248,24 @@ class Checkpoint:
         results: list[RowResult],
         forget: Sequence[int] = (),
         keep: Sequence[int] = (),
+        doubts: Sequence[int] = (),
     ) -> None:
         """Record in one transaction: rows now in flight, finished rows (leaving flight, but
         for those in ``keep``), and rows taken out of flight unsent.
 
         ``keep``: failed rows whose last send's outcome is unknown (a timeout): the key stays
-        for the resend that --retry-failed makes."""
+        for the resend that --retry-failed makes. ``doubts``: rows sent again after a send
+        of unknown outcome, counted as possibly charged twice unless counted already."""
         with self.transaction() as db:
+            if doubts:
+                new = sum(
+                    db.execute(
+                        "UPDATE inflight SET counted=1 WHERE position=? AND counted=0", (p,)
+                    ).rowcount
+                    for p in doubts
+                )
+                if new:
+                    _add_meta_count(db, "possibly_charged_twice", new)
             if inflight:
                 db.executemany(
                     "INSERT OR REPLACE INTO inflight (position, idempotency_key) VALUES (?, ?)",
@@ -274,7 +284,8 @@ class Checkpoint:
     def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
         """Recorded results with start <= position < stop, in position order."""
         return self.db.execute(
-            "SELECT * FROM results WHERE position >= ? AND position < ? ORDER BY position",
+            f"SELECT position, {_COLUMN_LIST} FROM results"
+            " WHERE position >= ? AND position < ? ORDER BY position",
             (start, stop),
         ).fetchall()
 
@@ -324,8 +335,21 @@ class Checkpoint:
         ]
 
 
-_result_tuple = operator.attrgetter(*RESULT_COLUMNS)
-_INSERT_RESULT = f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * len(RESULT_COLUMNS))})"
+_COLUMN_LIST = ", ".join(RESULT_COLUMNS)
+_result_tuple = operator.attrgetter("position", *RESULT_COLUMNS)
+_INSERT_RESULT = (
+    f"INSERT OR REPLACE INTO results (position, {_COLUMN_LIST})"
+    f" VALUES ({', '.join('?' * (len(RESULT_COLUMNS) + 1))})"
+)
+
+
+def _add_meta_count(db: sqlite3.Connection, key: str, n: int) -> int:
+    """Add ``n`` to the count stored under ``key`` (in the caller's transaction)."""
+    row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    total = int(json.loads(row[0]) if row else 0) + n
+    if n:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(total)))
+    return total
 
 
 def remove_checkpoint(directory: Path) -> None:

@@ -4,13 +4,22 @@
 
     BatchrunError                 exit 1 unless a subclass says otherwise
     ├── UsageError                exit 2  bad flags, job file or input; nothing was sent
-    │   └── InputError            exit 2  a row of the input file is invalid (file, line, column)
-    ├── CheckpointError           exit 5  checkpoint locked, changed job, unreadable journal
+    │   ├── InputError            exit 2  a row of the input file is invalid (file, line, column)
+    │   └── InvalidInput          exit 2  the validation pass found invalid rows (all of them)
+    ├── CheckpointError           exit 5  checkpoint locked, changed job or input, unreadable journal
+    │   └── JournalFailed         exit 5  the journal could not be written mid-run (disk full)
     ├── RunStopped                exit 4  the API stopped the run (401, 403, same error row after row)
-    └── Interrupted               exit 130 / 143  SIGINT / SIGTERM; finished rows kept
+    ├── Interrupted               exit 130 / 143 / 129  SIGINT / SIGTERM / SIGHUP; finished rows kept
+    ├── SendFailed                one attempt of one row gave no usable answer (batchrun.send)
+    │   ├── Retryable             worth another attempt after a wait (429, 5xx, timeouts, resets)
+    │   ├── RowFailed             this row will not succeed: it becomes an error row (400, 404, …)
+    │   └── StopRun               no row will succeed (401, 403): the run stops, resumably
+    └── NotSent                   control flow: the run is stopping, this row is left for the next run
+        └── Stopped               the limiter is stopped: no slot, no pause, no send
 
-Messages never contain the API key: the key is read once in the client and only ever
-placed in a request header.
+``SendFailed`` and ``NotSent`` never reach the CLI: the send path turns them into error rows
+or a ``RunStopped``. Messages never contain the API key: every text that came from a server
+is redacted (:mod:`batchrun.send.redact`) before it is cut, stored or printed.
 """
 
 from __future__ import annotations
@@ -98,8 +107,73 @@ class RunStopped(BatchrunError):
 
 
 class Interrupted(BatchrunError):
-    """SIGINT or SIGTERM; finished rows are kept and a rerun resumes."""
+    """SIGINT, SIGTERM or SIGHUP; finished rows are kept and a rerun resumes."""
 
     def __init__(self, message: str, *, signal_number: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.exit_code = 128 + signal_number
+
+
+class JournalFailed(CheckpointError):
+    """The journal could not be written (disk full, I/O error); ``cause`` is why."""
+
+    def __init__(self, cause: BaseException, *, path: object = None) -> None:
+        where = f" {path}" if path is not None else ""
+        super().__init__(
+            f"the checkpoint journal{where} cannot be written ({cause})",
+            hint="free disk space or fix the folder's permissions, then rerun the same command to resume",
+        )
+        self.cause = cause
+
+
+class SendFailed(BatchrunError):
+    """One attempt did not give a usable answer.
+
+    ``definite`` is True when the server answered (the outcome of the send is known), False
+    for timeouts and dropped connections, where the server may have done the work anyway.
+    ``sent`` is False when the request never left (the connection could not be made): it is
+    not counted as a request, and no server can have billed it.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        definite: bool = True,
+        sent: bool = True,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.definite = definite
+        self.sent = sent
+        #: The server's id for the failed request, where its error body names one.
+        self.request_id = request_id
+
+
+class Retryable(SendFailed):
+    """Worth trying again after a wait."""
+
+
+class RowFailed(SendFailed):
+    """This row will not succeed by retrying: it becomes an error row."""
+
+
+class StopRun(SendFailed):
+    """No row will succeed (bad key, no credits): stop the whole run, resumably."""
+
+
+class NotSent(BatchrunError):
+    """The run is stopping: this row is left for the next run (control flow, not a failure)."""
+
+    def __init__(self, message: str = "the run is stopping") -> None:
+        super().__init__(message)
+
+
+class Stopped(NotSent):
+    """The limiter is stopped: every wait in it ends at once, no slot is handed out."""

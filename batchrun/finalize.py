@@ -3,25 +3,33 @@ again batch by batch, so memory stays flat), graded when the job grades."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
 from batchrun.checkpoint import Checkpoint
 from batchrun.grading import grade
 from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
-from batchrun.io.writers import output_batch, output_schema, write_atomically
+from batchrun.io.writers import output_batch, output_schema, result_index, write_atomically
 from batchrun.job import Job
 from batchrun.scan import Scan
 
-#: Index of ``completion`` in a journal result tuple (position, status, completion, ...).
-_COMPLETION = 2
+_COMPLETION = result_index("completion")
 
 
-def write_output(job: Job, ckpt: Checkpoint, scan: Scan, total: int, *, partial: bool) -> int:
+def write_output(
+    job: Job,
+    ckpt: Checkpoint,
+    scan: Scan,
+    total: int,
+    *,
+    partial: bool,
+    before_replace: Callable[[], None] | None = None,
+) -> int:
     """Write OUTPUT: every row below ``total`` (when ``partial``, only those recorded).
 
-    Returns the number of rows written.
+    ``before_replace`` runs before the new file takes OUTPUT's place (see
+    :func:`write_atomically`). Returns the number of rows written.
     """
     schema = output_schema(scan.schema, scan.id_column, graded=job.grading is not None)
 
@@ -31,7 +39,7 @@ def write_output(job: Job, ckpt: Checkpoint, scan: Scan, total: int, *, partial:
                 break
             yield _output_batch(job, ckpt, batch, scan, schema, total, partial)
 
-    return write_atomically(job.output_path, schema, batches())
+    return write_atomically(job.output_path, schema, batches(), before_replace)
 
 
 def _output_batch(

@@ -148,27 +148,6 @@ class RequestParams:
                         f"{name} holds NaN or Infinity, which JSON cannot carry"
                     ) from None
 
-    def body_fields(self) -> dict[str, Any]:
-        """The job-level part of every request body, in a stable key order."""
-        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
-        for name in ("temperature", "top_p", "top_k", "frequency_penalty"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = value
-        if self.stop_sequences:
-            body["stop_sequences"] = list(self.stop_sequences)
-        if self.stream:
-            body["stream"] = True
-        if self.system is not None and not self.system_as_message:
-            body["system"] = self.system
-        if self.tools is not None:
-            body["tools"] = list(self.tools)
-        if self.tool_choice is not None:
-            body["tool_choice"] = self.tool_choice
-        if self.metadata is not None:
-            body["metadata"] = self.metadata
-        return body
-
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 
-from batchrun.client import USER_AGENT
 from batchrun.errors import InvalidInput
 from batchrun.io.readers import InputBatch
 from batchrun.job import Job
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input
+from batchrun.send import USER_AGENT, ChatCompletions
 
 PREVIEW_REQUESTS = 3
 
@@ -31,7 +31,8 @@ def dry_run(job: Job) -> str:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     valid = scan.total_rows - scan.invalid_rows
-    url = job.base_url.rstrip("/") + "/chat/completions"
+    dialect = ChatCompletions(system_as_message=job.params.system_as_message)
+    url = job.base_url.rstrip("/") + dialect.path
     key_state = "set" if os.environ.get(job.api_key_env) else "NOT SET"
     lines = [
         f"dry run: {job.input_path} — {scan.total_rows:,} rows, all valid"
@@ -51,7 +52,7 @@ def dry_run(job: Job) -> str:
         lines.append(
             f"Authorization: Bearer ***\nUser-Agent: {USER_AGENT}\nIdempotency-Key: <per row>"
         )
-        lines.append(json.dumps(r.body, ensure_ascii=False, indent=2))
+        lines.append(json.dumps(dialect.encode(r), ensure_ascii=False, indent=2))
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from batchrun.runner import Event, Progress
+from batchrun.events import Event, Progress
 
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_INTERVAL_S = 10.0
@@ -23,6 +23,9 @@ def _postfix(p: Progress) -> str:
     lim = p.limiter
     if lim is not None:
         parts.append(f"inflight={lim.in_flight}/{lim.window}")
+        oldest = p.oldest_send_s()
+        if oldest is not None and oldest >= 1:
+            parts.append(f"oldest={oldest:,.0f}s")
         if lim.pacing_rate is not None:
             parts.append(f"pace={lim.pacing_rate * 60:,.0f}/min")
     return " ".join(parts)
@@ -70,6 +73,15 @@ class ProgressView:
             elif now - self._last_line >= PLAIN_INTERVAL_S:
                 self._last_line = now
                 self._plain(p)
+        elif event.kind == "tick":
+            # No answer for a while (a server that never answers): off a terminal the line
+            # must still come on time, saying what is in flight and for how long.
+            now = time.monotonic()
+            if self.bar is None and now - self._last_line >= PLAIN_INTERVAL_S - 0.5:
+                self._last_line = now
+                self._plain(p)
+            elif self.bar is not None:
+                self.bar.set_postfix_str(_postfix(p), refresh=True)
         elif event.kind == "notice" and event.message:
             self.note(event.message)
         elif event.kind == "finalizing":

@@ -1,13 +1,20 @@
-"""Row, request and result types shared by the stages of a run."""
+"""Row, request and result types shared by the stages of a run.
+
+:class:`RowResult` is the one declaration of the result columns: each field carries its
+Arrow type and meaning (:func:`column`), and the journal's columns, the output's Parquet
+schema and finalize all derive from it. Adding a result column is one field here plus a
+journal version bump (new columns are added to older journals automatically).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+
+import pyarrow as pa
 
 OK = "ok"
 ERROR = "error"
-
 #: Raw finish reasons (Anthropic and OpenAI styles) → the normalized vocabulary.
 FINISH_REASONS: dict[str, str] = {
     "stop": "stop",
@@ -33,12 +40,25 @@ def normalize_finish_reason(raw: str | None) -> str | None:
 
 @dataclass(slots=True)
 class Request:
-    """One row turned into a request body."""
+    """One row turned into a provider-neutral request: the dialect makes the wire body.
+
+    ``params`` are the body parameters in the API's names (model, max_tokens, temperature,
+    system, tools, …): the job's, with the row's own overrides applied. ``messages`` are
+    ``[{role, content}]``, content a string or a list of parts.
+    """
 
     position: int  #: 0-based position of the row in the input
-    body: dict[str, Any]
-    #: Estimated tokens the request will use (prompt estimate + max_tokens), for --tpm.
-    estimated_tokens: int
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    #: The answer's token cap for this request (``params["max_tokens"]``).
+    max_tokens: int
+    #: Estimated prompt tokens (text and any images) for budgets, --tpm and the dry run.
+    prompt_tokens: int
+
+    @property
+    def estimated_tokens(self) -> int:
+        """Worst case the request can use: the prompt estimate plus its max_tokens."""
+        return self.prompt_tokens + self.max_tokens
 
 
 @dataclass(slots=True)
@@ -55,30 +75,55 @@ class Completion:
     response_id: str | None
     #: What the server said the request cost (USD), where it says so in a header.
     reported_cost_usd: float | None = None
+    #: The model's reasoning, where the answer carries it (null when absent or empty).
+    reasoning_content: str | None = None
 
 
-@dataclass(slots=True)
+def column(
+    arrow_type: pa.DataType, meaning: str, *, nullable: bool = True, default: Any = None
+) -> Any:
+    """A result column: its Arrow type and meaning ride on the RowResult field."""
+    meta = {"arrow": arrow_type, "meaning": meaning, "nullable": nullable}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(slots=True, kw_only=True)
 class RowResult:
-    """The outcome of one row: what the sink records and the output holds."""
+    """The outcome of one row: what the journal records and the output holds.
+
+    The field order is the column order of the journal and of the output.
+    """
 
     position: int
-    status: str
-    completion: str | None = None
-    finish_reason: str | None = None
-    finish_reason_normalized: str | None = None
-    tool_calls: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    model: str | None = None
-    response_id: str | None = None
-    attempts: int = 0
-    latency_ms: float | None = None
-    error_type: str | None = None
-    error: str | None = None
-    #: Unix time in seconds at which the row finished.
-    finished_at: float = 0.0
-    reported_cost_usd: float | None = None
+    status: str = column(pa.string(), "ok or error", nullable=False, default=MISSING)
+    completion: str | None = column(pa.string(), "the assistant's text (null on error)")
+    finish_reason: str | None = column(pa.string(), "raw finish reason from the API")
+    finish_reason_normalized: str | None = column(
+        pa.string(), "stop, length, tool_calls, content_filter or error"
+    )
+    tool_calls: str | None = column(pa.string(), "tool calls as JSON text, if any")
+    prompt_tokens: int | None = column(pa.int64(), "prompt tokens as reported")
+    completion_tokens: int | None = column(pa.int64(), "completion tokens as reported")
+    total_tokens: int | None = column(pa.int64(), "total tokens as reported")
+    model: str | None = column(pa.string(), "model as served")
+    response_id: str | None = column(pa.string(), "the API's id of the answer")
+    attempts: int = column(pa.int32(), "requests made for this row", default=0)
+    latency_ms: float | None = column(pa.float64(), "last attempt's latency")
+    error_type: str | None = column(pa.string(), "error class (null on ok)")
+    error: str | None = column(pa.string(), "error message (null on ok)")
+    #: Unix time in seconds at which the row finished (stored as a ms timestamp).
+    finished_at: float = column(_TS, "when the row finished", default=0.0)
+    reported_cost_usd: float | None = column(
+        pa.float64(), "the cost the API reported for the row, USD"
+    )
+    reasoning_content: str | None = column(
+        pa.string(), "the model's reasoning, where the answer carries it"
+    )
 
     @classmethod
     def success(
@@ -100,6 +145,7 @@ class RowResult:
             latency_ms=latency_ms,
             finished_at=finished_at,
             reported_cost_usd=c.reported_cost_usd,
+            reasoning_content=c.reasoning_content,
         )
 
     @classmethod
@@ -123,3 +169,14 @@ class RowResult:
             error=error,
             finished_at=finished_at,
         )
+
+
+#: The result columns in order (``position`` is the journal's key, not a column).
+RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RowResult))[1:]
+#: The output's result fields, derived from the declarations above.
+RESULT_FIELDS: tuple[pa.Field, ...] = tuple(
+    pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"])
+    for f in fields(RowResult)[1:]
+)
+#: What each result column means (for the README and ``--help``).
+RESULT_MEANINGS: dict[str, str] = {f.name: f.metadata["meaning"] for f in fields(RowResult)[1:]}

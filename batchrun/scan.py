@@ -89,7 +89,6 @@ def scan_input(
     total = 0
     est = 0
     est_prompt = 0
-    max_tokens = job.params.max_tokens
     types: dict[str, pa.DataType | None] = {}
     # 8 bytes an id, in one compact buffer: the uniqueness check is the scan's only memory
     # that grows with the input.
@@ -132,7 +131,7 @@ def scan_input(
             if builder.id_column is not None:
                 id_keys.append(_id_key(rid))
             est += request.estimated_tokens
-            est_prompt += request.estimated_tokens - max_tokens
+            est_prompt += request.prompt_tokens
             if on_request is not None:
                 on_request(request, batch, offset)
         total += len(batch.rows)

@@ -12,9 +12,19 @@ import asyncio
 from collections.abc import Callable
 
 from batchrun.checkpoint import Checkpoint
+from batchrun.errors import JournalFailed
 from batchrun.records import RowResult
 
 _STOP = object()
+
+
+class _CountDoubt:
+    """A row sent again with a key whose last send's outcome is unknown (see ``count_doubt``)."""
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
 
 
 class _KeepKey:
@@ -24,14 +34,6 @@ class _KeepKey:
 
     def __init__(self, result: RowResult) -> None:
         self.result = result
-
-
-class JournalFailed(Exception):
-    """The journal could not be written; ``cause`` is why."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"the checkpoint journal cannot be written ({cause})")
-        self.cause = cause
 
 
 class JournalWriter:
@@ -73,6 +75,11 @@ class JournalWriter:
         the row failed with its last send's outcome unknown; its in-flight mark stays."""
         self._queue.put_nowait(_KeepKey(result) if keep_key else result)
 
+    def count_doubt(self, position: int) -> None:
+        """The row is being sent again with a key whose last send may have been billed:
+        count it as possibly charged twice (once a row, over every run)."""
+        self._queue.put_nowait(_CountDoubt(position))
+
     def forget_inflight(self, position: int) -> None:
         """The row was not sent after all (run stopped before it): drop its in-flight mark."""
         self._queue.put_nowait(position)
@@ -98,6 +105,7 @@ class JournalWriter:
             results: list[RowResult] = []
             forget: list[int] = []
             keep: list[int] = []
+            doubts: list[int] = []
             for item in items:
                 if item is _STOP:
                     stop = True
@@ -111,8 +119,10 @@ class JournalWriter:
                     waiters.append(item[2])
                 elif isinstance(item, int):
                     forget.append(item)
+                elif isinstance(item, _CountDoubt):
+                    doubts.append(item.position)
             try:
-                self._ckpt.write(marks, results, forget, keep)
+                self._ckpt.write(marks, results, forget, keep, doubts)
             except Exception as exc:
                 self.failure = exc
                 for w in waiters:

@@ -41,11 +41,12 @@ def _reopen(tmp_path: Path) -> Checkpoint:
 
 def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     # What batchrun 1 left: no reported_cost_usd column, version 1, one finished row.
-    cols = RESULT_COLUMNS[:-1]
+    cols = ("position", *RESULT_COLUMNS[:-2])
     values = (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0)
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
+        "ALTER TABLE results DROP COLUMN reasoning_content",
         "ALTER TABLE results DROP COLUMN reported_cost_usd",
         "ALTER TABLE inflight DROP COLUMN counted",
         "INSERT INTO inflight VALUES (5, 'key-5')",
@@ -56,10 +57,22 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert again.open() is True
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
     rows = again.results_between(0, 10)
-    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-1] is None
-    # New rows go in with the new column.
-    again.write([], [RowResult(1, "ok", completion="no", finished_at=2.0, reported_cost_usd=0.5)])
-    assert again.results_between(1, 2)[0][-1] == 0.5
+    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-2:] == (None, None)
+    # New rows go in with the new columns.
+    again.write(
+        [],
+        [
+            RowResult(
+                position=1,
+                status="ok",
+                completion="no",
+                finished_at=2.0,
+                reported_cost_usd=0.5,
+                reasoning_content="because",
+            )
+        ],
+    )
+    assert again.results_between(1, 2)[0][-2:] == (0.5, "because")
     assert again.aggregate(10)["rows"] == 2
     assert again.inflight_keys() == {5: "key-5"}
     assert again.count_possibly_charged_twice(below=10) == 1

@@ -14,9 +14,9 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aioresponses import CallbackResult, aioresponses
 
 from batchrun import __version__
-from batchrun.client import ApiClient, parse_cost
-from batchrun.records import Completion
-from batchrun.retrying import RequestFailed, Retryable, RowFailed, StopRun
+from batchrun.errors import Retryable, RowFailed, SendFailed, StopRun
+from batchrun.records import Completion, Request
+from batchrun.send.client import ApiClient, parse_cost
 
 BASE = "https://api.example.test/v1"
 URL = f"{BASE}/chat/completions"
@@ -52,22 +52,34 @@ def _run(
     return asyncio.run(main())
 
 
+def _req(body: dict[str, Any]) -> Request:
+    """The neutral request whose wire body is ``body``."""
+    params = {k: v for k, v in body.items() if k != "messages"}
+    return Request(
+        position=0,
+        messages=body["messages"],
+        params=params,
+        max_tokens=params.get("max_tokens", 16),
+        prompt_tokens=1,
+    )
+
+
 def _complete(setup: Setup, body: dict[str, Any] | None = None) -> Completion:
-    result, _ = _run(setup, lambda c: c.complete(body or BODY, "key-1"))
+    result, _ = _run(setup, lambda c: c.complete(_req(body or BODY), "key-1"))
     assert isinstance(result, Completion)
     return result
 
 
-def _failure(setup: Setup, body: dict[str, Any] | None = None) -> RequestFailed:
-    async def call(client: ApiClient) -> RequestFailed:
+def _failure(setup: Setup, body: dict[str, Any] | None = None) -> SendFailed:
+    async def call(client: ApiClient) -> SendFailed:
         try:
-            await client.complete(body or BODY, "key-1")
-        except RequestFailed as exc:
+            await client.complete(_req(body or BODY), "key-1")
+        except SendFailed as exc:
             return exc
         raise AssertionError("no failure raised")
 
     exc, _ = _run(setup, call)
-    assert isinstance(exc, RequestFailed)
+    assert isinstance(exc, SendFailed)
     return exc
 
 
@@ -116,8 +128,8 @@ def test_each_request_carries_its_own_idempotency_key() -> None:
         return CallbackResult(status=201, payload=_ok())
 
     async def call(client: ApiClient) -> None:
-        await client.complete(BODY, "first")
-        await client.complete(BODY, "second")
+        await client.complete(_req(BODY), "first")
+        await client.complete(_req(BODY), "second")
 
     _run(lambda m: m.post(URL, callback=callback, repeat=True), call)
     assert keys == ["first", "second"]
@@ -126,7 +138,7 @@ def test_each_request_carries_its_own_idempotency_key() -> None:
 @pytest.mark.parametrize("base_url", [BASE, BASE + "/"])
 def test_url_is_base_url_plus_chat_completions(base_url: str) -> None:
     async def call(client: ApiClient) -> str:
-        await client.complete(BODY, "k")
+        await client.complete(_req(BODY), "k")
         return client.url
 
     url, mocked = _run(lambda m: m.post(URL, payload=_ok(), status=201), call, base_url=base_url)
@@ -138,7 +150,7 @@ def test_url_is_base_url_plus_chat_completions(base_url: str) -> None:
 def test_connection_pool_is_sized_to_the_concurrency(concurrency: int) -> None:
     async def main() -> None:
         async with ApiClient(BASE, KEY, concurrency=concurrency, timeout_s=7.5) as client:
-            session = client._session
+            session = client.transport._session
             assert session is not None
             connector = session.connector
             assert isinstance(connector, aiohttp.TCPConnector)
@@ -157,8 +169,8 @@ def test_read_timeout_only_where_asked_and_within_the_total(
     read_timeout: float | None, expected_sock_read: float | None
 ) -> None:
     client = ApiClient(BASE, KEY, concurrency=2, timeout_s=7.5, read_timeout_s=read_timeout)
-    assert client._timeout.total == 7.5
-    assert client._timeout.sock_read == expected_sock_read
+    assert client.transport.timeout.total == 7.5
+    assert client.transport.timeout.sock_read == expected_sock_read
 
 
 def test_session_is_closed_on_exit_even_after_an_error() -> None:
@@ -167,10 +179,12 @@ def test_session_is_closed_on_exit_even_after_an_error() -> None:
         seen: list[aiohttp.ClientSession] = []
         with pytest.raises(RuntimeError, match="boom"):
             async with client:
-                assert client._session is not None and not client._session.closed
-                seen.append(client._session)
+                assert (
+                    client.transport._session is not None and not client.transport._session.closed
+                )
+                seen.append(client.transport._session)
                 raise RuntimeError("boom")
-        assert client._session is None
+        assert client.transport._session is None
         return seen[0]
 
     assert asyncio.run(main()).closed
@@ -405,7 +419,7 @@ def test_sse_chunk_of_the_wrong_shape_fails_the_row(chunks: list[Any]) -> None:
     ],
 )
 def test_statuses_map_to_failure_classes(
-    status: int, cls: type[RequestFailed], error_type: str
+    status: int, cls: type[SendFailed], error_type: str
 ) -> None:
     exc = _failure(lambda m: m.post(URL, status=status, payload={"error": {"message": "nope"}}))
     assert type(exc) is cls
@@ -456,7 +470,7 @@ def test_a_huge_error_body_is_cut_short() -> None:
 
 def test_ratelimit_headers_are_remembered_whatever_their_case() -> None:
     async def call(client: ApiClient) -> dict[str, str]:
-        await client.complete(BODY, "k")
+        await client.complete(_req(BODY), "k")
         return client.ratelimit
 
     headers = {"X-RateLimit-Remaining-Requests": "41", "X-RateLimit-Limit-Requests": "60"}
@@ -466,7 +480,7 @@ def test_ratelimit_headers_are_remembered_whatever_their_case() -> None:
 
 def test_lowercase_ratelimit_headers_are_remembered() -> None:
     async def call(client: ApiClient) -> dict[str, str]:
-        await client.complete(BODY, "k")
+        await client.complete(_req(BODY), "k")
         return client.ratelimit
 
     headers = {"x-ratelimit-remaining-tokens": "900"}
@@ -507,7 +521,7 @@ def test_connection_errors_are_retryable_with_unknown_outcome(error: Exception) 
 
 def test_errors_outside_the_retry_classes_are_not_swallowed() -> None:
     async def call(client: ApiClient) -> None:
-        await client.complete(BODY, "k")
+        await client.complete(_req(BODY), "k")
 
     with pytest.raises(ValueError, match="a bug"):
         _run(lambda m: m.post(URL, exception=ValueError("a bug")), call)
@@ -516,7 +530,7 @@ def test_errors_outside_the_retry_classes_are_not_swallowed() -> None:
 # --- the key never appears in a message ----------------------------------------------------------
 
 
-def _assert_no_key(exc: RequestFailed) -> None:
+def _assert_no_key(exc: SendFailed) -> None:
     for text in (exc.message, str(exc), repr(exc), repr(exc.args)):
         assert KEY not in text
         assert KEY[:12] not in text  # not even its head
@@ -603,7 +617,7 @@ def test_reported_cost_is_read_from_the_named_header(
 ) -> None:
     result, _ = _run(
         lambda m: m.post(URL, payload=_ok(), status=201, headers=headers),
-        lambda c: c.complete(BODY, "key-1"),
+        lambda c: c.complete(_req(BODY), "key-1"),
         cost_header=cost_header,
     )
     assert isinstance(result, Completion)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.simulate import completion_for, usage_for
+from batchrun.simulate import completion_for, reasoning_for, usage_for
 from tests.conftest import ROOT, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,16 @@ def _expected(prompt: str, **params: Any) -> tuple[str, dict[str, int]]:
     }
     text = completion_for(body)[0]
     return text, usage_for(body)
+
+
+def _expected_reasoning(prompt: str, rate: float, **params: Any) -> str | None:
+    body = {
+        "model": "anthropic/claude-3-opus",
+        "max_tokens": 512,
+        **params,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    return reasoning_for(body, rate)
 
 
 def _check_output(out: Path, rows: list[dict[str, Any]]) -> pa.Table:
@@ -90,7 +100,11 @@ def test_2000_rows_in_order_with_the_simulators_answers(
     )
     assert proc.returncode == 0, proc.stderr
     table = _check_output(out, rows)
-    assert table.schema.metadata[b"batchrun.schema_version"] == b"2"
+    assert table.schema.metadata[b"batchrun.schema_version"] == b"3"
+    # The simulator's default share of answers carries reasoning: each row keeps its own.
+    reasoning = table.column("reasoning_content").to_pylist()
+    assert reasoning == [_expected_reasoning(r["prompt"], 0.25) for r in rows]
+    assert 0 < sum(r is not None for r in reasoning) < len(rows)
     assert sim.stats.requests == TEMPLATE_ROWS
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert summary["rows_ok"] == TEMPLATE_ROWS
@@ -161,9 +175,19 @@ def test_streamed_and_non_streamed_runs_agree(tmp_path: Path, sim_factory: Any) 
         )
         assert proc.returncode == 0, proc.stderr
         outs[mode] = pq.read_table(out).select(
-            ["id", "completion", "finish_reason", "prompt_tokens", "completion_tokens"]
+            [
+                "id",
+                "completion",
+                "finish_reason",
+                "prompt_tokens",
+                "completion_tokens",
+                "reasoning_content",
+            ]
         )
     assert outs["--stream"].to_pylist() == outs["--no-stream"].to_pylist()
+    reasoning = outs["--stream"].column("reasoning_content").to_pylist()
+    assert reasoning == [_expected_reasoning(r["prompt"], 0.25, max_tokens=6) for r in rows]
+    assert any(r is not None for r in reasoning)
     assert {"max_tokens", "end_turn"} >= set(outs["--stream"].column("finish_reason").to_pylist())
 
 

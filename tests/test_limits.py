@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
+from batchrun.errors import Stopped
 from batchrun.job import Limits
-from batchrun.limits import (
+from batchrun.send.limits import (
     DECREASE_FACTOR,
     HEADROOM,
     INCREASE_PER_S,
     MIN_RATE_PER_S,
     RATE_WINDOW_S,
     Limiter,
-    Stopped,
     _rpm_throttler,
 )
 

@@ -209,7 +209,7 @@ def test_counts_tokens_cost_latency(full: tuple[Path, list[dict[str, Any]]]) -> 
     assert 0 < len(reported) < len(ok)
     assert report.reported_cost_usd == pytest.approx(sum(reported))
     assert report.rows_cost_reported == len(reported)
-    assert report.schema_version == "2"
+    assert report.schema_version == "3"
     assert report.first_finished_at == rows[0]["finished_at"]
     assert report.last_finished_at == rows[-1]["finished_at"]
     span = (rows[-1]["finished_at"] - rows[0]["finished_at"]).total_seconds()
@@ -305,7 +305,7 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert float(parsed.value("latency-p50")) == pytest.approx(percentile(latencies, 50))
     assert float(parsed.value("latency-p99")) == pytest.approx(percentile(latencies, 99))
     assert float(parsed.value("latency-max")) == max(latencies)
-    assert parsed.value("schema-version") == "2"
+    assert parsed.value("schema-version") == "3"
     reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
     assert float(parsed.value("cost-reported")) == pytest.approx(sum(reported))
     assert int(parsed.value("cost-reported-rows")) == len(reported)

@@ -9,11 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from batchrun.errors import Retryable, RowFailed, StopRun
 from batchrun.job import RetryPolicy
-from batchrun.retrying import (
-    Retryable,
-    RowFailed,
-    StopRun,
+from batchrun.send.retrying import (
     WaitRetryAfterOrBackoff,
     backoff_s,
     classify_status,

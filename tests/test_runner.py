@@ -20,10 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.checkpoint import Checkpoint
-from batchrun.errors import CheckpointError, RunStopped, UsageError
+from batchrun.errors import CheckpointError, Retryable, RowFailed, RunStopped, StopRun, UsageError
 from batchrun.job import Budget, Job, Limits, RequestParams, RetryPolicy
-from batchrun.records import Completion
-from batchrun.retrying import Retryable, RowFailed, StopRun
+from batchrun.records import Completion, Request
 from batchrun.runner import Event, run_job
 
 KEY_ENV = "BATCHRUN_TEST_KEY"
@@ -55,8 +54,8 @@ class FakeClient:
         self.closed = 0
         self.api_keys: list[str] = []
 
-    async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
-        prompt = body["messages"][-1]["content"]
+    async def complete(self, request: Request, idempotency_key: str) -> Completion:
+        prompt = request.messages[-1]["content"]
         self.calls.append((prompt, idempotency_key))
         self.attempts[prompt] += 1
         n = self.attempts[prompt]
@@ -74,7 +73,7 @@ class FakeClient:
                 prompt_tokens=3,
                 completion_tokens=2,
                 total_tokens=5,
-                model=body["model"],
+                model=request.params["model"],
                 response_id=f"id-{prompt}",
             )
         finally:
@@ -343,8 +342,8 @@ def test_a_timed_out_row_left_by_a_stop_is_resent_with_the_same_key(tmp_path: Pa
     stopped = asyncio.Event()
 
     class Client(FakeClient):
-        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
-            prompt = body["messages"][-1]["content"]
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            prompt = request.messages[-1]["content"]
             if prompt == "p0":
                 self.calls.append((prompt, idempotency_key))
                 await stopped.wait()  # answered only once p1's 403 has stopped the run
@@ -353,7 +352,7 @@ def test_a_timed_out_row_left_by_a_stop_is_resent_with_the_same_key(tmp_path: Pa
                 self.calls.append((prompt, idempotency_key))
                 stopped.set()
                 raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
-            return await super().complete(body, idempotency_key)
+            return await super().complete(request, idempotency_key)
 
     broke = Client()
     job = _job(tmp_path, 10, limits=Limits(concurrency=2))
@@ -374,8 +373,8 @@ def test_a_resumed_key_survives_a_run_that_stops_before_resending_it(tmp_path: P
     class FirstRun(FakeClient):
         """p0 and p1 time out (outcome unknown) once p2's 403 has stopped the run."""
 
-        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
-            prompt = body["messages"][-1]["content"]
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            prompt = request.messages[-1]["content"]
             self.calls.append((prompt, idempotency_key))
             if prompt == "p2":
                 stopped.set()
@@ -387,12 +386,12 @@ def test_a_resumed_key_survives_a_run_that_stops_before_resending_it(tmp_path: P
         """p0 is refused at once: the run stops before p1 (whose key the server may
         hold from the first run) is sent again."""
 
-        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
-            prompt = body["messages"][-1]["content"]
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            prompt = request.messages[-1]["content"]
             self.calls.append((prompt, idempotency_key))
             if prompt == "p0":
                 raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
-            return await super().complete(body, idempotency_key)
+            return await super().complete(request, idempotency_key)
 
     first = FirstRun()
     with pytest.raises(RunStopped):
@@ -685,13 +684,16 @@ def test_retry_failed_resends_a_timed_out_row_with_the_key_the_server_may_hold(
     summary = _run(job, first)
     assert summary.rows_error == 1 and _rows(job)[2]["error_type"] == "timeout"
     assert len(set(first.keys_of("p2"))) == 1  # unknown outcomes keep the key
-    # A plain rerun sends nothing and counts nothing as charged twice.
+    # Its second send went with the key of a send that may have been billed.
+    assert summary.rows_possibly_charged_twice == 1
+    # A plain rerun sends nothing and counts nothing more as charged twice.
     idle = FakeClient()
-    assert _run(job, idle).rows_possibly_charged_twice == 0 and idle.calls == []
+    assert _run(job, idle).rows_possibly_charged_twice == 1 and idle.calls == []
     retry = FakeClient()
     summary = _run(dataclasses.replace(job, retry_failed=True), retry)
     assert retry.prompts() == ["p2"]
     assert retry.keys_of("p2") == first.keys_of("p2")[:1]  # the key the server may hold
+    # The same row, counted once over every run.
     assert summary.rows_possibly_charged_twice == 1 and summary.rows_error == 0
 
 
@@ -713,8 +715,8 @@ def test_a_key_in_doubt_stays_in_doubt_after_a_later_answer(tmp_path: Path) -> N
     stopped = asyncio.Event()
 
     class Client(FakeClient):
-        async def complete(self, body: dict[str, Any], idempotency_key: str) -> Completion:
-            prompt = body["messages"][-1]["content"]
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            prompt = request.messages[-1]["content"]
             self.calls.append((prompt, idempotency_key))
             self.attempts[prompt] += 1
             if prompt == "p0" and self.attempts[prompt] == 1:
@@ -725,7 +727,7 @@ def test_a_key_in_doubt_stays_in_doubt_after_a_later_answer(tmp_path: Path) -> N
             if prompt == "p1":
                 await stopped.wait()
                 raise StopRun("permission_denied", "HTTP 403: no credits", status=403)
-            return await super().complete(body, idempotency_key)
+            return await super().complete(request, idempotency_key)
 
     broke = Client()
     retry = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.01)
@@ -738,3 +740,40 @@ def test_a_key_in_doubt_stays_in_doubt_after_a_later_answer(tmp_path: Path) -> N
     assert summary.rows_possibly_charged_twice == 1
     assert sorted(healthy.prompts()) == ["p0", "p1"]  # p2 and p3 were answered
     assert healthy.keys_of("p0") == broke.keys_of("p0")[:1]  # the key of the send in doubt
+
+
+def test_heartbeats_come_while_answers_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that does not answer for a while still gets progress events on time,
+    saying how long the oldest send has waited."""
+    import batchrun.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "TICK_S", 0.05)
+    ticks: list[float | None] = []
+
+    def on_event(event: Event) -> None:
+        if event.kind == "tick":
+            ticks.append(event.progress.oldest_send_s())
+
+    job = _job(tmp_path, 2)
+    _run(job, FakeClient(delay_ms=lambda i: 400), on_event=on_event)
+    assert len(ticks) >= 3
+    waited = [t for t in ticks if t is not None]
+    assert waited and max(waited) >= 0.1
+
+
+def test_the_plain_progress_line_shows_the_oldest_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from batchrun.events import Progress
+    from batchrun.progress import ProgressView
+    from batchrun.send import Limiter
+
+    stream = io.StringIO()
+    view = ProgressView(stream=stream)
+    p = Progress(total=10, limiter=Limiter(Limits(concurrency=4)))
+    p.sending_since[3] = time.monotonic() - 42
+    view(Event("tick", p))
+    line = stream.getvalue()
+    assert "0/10 rows" in line and "oldest=42s" in line

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun import __version__
+from batchrun.records import RESULT_COLUMNS, RESULT_FIELDS
 
-SCHEMA_VERSION = "2"
+#: 2 added reported_cost_usd, 3 reasoning_content (readers take older files by column name).
+SCHEMA_VERSION = "3"
 
-#: The result columns, after ``id`` and the input columns (DESIGN "Output").
-RESULT_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("completion", pa.string()),
-    pa.field("finish_reason", pa.string()),
-    pa.field("finish_reason_normalized", pa.string()),
-    pa.field("tool_calls", pa.string()),
-    pa.field("prompt_tokens", pa.int64()),
-    pa.field("completion_tokens", pa.int64()),
-    pa.field("total_tokens", pa.int64()),
-    pa.field("model", pa.string()),
-    pa.field("response_id", pa.string()),
-    pa.field("attempts", pa.int32()),
-    pa.field("latency_ms", pa.float64()),
-    pa.field("error_type", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
-    # The cost the server reported for the row (the --cost-header), null where it reported none.
-    pa.field("reported_cost_usd", pa.float64()),
-)
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.
 INPUT_PREFIX = "input_"
@@ -84,7 +66,8 @@ def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
     columns = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 1)
     arrays = []
     for f, values in zip(RESULT_FIELDS, columns[1:], strict=True):
-        if f.name == "finished_at":
+        if pa.types.is_timestamp(f.type):
+            # The journal keeps Unix seconds (float); the output, milliseconds.
             arrays.append(
                 pa.array(
                     [None if v is None else int(v * 1000) for v in values], type=pa.int64()
@@ -123,10 +106,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+def write_atomically(
+    path: Path,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    before_replace: Callable[[], None] | None = None,
+) -> int:
     """Write batches to ``path`` via temp file + fsync + rename + fsync of the folder.
 
-    Returns the number of rows written.
+    ``before_replace`` runs once the file is complete, before it takes ``path``'s place: it
+    may raise to keep the old file. Returns the number of rows written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -139,6 +128,8 @@ def write_atomically(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordB
                     rows += batch.num_rows
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -156,3 +147,8 @@ def write_text_atomically(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def result_index(name: str) -> int:
+    """Index of a result column in a journal result tuple (position first)."""
+    return RESULT_COLUMNS.index(name) + 1

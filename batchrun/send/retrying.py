@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from tenacity import RetryCallState
 
+from batchrun.errors import Retryable, RowFailed, SendFailed, StopRun
 from batchrun.job import RetryPolicy
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
@@ -35,49 +36,13 @@ _STATUS_TYPES = {
 }
 
 
-class RequestFailed(Exception):
-    """One attempt did not give a usable answer.
-
-    ``definite`` is True when the server answered (the outcome of the send is known), False
-    for timeouts and dropped connections, where the server may have done the work anyway.
-    """
-
-    def __init__(
-        self,
-        error_type: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-        definite: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-        self.status = status
-        self.retry_after_s = retry_after_s
-        self.definite = definite
-
-
-class Retryable(RequestFailed):
-    """Worth trying again after a wait."""
-
-
-class RowFailed(RequestFailed):
-    """This row will not succeed by retrying: it becomes an error row."""
-
-
-class StopRun(RequestFailed):
-    """No row will succeed (bad key, no credits): stop the whole run, resumably."""
-
-
 def error_type_for_status(status: int) -> str:
     if status >= 500:
         return "server_error"
     return _STATUS_TYPES.get(status, "http_error")
 
 
-def classify_status(status: int) -> type[RequestFailed]:
+def classify_status(status: int) -> type[SendFailed]:
     """Which class of failure an HTTP status is (call only for non-2xx statuses)."""
     if status in STOP_STATUSES:
         return StopRun

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from asyncio_throttle.throttler import Throttler
 
+from batchrun.errors import Stopped
 from batchrun.job import Limits
 
 #: Seconds over which accepted requests are counted to estimate the sustainable rate.
@@ -48,10 +49,6 @@ STREAK_GAP_S = 2.0
 STREAK_CONFIRM_429S = 4
 #: The adaptive pace never goes below this many requests per second.
 MIN_RATE_PER_S = 0.5
-
-
-class Stopped(Exception):
-    """The run is stopping: no slot, no send."""
 
 
 def _rpm_throttler(rpm: float) -> Throttler:

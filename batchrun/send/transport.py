@@ -1,0 +1,217 @@
+"""The transport: moves bytes. One aiohttp session per run, POST a body, hand back the reply.
+
+It knows no wire format: the dialect encodes bodies and reads answers, the client maps
+statuses to failure classes. What it owns is the connection and what can go wrong on it:
+timeouts, dropped connections, replies that are not HTTP, and redirects. A POST is never
+turned into a GET: a redirect is an error naming its ``Location``, except a 307/308 to the
+same origin, which is followed with the same body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
+
+from batchrun import __version__
+from batchrun.errors import Retryable, RowFailed
+from batchrun.send.redact import Redactor
+
+USER_AGENT = f"batchrun/{__version__}"
+#: Redirects followed (307/308 to the same origin) before the row fails.
+MAX_REDIRECTS = 3
+_TEXT_MAX = 300
+
+
+class Reply(Protocol):
+    """An answer being received: status and headers now, the body on demand."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # case-insensitive
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The body (at most ``limit`` bytes of it)."""
+        ...
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """The body line by line (server-sent events)."""
+        ...
+
+
+class Transport(Protocol):
+    """What the client needs of a transport (see :class:`HttpTransport`; tests fake it)."""
+
+    def post(
+        self, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> contextlib.AbstractAsyncContextManager[Reply]: ...
+
+
+class _AiohttpReply:
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    @property
+    def status(self) -> int:
+        return self._resp.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
+
+    @property
+    def content_type(self) -> str:
+        return self._resp.content_type
+
+    async def read(self, limit: int | None = None) -> bytes:
+        if limit is None:
+            return await self._resp.read()
+        return await self._resp.content.read(limit)
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return self._resp.content.__aiter__()
+
+
+class HttpTransport:
+    """Owns the aiohttp session; use as ``async with HttpTransport(...) as transport``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        concurrency: int,
+        timeout_s: float,
+        read_timeout_s: float | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._concurrency = concurrency
+        # A read timeout re-arms a timer on every chunk received: worth it for streams (a
+        # stalled stream), pure cost for answers that arrive whole.
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_s,
+            sock_read=min(read_timeout_s, timeout_s) if read_timeout_s is not None else None,
+        )
+        self._redact = redactor or Redactor([api_key])
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpTransport:
+        # The pool must fit the concurrency: aiohttp's default caps at 100 connections.
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+            raise_for_status=False,
+            # An API client has no use for cookies, and the jar costs time on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def __repr__(self) -> str:
+        return f"HttpTransport(base_url={self.base_url!r}, concurrency={self._concurrency})"
+
+    @contextlib.asynccontextmanager
+    async def post(
+        self, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[Reply]:
+        """POST ``body`` to ``base_url + path``; yields the reply while it is read.
+
+        Failures of the connection, inside this block too (while the body is read), are
+        raised as :class:`Retryable` with ``definite=False``: the server may have done
+        (and billed) the work."""
+        assert self._session is not None, "use HttpTransport as an async context manager"
+        url = self.base_url + path
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._session.post(
+                    url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
+                    if not 300 <= resp.status < 400:
+                        yield _AiohttpReply(resp)
+                        return
+                    url = self._redirect_target(url, resp)
+            raise RowFailed(
+                "redirect",
+                f"more than {MAX_REDIRECTS} redirects; point --base-url at the final address",
+            )
+        except aiohttp.ClientConnectorError as exc:
+            # No connection was made: the server never saw the request.
+            raise Retryable(
+                "connection_error",
+                f"cannot connect: {self._clean(str(exc)) or type(exc).__name__}",
+                sent=False,
+            ) from None
+        except TimeoutError:
+            # aiohttp's timeouts are TimeoutError, not ClientError.
+            t = self.timeout
+            within = f"within {t.total:g} s" + (
+                f" (or silent for {t.sock_read:g} s)" if t.sock_read is not None else ""
+            )
+            raise Retryable("timeout", f"no complete answer {within}", definite=False) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise Retryable(
+                "connection_error", f"answer cut off: {self._clean(str(exc))}", definite=False
+            ) from None
+        except aiohttp.ClientConnectionError as exc:
+            raise Retryable(
+                "connection_error",
+                f"connection failed: {self._clean(str(exc)) or type(exc).__name__}",
+                definite=False,
+            ) from None
+        except (aiohttp.ClientError, HttpProcessingError) as exc:
+            # A reply that is not HTTP as aiohttp reads it (a malformed status line or
+            # headers, say): whatever the server did with the request is unknown.
+            raise Retryable(
+                "connection_error",
+                f"unreadable answer ({type(exc).__name__}): {self._clean(str(exc)) or 'no detail'}",
+                definite=False,
+            ) from None
+
+    def _redirect_target(self, url: str, resp: aiohttp.ClientResponse) -> str:
+        """Where a 307/308 to the same origin leads; any other redirect fails the row."""
+        location = resp.headers.get("Location")
+        shown = self._clean(location) if location else "(no Location)"
+        if location and resp.status in (307, 308):
+            target = urljoin(url, location)
+            a, b = urlsplit(url), urlsplit(target)
+            if (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port):
+                return target
+        raise RowFailed(
+            "redirect",
+            f"HTTP {resp.status} redirect to {shown}: a POST is not re-sent elsewhere; "
+            "point --base-url at that address if it is the API",
+            status=resp.status,
+        )
+
+    def _clean(self, text: str) -> str:
+        return self._redact.clean(text, _TEXT_MAX)

@@ -1,0 +1,64 @@
+"""Summarize a run: the counts of the whole output from the journal, this run's counters,
+latency from the output file, accuracy when graded."""
+
+from __future__ import annotations
+
+from batchrun.budget import recorded_cost
+from batchrun.checkpoint import Checkpoint
+from batchrun.events import Progress
+from batchrun.grading import accuracy
+from batchrun.job import Job
+from batchrun.pricing import PriceTable
+from batchrun.summary import Summary, latency_percentiles
+
+
+def summarize(
+    job: Job,
+    ckpt: Checkpoint,
+    progress: Progress,
+    prices: PriceTable,
+    *,
+    total: int,
+    resumed: int,
+    possibly_charged_twice: int,
+    wall_s: float,
+    state: str,
+) -> Summary:
+    """The summary of a run over the first ``total`` rows of the output."""
+    agg = ckpt.aggregate(total)
+    p = progress
+    output = job.output_path
+    summary = Summary(
+        output=str(output),
+        state=state,
+        rows_total=total,
+        rows_ok=agg["ok"],
+        rows_error=agg["error"],
+        rows_pending=total - agg["rows"],
+        rows_resumed=resumed,
+        requests_sent=p.requests,
+        retries=p.retries,
+        rate_limited=p.rate_limited,
+        rows_possibly_charged_twice=possibly_charged_twice,
+        prompt_tokens=agg["prompt_tokens"],
+        completion_tokens=agg["completion_tokens"],
+        total_tokens=agg["total_tokens"],
+        wall_time_s=round(wall_s, 3),
+        rows_per_s=round(p.done / wall_s, 2) if wall_s > 0 else 0.0,
+        latency_ms=latency_percentiles(output) if output.exists() else {},
+        errors_by_type=agg["errors_by_type"],
+        finish_reasons=agg["finish_reasons"],
+        estimated_cost_usd=_round(recorded_cost(ckpt, prices, job.params.model, total)),
+        reported_cost_usd=_round(agg["reported_cost_usd"]),
+        rows_cost_reported=agg["rows_cost_reported"],
+    )
+    grading = job.grading
+    if grading is not None and output.exists():
+        summary.graded_rows, summary.accuracy, summary.accuracy_by_group = accuracy(
+            output, grading.group_by
+        )
+    return summary
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
