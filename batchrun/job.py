@@ -39,6 +39,7 @@ ERROR_TYPES = (
     "http_error",
     "authentication",
     "permission_denied",
+    "redirect",
     "internal_error",
 )
 
