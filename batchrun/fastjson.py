@@ -10,6 +10,12 @@ standard library decides, so what batchrun reads and sends does not depend on wh
   which orjson would write as null, never reach a body: the job's JSON settings are
   checked for them.)
 
+Two things :mod:`json` accepts are refused all the same, as orjson refuses them, because
+nothing after the parse could use them: an unpaired surrogate escape (``"\\ud800"``: no
+UTF-8 text, hence no request body, journal or Parquet file, can hold it), raised as
+:class:`UnpairedSurrogate`, and nesting deeper than the interpreter's stack
+(:class:`NestingTooDeep`, where :mod:`json` would raise ``RecursionError``).
+
 A parse error is raised by :mod:`json` too, for its line and column.
 """
 
@@ -25,10 +31,35 @@ import orjson
 # digits (-9223372036854775809). Digits inside strings match too: they only cost the
 # slower parser. Spelled out: faster to search for than \d{19}.
 _LONG_DIGITS = re.compile(rb"\d" * 19)
+# A \uD800-\uDFFF escape: the text may hold a surrogate, paired or not. (An escaped
+# backslash before "u" matches too: it only costs the walk that looks.)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class UnpairedSurrogate(ValueError):
+    """A string (or key) holds a lone surrogate escape; ``path`` says where, e.g.
+    ``["messages", 0, "content"]``."""
+
+    def __init__(self, path: list[str | int]) -> None:
+        self.path = path
+        super().__init__(f"unpaired surrogate escape at {format_path(path)}")
+
+
+class NestingTooDeep(ValueError):
+    """Arrays and objects nested deeper than the parser's stack allows."""
+
+
+def format_path(path: list[str | int]) -> str:
+    """``["messages", 0, "content"]`` → ``messages[0].content``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(the value itself)"
 
 
 def loads(data: bytes, *, exact_ints: bool = True) -> Any:
-    """Parse JSON; raises ``json.JSONDecodeError`` (or ``UnicodeDecodeError``) as json does.
+    """Parse JSON; raises ``json.JSONDecodeError`` (or ``UnicodeDecodeError``) as json does,
+    :class:`UnpairedSurrogate` or :class:`NestingTooDeep` (all ValueErrors).
 
     ``exact_ints=False`` skips the search for integers beyond 64 bits, for API answers: the
     only numbers batchrun keeps from them are token counts, and the search cost more than
@@ -38,7 +69,57 @@ def loads(data: bytes, *, exact_ints: bool = True) -> Any:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(data)
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise NestingTooDeep("arrays and objects nested too deeply to read") from None
+    if _SURROGATE_ESCAPE.search(data) is not None:
+        path = unencodable_path(value)
+        if path is not None:
+            raise UnpairedSurrogate(path)
+    return value
+
+
+def unencodable_path(value: Any) -> list[str | int] | None:
+    """Where the first string or key that UTF-8 cannot encode stands in ``value``; None if
+    there is none. Iterative: the value may nest as deep as json could read."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not _encodes(item):
+                return path
+        elif isinstance(item, dict):
+            for k, v in reversed(item.items()):
+                if isinstance(k, str) and not _encodes(k):
+                    return [*path, k]
+                stack.append((v, [*path, k]))
+        elif isinstance(item, list):
+            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar: 0, ``[[]]``: 2). Iterative."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend((v, level) for v in item if isinstance(v, dict | list))
+    return deepest
 
 
 def dumps(obj: Any) -> bytes:

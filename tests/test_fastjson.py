@@ -69,3 +69,55 @@ def test_answers_may_skip_the_exact_integer_search_but_not_the_stdlib_fallback()
     assert math.isnan(fastjson.loads(b'{"x": NaN}', exact_ints=False)["x"])
     with pytest.raises(json.JSONDecodeError):
         fastjson.loads(b'{"a": ', exact_ints=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (b'{"a": "\\ud800"}', ["a"]),
+        (b'{"a": [1, {"b": "x\\udfff"}]}', ["a", 1, "b"]),
+        (b'{"a": "x", "\\udc00": 1}', ["\\udc00"]),
+        (b'"\\ud83d"', []),
+        # a long integer takes the line straight to json: the check still applies
+        (b'{"n": 123456789012345678901234, "s": "\\ud800"}', ["s"]),
+        (b'{"x": NaN, "s": "\\ud800"}', ["s"]),
+    ],
+)
+def test_loads_refuses_unpaired_surrogates_as_orjson_does(text: bytes, path: list[object]) -> None:
+    with pytest.raises(fastjson.UnpairedSurrogate) as info:
+        fastjson.loads(text)
+    assert info.value.path == [json.loads(f'"{p}"') if isinstance(p, str) else p for p in path]
+    assert isinstance(info.value, ValueError)  # answers: handled as unparseable bodies
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"a": "\\ud83d\\ude00"}', b'{"a": "\\\\ud800"}', b'{"n": 123456789012345678901234}']
+)
+def test_loads_keeps_surrogate_pairs_and_escaped_backslashes(text: bytes) -> None:
+    assert fastjson.loads(text) == json.loads(text)
+
+
+def test_loads_nesting_beyond_the_stack_is_a_value_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for exact_ints in (True, False):
+        with pytest.raises(fastjson.NestingTooDeep):
+            fastjson.loads(deep, exact_ints=exact_ints)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(1, 0), ("s", 0), ([], 1), ({"a": [1, [2]]}, 3), ([{}, [[[]]]], 4)],
+)
+def test_depth(value: object, expected: int) -> None:
+    assert fastjson.depth(value) == expected
+
+
+def test_depth_and_path_walks_do_not_recurse() -> None:
+    value: list[object] = []
+    inner = value
+    for _ in range(50_000):
+        nxt: list[object] = []
+        inner.append(nxt)
+        inner = nxt
+    assert fastjson.depth(value) == 50_001
+    assert fastjson.unencodable_path(value) is None
