@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchrun.errors import CheckpointError
+from batchrun.errors import BatchrunError, CheckpointError, UsageError
+from batchrun.io.files import open_regular, regular_file, why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
 JOURNAL_VERSION = "4"
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS inflight (
 
 def file_digest(path: Path) -> str:
     h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
+    with open_regular(path, "input file") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -76,7 +77,7 @@ class InputSignature:
 
     @classmethod
     def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
-        st = path.stat()
+        st = regular_file(path, "input file")
         if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
             return known  # unchanged file: skip re-reading it
         return cls(st.st_size, st.st_mtime_ns, file_digest(path))
@@ -98,8 +99,11 @@ class Checkpoint:
 
     def lock(self) -> None:
         """Take the run lock; the kernel releases it if this process dies."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _unusable_dir(self.dir, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -350,6 +354,19 @@ def _add_meta_count(db: sqlite3.Connection, key: str, n: int) -> int:
     if n:
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(total)))
     return total
+
+
+def _unusable_dir(directory: Path, exc: OSError) -> BatchrunError:
+    """Why the checkpoint folder beside the output cannot be made or locked, in one line."""
+    if directory.exists() and not directory.is_dir():
+        return CheckpointError(
+            f"the checkpoint folder {directory} is a file",
+            hint="move that file away, or use another --output",
+        )
+    return UsageError(
+        f"cannot create the checkpoint {directory} beside the output: {why_unwritable(directory, exc)}",
+        hint="use an --output in a folder you can write to",
+    )
 
 
 def remove_checkpoint(directory: Path) -> None:

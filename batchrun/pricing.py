@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchrun.errors import UsageError
+from batchrun.io.files import open_regular
 
 _MTOK = 1_000_000
 
@@ -150,10 +151,14 @@ class PriceTable:
     def load(cls, path: Path) -> PriceTable:
         """The default table with the ``[models."name"]`` entries of a TOML file merged over it."""
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "price file") as f:
                 data = tomllib.load(f)
         except OSError as e:
             raise UsageError(f"{path}: cannot read price file: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise UsageError(
+                f"price file {path} is not UTF-8 text (byte {e.start}: {e.reason})"
+            ) from None
         except tomllib.TOMLDecodeError as e:
             raise UsageError(f"{path}: not valid TOML: {e}") from e
         unknown = sorted(set(data) - {"models"})

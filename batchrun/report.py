@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchrun.errors import UsageError
+from batchrun.io.files import regular_file
 from batchrun.pricing import PriceTable
 
 VERSION_KEY = b"batchrun.schema_version"
@@ -112,9 +113,8 @@ class Report:
 
 def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
     try:
+        regular_file(path, "output file")  # pyarrow would block on a FIFO
         schema = pq.read_schema(path)
-    except FileNotFoundError as e:
-        raise UsageError(f"{path}: no such file") from e
     except (OSError, pa.ArrowException) as e:
         raise UsageError(f"{path}: not a Parquet file ({e})") from e
     version = (schema.metadata or {}).get(VERSION_KEY)
@@ -130,7 +130,10 @@ def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
         )
     # Only the columns the report needs: the text columns of a labeled dataset can be huge.
     wanted = dict.fromkeys([*_COLUMNS, "correct", *([group_by] if group_by else [])])
-    table = pq.read_table(path, columns=[c for c in wanted if c in schema.names])
+    try:
+        table = pq.read_table(path, columns=[c for c in wanted if c in schema.names])
+    except (OSError, pa.ArrowException) as e:  # a damaged page past an intact footer
+        raise UsageError(f"{path}: not a readable Parquet file ({e})") from e
     # A column absent from the file (reported_cost_usd before schema 2) reads as all null,
     # not as a crash.
     for name, type_ in _COLUMNS.items():

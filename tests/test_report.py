@@ -482,7 +482,7 @@ def no_status(path: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (missing, "no such file"),
+        (missing, "not found"),
         (csv_file, "not a Parquet file"),
         (unversioned, "not a batchrun output"),
         (no_status, "not a batchrun output"),
