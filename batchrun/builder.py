@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from batchrun import fastjson
 from batchrun.errors import InputError, UsageError
-from batchrun.io.readers import Where
+from batchrun.io.readers import MAX_NESTING, Where
 from batchrun.job import Job, RequestParams, template_columns
 from batchrun.records import Request
 
@@ -165,13 +165,36 @@ class RequestBuilder:
     def _messages(self, value: Any, where: Where) -> tuple[list[Any], int]:
         col = self.column
         if isinstance(value, str):
-            # A JSON-encoded messages list is common in CSV-born Parquet files.
+            # A JSON-encoded messages list is common in CSV-born Parquet files. Read as the
+            # JSONL reader reads a line: what it refuses (a lone surrogate, deep nesting)
+            # could not be sent either.
+            raw = value.encode("utf-8", "surrogatepass")
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+                value = fastjson.loads(raw)
+            except fastjson.UnpairedSurrogate:
+                raise InputError(
+                    "messages holds an unpaired surrogate escape, which UTF-8 text cannot carry",
+                    file=self.file,
+                    column=col,
+                    **where,
+                ) from None
+            except fastjson.NestingTooDeep:
+                value = None  # deeper than any limit: said below
+                too_deep = True
+            except ValueError:
                 raise InputError(
                     "messages is a string but not a JSON list", file=self.file, column=col, **where
                 ) from None
+            else:
+                brackets = raw.count(b"[") + raw.count(b"{")
+                too_deep = brackets > MAX_NESTING and fastjson.depth(value) > MAX_NESTING
+            if too_deep:
+                raise InputError(
+                    f"messages nest more than {MAX_NESTING} levels deep",
+                    file=self.file,
+                    column=col,
+                    **where,
+                )
         if not isinstance(value, list) or not value:
             raise InputError(
                 "messages must be a non-empty list of {role, content}",

@@ -37,6 +37,18 @@ def _regex(completion: str, expected: str) -> bool | None:
     return pattern.search(completion) is not None
 
 
+def pattern_error(expected: object) -> str | None:
+    """Why ``expected`` (as :func:`grade` reads it) is no regular expression; None if it is
+    one, or null. The validation pass asks before anything is sent."""
+    if expected is None:
+        return None
+    try:
+        _pattern(expected if isinstance(expected, str) else str(expected))
+    except re.error as exc:
+        return str(exc)
+    return None
+
+
 RULES: dict[str, Callable[[str, str], bool | None]] = {
     "exact": _exact,
     "ignore_case": _ignore_case,

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from batchrun.builder import RequestBuilder
 from batchrun.errors import InputError, InvalidInput, UsageError
+from batchrun.grading import pattern_error
 from batchrun.io.readers import (
     InputBatch,
     Where,
@@ -97,6 +98,13 @@ def scan_input(
     if fmt == "parquet":
         builder.resolve(parquet_schema(path).names)
         resolved = True
+    # One id type a column: 5 and "5" would pass the uniqueness check and both come out '5'.
+    first_id: tuple[type, Where] | None = None
+    regex_column = (
+        job.grading.expected_column
+        if job.grading is not None and job.grading.match == "regex"
+        else None
+    )
 
     def add(error: InputError) -> None:
         nonlocal invalid
@@ -129,16 +137,36 @@ def scan_input(
                 add(e)
                 continue
             if builder.id_column is not None:
+                if first_id is None:
+                    first_id = (type(rid), where)
+                elif type(rid) is not first_id[0]:
+                    add(_mixed_ids(file, builder.id_column, rid, first_id, where))
+                    continue
                 id_keys.append(_id_key(rid))
+            if regex_column is not None:
+                problem = pattern_error(row.get(regex_column))
+                if problem is not None:
+                    add(
+                        InputError(
+                            f"expected value is not a valid regular expression ({problem})",
+                            file=file,
+                            column=regex_column,
+                            hint="escape it (a literal match is --match exact or contains)",
+                            **where,
+                        )
+                    )
+                    continue
             est += request.estimated_tokens
             est_prompt += request.prompt_tokens
             if on_request is not None:
                 on_request(request, batch, offset)
         total += len(batch.rows)
-    if not resolved:
-        if errors:
-            raise InvalidInput(errors, invalid)
-        raise UsageError(f"{file} has no rows")
+    if not resolved and errors:
+        raise InvalidInput(errors, invalid)
+    if total == 0:  # the same rule for JSONL and Parquet: nothing to do is a mistake
+        raise UsageError(
+            f"{file}: input has no rows", hint="check that --input names the right file"
+        )
     if builder.id_column is not None and id_keys:
         _check_unique_ids(job, builder, id_keys, add)
     schema = parquet_schema(path) if fmt == "parquet" else jsonl_schema(types)
@@ -153,6 +181,22 @@ def scan_input(
         invalid,
         est,
         est_prompt,
+    )
+
+
+def _mixed_ids(
+    file: str, column: str, rid: Any, first: tuple[type, Where], where: Where
+) -> InputError:
+    def kind(t: type) -> str:
+        return "an integer" if t is int else "a string"
+
+    at = ", ".join(f"{k} {v}" for k, v in first[1].items())
+    return InputError(
+        f"id {rid!r} is {kind(type(rid))}, but the first id ({at}) is {kind(first[0])}",
+        file=file,
+        column=column,
+        **where,
+        hint="an id column holds only strings or only integers",
     )
 
 

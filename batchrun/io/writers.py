@@ -28,7 +28,8 @@ INPUT_PREFIX = "input_"
 
 
 def carried_name(name: str, id_column: str | None) -> str | None:
-    """The output name of an input column (None: it is the id column, shown as ``id``)."""
+    """The output name of an input column (None: it is the id column, shown as ``id``);
+    :func:`carried_names` makes the names of a whole schema distinct."""
     if name == "id" and id_column == "id":
         return None
     return INPUT_PREFIX + name if name in RESULT_NAMES else name
@@ -38,6 +39,31 @@ def carried_name(name: str, id_column: str | None) -> str | None:
 CORRECT_FIELD = pa.field("correct", pa.bool_())
 
 
+def carried_names(
+    names: list[str], id_column: str | None, graded: bool = False
+) -> list[str | None]:
+    """Output names of the input columns ``names``, all distinct from each other and from the
+    result columns: a column whose name a result column takes is prefixed with ``input_``
+    until the name is free (``status`` beside an input ``input_status`` becomes
+    ``input_input_status``); the others keep theirs. None for the id column."""
+    reserved = RESULT_NAMES | ({CORRECT_FIELD.name} if graded else set())
+    kept = [carried_name(n, id_column) == n and n not in reserved for n in names]
+    taken = set(reserved) | {n for n, k in zip(names, kept, strict=True) if k}
+    out: list[str | None] = []
+    for name, keep in zip(names, kept, strict=True):
+        if keep:
+            out.append(name)
+        elif carried_name(name, id_column) is None:
+            out.append(None)
+        else:
+            candidate = INPUT_PREFIX + name
+            while candidate in taken:
+                candidate = INPUT_PREFIX + candidate
+            taken.add(candidate)
+            out.append(candidate)
+    return out
+
+
 def output_schema(
     input_schema: pa.Schema, id_column: str | None, graded: bool = False
 ) -> pa.Schema:
@@ -45,8 +71,8 @@ def output_schema(
     when graded; versioned."""
     id_type = input_schema.field(id_column).type if id_column else pa.int64()
     fields = [pa.field("id", id_type, nullable=False)]
-    for f in input_schema:
-        name = carried_name(f.name, id_column)
+    names = carried_names(input_schema.names, id_column, graded)
+    for f, name in zip(input_schema, names, strict=True):
         if name is not None:
             fields.append(pa.field(name, f.type))
     fields.extend(RESULT_FIELDS)
@@ -141,11 +167,15 @@ def write_atomically(
 def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:  # a full disk must not leave the temp file behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     fsync_dir(path.parent)
 
 
