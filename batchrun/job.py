@@ -12,12 +12,15 @@ import json
 import math
 import os
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchrun.errors import UsageError
+from batchrun.io.files import open_regular
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
@@ -143,7 +146,11 @@ class RequestParams:
             value = getattr(self, name)
             if value is not None:
                 try:
-                    json.dumps(value, allow_nan=False)
+                    json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+                except UnicodeEncodeError:
+                    raise UsageError(
+                        f"{name} holds an unpaired surrogate (\\ud800-\\udfff), which UTF-8 cannot carry"
+                    ) from None
                 except ValueError:
                     raise UsageError(
                         f"{name} holds NaN or Infinity, which JSON cannot carry"
@@ -303,10 +310,7 @@ class Job:
             self.output_path.resolve() != self.input_path.resolve(),
             "output must not be the input file",
         )
-        _check(
-            self.base_url.startswith(("http://", "https://")),
-            f"base_url must start with http:// or https://, got {self.base_url!r}",
-        )
+        check_base_url(self.base_url, self.api_key_env)
         sources = [n for n in ("prompt_column", "messages_column", "template") if getattr(self, n)]
         _check(
             len(sources) <= 1,
@@ -359,6 +363,79 @@ class Job:
         }
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, fit to print."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+def check_base_url(url: object, api_key_env: str = DEFAULT_API_KEY_ENV) -> None:
+    """Refuse a base URL no request could go to, before anything is sent: scheme http or
+    https, a host, a port from 1 to 65535, no query or fragment (requests go to
+    BASE_URL/chat/completions), no spaces or control characters, and no credentials (they
+    would be stored with the job; the key belongs in the environment). Messages never
+    show a password."""
+    _check(isinstance(url, str), f"base_url must be a string, got {url!r}")
+    assert isinstance(url, str)
+    shown = _without_credentials(url)
+    _check(
+        not any(c.isspace() or unicodedata.category(c)[0] == "C" for c in url),
+        f"base_url {shown!r} holds spaces or control characters",
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        reason = "port must be from 1 to 65535" if "ort" in str(exc) else str(exc)
+        raise UsageError(f"base_url {shown!r} is not a valid URL: {reason}") from None
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"base_url {shown!r} carries credentials (user:password@)",
+            hint=f"remove them: the API key comes from the environment variable {api_key_env}",
+        )
+    _check(
+        parts.scheme in ("http", "https"),
+        f"base_url must start with http:// or https://, got {shown!r}",
+    )
+    _check(bool(parts.hostname), f"base_url {shown!r} names no host")
+    _check(port is None or port >= 1, f"base_url {shown!r}: port must be from 1 to 65535")
+    _check(
+        not parts.query and not parts.fragment and "?" not in url and "#" not in url,
+        f"base_url {shown!r} must not have a query or fragment (requests go to BASE_URL/chat/completions)",
+    )
+
+
+def check_api_key(value: str, env_name: str) -> None:
+    """Refuse an API key that cannot go into an ``Authorization`` header as it is: control
+    characters (CR, LF, NUL, zero-width and other invisible format characters) or
+    whitespace inside it (the ends are trimmed). A CR/LF would split the header; a space
+    or an invisible character is a copy-paste accident the server answers with 401 on
+    every row. The message names the position, never a character of the key."""
+    key = value.strip()
+    for i, c in enumerate(key, start=1):
+        if unicodedata.category(c)[0] == "C":
+            what = "a line break" if c in "\r\n" else "a control or invisible character"
+        elif c.isspace():
+            what = "whitespace"
+        else:
+            continue
+        raise UsageError(
+            f"the API key in environment variable {env_name} contains {what} (at character {i})",
+            hint=f"set {env_name} to the key alone, on one line",
+        )
+
+
+def _placeholder(name: str, conversion: str | None, spec: str | None) -> str:
+    return (
+        "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    )
+
+
 def template_columns(template: str) -> list[str]:
     """The column names a ``{column}`` template refers to; raises UsageError if malformed."""
     try:
@@ -372,9 +449,21 @@ def template_columns(template: str) -> list[str]:
         if name is None:
             continue
         _check(bool(name), "template has an empty {} placeholder; name a column, e.g. {text}")
+        unsupported = [
+            *([f"a conversion (!{conversion})"] if conversion else []),
+            *([f"a format spec (:{spec})"] if spec else []),
+        ]
+        if unsupported:
+            column = name.split(".")[0].split("[")[0]
+            raise UsageError(
+                f"template placeholder {_placeholder(name, conversion, spec)} uses "
+                f"{' and '.join(unsupported)}; templates do not support conversions or format specs",
+                hint=f"write {{{column}}} and put any formatting in the column itself",
+            )
         _check(
-            not spec and not conversion and not any(c in name for c in ".["),
-            f"template placeholder {{{name}}} must be a plain column name",
+            not any(c in name for c in ".["),
+            f"template placeholder {{{name}}} must be a plain column name "
+            "(attribute and index access are not supported)",
         )
         if name not in names:
             names.append(name)
@@ -402,10 +491,13 @@ _PATH_KEYS = ("input", "output", "prices")
 def load_job_file(path: Path) -> dict[str, Any]:
     """Read a TOML job file into flat settings, paths resolved against its folder."""
     try:
-        with path.open("rb") as f:
+        with open_regular(path, "job file") as f:
             data = tomllib.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"job file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"job file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+            hint="save it as UTF-8",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - SETTING_KEYS)
@@ -447,8 +539,44 @@ def _grading(s: dict[str, Any]) -> Grading | None:
     return Grading(expected_column=expected, match=match or "exact", group_by=group_by)
 
 
+#: Settings that are text: from a job file, a value of another kind is a mistake (which
+#: would otherwise surface as a crash far from its cause).
+_TEXT_KEYS = (
+    "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
+    "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
+)  # fmt: skip
+#: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
+_FLAG_KEYS = ("system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet")
+
+
+def _check_kinds(s: dict[str, Any]) -> None:
+    for key in _TEXT_KEYS:
+        value = s.get(key)
+        if value is None:
+            continue
+        _check(isinstance(value, str), f"{key} must be a string, got {value!r}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes of another encoding on the command line arrive as lone surrogates.
+            raise UsageError(f"{key} is not UTF-8 text: {value!r}") from None
+    for key in _FLAG_KEYS:
+        value = s.get(key)
+        _check(
+            value is None or isinstance(value, bool), f"{key} must be true or false, got {value!r}"
+        )
+    stop = s.get("stop")
+    for item in (stop,) if isinstance(stop, str) else stop or ():
+        _check(isinstance(item, str), f"stop sequences must be strings, got {item!r}")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"stop sequence {item!r} is not UTF-8 text") from None
+
+
 def job_from_settings(settings: dict[str, Any]) -> Job:
     """Build a validated Job from flat settings (see :data:`SETTING_KEYS`)."""
+    _check_kinds(settings)
     s = dict(settings)
     s.pop("quiet", None)
     if "input" not in s:

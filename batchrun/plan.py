@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-from batchrun.errors import InvalidInput
+from batchrun.errors import InvalidInput, UsageError
 from batchrun.io.readers import InputBatch
-from batchrun.job import Job
+from batchrun.job import Job, check_api_key
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input
@@ -33,7 +33,7 @@ def dry_run(job: Job) -> str:
     valid = scan.total_rows - scan.invalid_rows
     dialect = ChatCompletions(system_as_message=job.params.system_as_message)
     url = job.base_url.rstrip("/") + dialect.path
-    key_state = "set" if os.environ.get(job.api_key_env) else "NOT SET"
+    key_state = _key_state(job.api_key_env)
     lines = [
         f"dry run: {job.input_path} — {scan.total_rows:,} rows, all valid"
         + (f" (--limit {job.limit:,}: {total:,} would be sent)" if job.limit else ""),
@@ -56,6 +56,18 @@ def dry_run(job: Job) -> str:
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)
+
+
+def _key_state(env_name: str) -> str:
+    """Whether the key is there and usable as a header; never a character of it."""
+    key = os.environ.get(env_name, "")
+    if not key.strip():
+        return "NOT SET"
+    try:
+        check_api_key(key, env_name)
+    except UsageError as exc:
+        return f"set, but unusable: {exc.message}"
+    return "set"
 
 
 def _cost_line(job: Job, prompt_tokens: int, max_completion_tokens: int) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from batchrun.errors import UsageError
-from batchrun.job import job_from_settings, resolve_settings
+from batchrun.job import check_api_key, check_base_url, job_from_settings, resolve_settings
 from batchrun.scan import scan_input
 
 JOBS = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.toml"))
@@ -61,3 +62,59 @@ def test_cost_header_setting(tmp_path: Path, value: str, expected: str | None) -
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "hi"}\n')
     assert job_from_settings({"input": str(src), "cost_header": value}).cost_header == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "what", "at"),
+    [
+        ("sk-abc\r\nX-Injected: 1", "a line break", 7),
+        ("sk-abc\ndef", "a line break", 7),
+        ("sk-abc def", "whitespace", 7),
+        ("sk-abc\tdef", "a control or invisible character", 7),
+        ("sk-\x00abc", "a control or invisible character", 4),
+        ("sk-abc\u200bdef", "a control or invisible character", 7),  # zero-width space
+        ("sk-abc\u00a0def", "whitespace", 7),  # no-break space
+        ("sk-" + os.fsdecode(b"\xff") + "abc", "a control or invisible character", 4),
+    ],
+)
+def test_check_api_key_refuses_control_characters_and_inner_whitespace(
+    key: str, what: str, at: int
+) -> None:
+    with pytest.raises(UsageError) as info:
+        check_api_key(key, "MY_KEY")
+    message = str(info.value)
+    assert f"contains {what} (at character {at})" in message
+    assert "MY_KEY" in message
+    for part in ("sk-abc", "abc", "def", "X-Injected"):
+        assert part not in message
+
+
+@pytest.mark.parametrize("key", ["sk-abc-DEF_123.xyz", "  sk-abc\n", "\tsk-abc\r\n", "k", ""])
+def test_check_api_key_accepts_printable_keys_with_trimmed_ends(key: str) -> None:
+    check_api_key(key, "MY_KEY")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.aimlapi.com/v1",
+        "http://127.0.0.1:8089/v1",
+        "http://[::1]:8089/v1/",
+        "HTTPS://Example.COM/v1",
+        "http://localhost:65535",
+        "http://host:1/a/b",
+    ],
+)
+def test_check_base_url_accepts(url: str) -> None:
+    check_base_url(url)
+
+
+def test_a_refused_base_url_never_shows_its_password() -> None:
+    for url in (
+        "http://u:pw-secret@h:99999/v1",
+        "http://u:pw-secret@h /v1",
+        "ftp://u:pw-secret@h/",
+    ):
+        with pytest.raises(UsageError) as info:
+            check_base_url(url)
+        assert "pw-secret" not in str(info.value)
