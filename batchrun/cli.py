@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import shlex
 import sys
@@ -15,7 +17,8 @@ import click
 import pyarrow as pa
 
 from batchrun import __version__
-from batchrun.errors import BatchrunError, Interrupted, InvalidInput
+from batchrun.errors import BatchrunError, Interrupted, InvalidInput, UsageError
+from batchrun.io.files import why_unwritable
 from batchrun.io.writers import write_text_atomically
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
@@ -66,25 +69,62 @@ def use_system_allocator() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
+class _Stdout:
+    """What the commands print on stdout. A closed stdout (``batchrun run … | head``) is no
+    failure of the run, whose exit code stays the run's; another write error (a full disk)
+    is said once on stderr. Either way the rest of stdout goes nowhere, and no traceback."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.error: str | None = None
+
+    def echo(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            click.echo(text)
+        except OSError as exc:
+            self.closed = True
+            _stdout_to_devnull()  # the interpreter's last flush must not fail again
+            if exc.errno != errno.EPIPE:
+                self.error = exc.strerror or str(exc)
+                _say(f"batchrun: cannot write to standard output: {self.error}")
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):  # no real descriptor (a test runner's buffer)
+        pass
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot take it is not worth a traceback."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
 def _fail(error: BatchrunError, *, every_row: bool = False, resume: str | None = None) -> None:
     """One clear line (and, for a dry run, every invalid row found), then the exit code."""
     if isinstance(error, InvalidInput) and every_row:
         for e in error.errors:
-            click.echo(f"batchrun: invalid: {e}", err=True)
+            _say(f"batchrun: invalid: {e}")
         shown = len(error.errors)
         more = (
             f" ({error.total_invalid - shown:,} more not listed)"
             if error.total_invalid > shown
             else ""
         )
-        click.echo(
-            f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent",
-            err=True,
-        )
+        _say(f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent")
     else:
-        click.echo(f"batchrun: error: {error}", err=True)
+        # One line, whatever a library or a server put into the message.
+        _say(f"batchrun: error: {' '.join(str(error).splitlines())}")
     if resume is not None:
-        click.echo(f"batchrun: to resume: {resume}", err=True)
+        _say(f"batchrun: to resume: {resume}")
     sys.exit(error.exit_code)
 
 
@@ -254,20 +294,21 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     dry = bool(flags.get("dry_run"))
     use_system_allocator()
     job: Job | None = None
+    out = _Stdout()
     try:
         settings = resolve_settings(job_file, flags)
         dry = bool(settings.get("dry_run"))
         quiet = bool(settings.get("quiet"))
         job = job_from_settings(settings)
         if job.dry_run:
-            click.echo(dry_run(job))
+            out.echo(dry_run(job))
             return
         view = ProgressView(quiet=quiet)
         summary = run_async(run_job(job, on_event=view, handle_signals=True))
     except BatchrunError as exc:
         if exc.summary is not None:
             for line in exc.summary.lines():
-                click.echo(line)
+                out.echo(line)
         # A stop (budget, API refusal) says in its hint what to change before rerunning;
         # an interruption is resumed by the same command.
         resume = (
@@ -279,16 +320,14 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     except Exception:
         if os.environ.get(DEBUG_ENV):
             raise
-        click.echo(
-            f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}", err=True
-        )
-        click.echo(f"batchrun: set {DEBUG_ENV}=1 to see the traceback", err=True)
+        _say(f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}")
+        _say(f"batchrun: set {DEBUG_ENV}=1 to see the traceback")
         sys.exit(1)
     view.close()
     for line in summary.lines():
-        click.echo(line)
+        out.echo(line)
     assert job is not None
-    click.echo(f"  summary: {job.summary_path}")
+    out.echo(f"  summary: {job.summary_path}")
     sys.exit(summary.exit_code)
 
 
@@ -308,15 +347,24 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
 )
 def report(output: Path, html_path: Path | None, group_by: str | None, prices: Path | None) -> None:
     """Summarize a finished (or partial) OUTPUT.parquet: counts, tokens, cost, latency."""
+    out = _Stdout()
     try:
         table = PriceTable.load(prices) if prices else PriceTable.default()
         rep = build_report(output, prices=table, group_by=group_by)
-        click.echo(render_text(rep))
+        out.echo(render_text(rep))
         if html_path is not None:
-            write_text_atomically(html_path, render_html(rep))
-            click.echo(f"HTML report: {html_path}")
+            try:
+                write_text_atomically(html_path, render_html(rep))
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot write the HTML report {html_path}: {why_unwritable(html_path, exc)}",
+                    hint="give --html a path in a folder you can write to",
+                ) from None
+            out.echo(f"HTML report: {html_path}")
     except BatchrunError as exc:
         _fail(exc)
+    if out.error is not None:
+        sys.exit(1)  # the report is what stdout was for
 
 
 @main.command()
@@ -441,6 +489,9 @@ def simulate(
     """
     from batchrun.simulate import SimConfig, serve
 
+    if not 0 <= port <= 65535:
+        _say(f"batchrun: error: --port must be from 0 to 65535 (0 = any free port), got {port}")
+        sys.exit(2)
     api_key = os.environ.get(require_key_env) if require_key_env else None
     if require_key_env and not api_key:
         click.echo(f"batchrun: error: environment variable {require_key_env} is not set", err=True)
@@ -456,10 +507,9 @@ def simulate(
     except ValueError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)
         sys.exit(2)
-    except OSError as exc:
-        click.echo(
-            f"batchrun: error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True
-        )
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        _say(f"batchrun: error: cannot listen on {host}:{port}: {reason}")
         sys.exit(2)
 
 
