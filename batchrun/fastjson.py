@@ -87,11 +87,11 @@ def unencodable_path(value: Any) -> list[str | int] | None:
     while stack:
         item, path = stack.pop()
         if isinstance(item, str):
-            if not _encodes(item):
+            if not encodes(item):
                 return path
         elif isinstance(item, dict):
             for k, v in reversed(item.items()):
-                if isinstance(k, str) and not _encodes(k):
+                if isinstance(k, str) and not encodes(k):
                     return [*path, k]
                 stack.append((v, [*path, k]))
         elif isinstance(item, list):
@@ -99,7 +99,8 @@ def unencodable_path(value: Any) -> list[str | int] | None:
     return None
 
 
-def _encodes(text: str) -> bool:
+def encodes(text: str) -> bool:
+    """Whether UTF-8 can carry ``text`` (it holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchrun.errors import UsageError
+from batchrun.fastjson import encodes
 from batchrun.io.files import open_regular
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
@@ -555,11 +556,8 @@ def _check_kinds(s: dict[str, Any]) -> None:
         if value is None:
             continue
         _check(isinstance(value, str), f"{key} must be a string, got {value!r}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            # Bytes of another encoding on the command line arrive as lone surrogates.
-            raise UsageError(f"{key} is not UTF-8 text: {value!r}") from None
+        # Bytes of another encoding on the command line arrive as lone surrogates.
+        _check(encodes(value), f"{key} is not UTF-8 text: {value!r}")
     for key in _FLAG_KEYS:
         value = s.get(key)
         _check(
@@ -568,10 +566,7 @@ def _check_kinds(s: dict[str, Any]) -> None:
     stop = s.get("stop")
     for item in (stop,) if isinstance(stop, str) else stop or ():
         _check(isinstance(item, str), f"stop sequences must be strings, got {item!r}")
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(f"stop sequence {item!r} is not UTF-8 text") from None
+        _check(encodes(item), f"stop sequence {item!r} is not UTF-8 text")
 
 
 def job_from_settings(settings: dict[str, Any]) -> Job:
