@@ -12,6 +12,7 @@ from typing import Any
 
 from batchrun.checkpoint import Checkpoint, InputSignature
 from batchrun.errors import CheckpointError, InvalidInput, UsageError
+from batchrun.io.files import regular_file
 from batchrun.job import Job
 from batchrun.scan import Scan, scan_input
 
@@ -75,6 +76,8 @@ def check_input_unchanged(job: Job, ckpt: Checkpoint) -> None:
 
 def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
     """Lock and open the checkpoint, check it belongs to this job and input, validate."""
+    # Before the checkpoint folder is made: a refusal leaves nothing behind.
+    regular_file(job.input_path, "input file")
     ckpt.lock()
     if job.restart:
         ckpt.discard()

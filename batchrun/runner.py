@@ -34,7 +34,7 @@ from batchrun.errors import (
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.io.readers import iter_batches
-from batchrun.job import Budget, Job
+from batchrun.job import Budget, Job, check_api_key
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Request
@@ -78,6 +78,7 @@ def get_api_key(job: Job) -> str:
             f"environment variable {job.api_key_env} is not set",
             hint=f"export {job.api_key_env}=<your key> (the key is never a flag), or name another with --api-key-env",
         )
+    check_api_key(key, job.api_key_env)
     return key
 
 

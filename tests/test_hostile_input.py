@@ -702,3 +702,28 @@ def test_an_answer_with_a_lone_surrogate_fails_its_row_not_the_run(tmp_path: Pat
     assert result.exit_code == 3, result.output
     rows = pq.read_table(out).to_pylist()
     assert [r["error_type"] for r in rows] == ["invalid_response"] * 2
+
+
+@pytest.mark.parametrize("bad_key", ["sk-abc\r\nX-Evil: 1", "sk-abc def", "sk-abc\u200bdef"])
+def test_a_key_the_header_cannot_carry_is_refused_before_sending(
+    sim: SimThread, tmp_path: Path, bad_key: str
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "prompt": "hi"}])
+    before = sim.stats.requests
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--base-url",
+            sim.url,
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "o.parquet"),
+        ],
+        env={"AIMLAPI_KEY": bad_key},
+    )
+    assert result.exit_code == 2, result.output
+    assert "AIMLAPI_KEY" in result.stderr and bad_key.strip() not in result.output
+    assert sim.stats.requests == before
+    assert not (tmp_path / "o.checkpoint" / "journal.sqlite").exists()

@@ -273,3 +273,11 @@ def test_redaction_of_every_text_field_of_an_answer() -> None:
         assert value is not None and KEY[:MIN_RUN] not in value and KEY[-MIN_RUN:] not in value
     clean = _completion(text="nothing secret here")
     assert redact.fields(clean) is clean  # the fast path copies nothing
+
+
+def test_an_error_body_with_a_lone_surrogate_is_quoted_as_text() -> None:
+    from batchrun.send import ChatCompletions
+
+    message = ChatCompletions().error_message(b'{"error": {"message": "bad \\ud800 thing"}}')
+    message.encode("utf-8")  # the journal can store it
+    assert "bad" in message

@@ -116,8 +116,10 @@ class ChatCompletions:
         """The message of an error body (OpenAI's ``{"error": {...}}``, the gateway's
         ``{"message", "requestId", …}``, or text). Not cut: the caller redacts, then cuts."""
         try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            # fastjson refuses what the journal could not store (a lone surrogate) and
+            # nesting past the stack: such a body is quoted as text.
+            payload = fastjson.loads(raw, exact_ints=False)
+        except (ValueError, UnicodeDecodeError):
             return raw.decode("utf-8", "replace").strip() or "(empty body)"
         if isinstance(payload, dict):
             err = payload.get("error", payload)
