@@ -31,7 +31,9 @@ def write_output(
     ``before_replace`` runs before the new file takes OUTPUT's place (see
     :func:`write_atomically`). Returns the number of rows written.
     """
-    schema = output_schema(scan.schema, scan.id_column, graded=job.grading is not None)
+    schema = output_schema(
+        scan.schema, scan.id_column, graded=job.grading is not None, job=job.identity()
+    )
 
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in iter_batches(job.input_path):

@@ -363,6 +363,15 @@ class Job:
             "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
         }
 
+    def identity(self) -> dict[str, Any]:
+        """What an output records of the job that wrote it, so that ``batchrun compare`` can
+        tell two jobs apart: the fingerprint without the base URL (where requests went is not
+        what was asked, and a URL may hold credentials), and the grading."""
+        identity = self.fingerprint_fields()
+        del identity["base_url"]
+        identity["grading"] = None if self.grading is None else dataclasses.asdict(self.grading)
+        return identity
+
 
 def _without_credentials(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@``, fit to print."""

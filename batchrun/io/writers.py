@@ -8,6 +8,7 @@ half-written output.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -64,11 +65,18 @@ def carried_names(
     return out
 
 
+#: Key-value metadata key of the job that wrote an output (JSON), read by ``batchrun compare``.
+JOB_KEY = b"batchrun.job"
+
+
 def output_schema(
-    input_schema: pa.Schema, id_column: str | None, graded: bool = False
+    input_schema: pa.Schema,
+    id_column: str | None,
+    graded: bool = False,
+    job: dict[str, Any] | None = None,
 ) -> pa.Schema:
     """id, the input columns (renamed on collision), the result columns, then ``correct``
-    when graded; versioned."""
+    when graded; versioned, with ``job`` (JSON) under :data:`JOB_KEY` when given."""
     id_type = input_schema.field(id_column).type if id_column else pa.int64()
     fields = [pa.field("id", id_type, nullable=False)]
     names = carried_names(input_schema.names, id_column, graded)
@@ -78,13 +86,13 @@ def output_schema(
     fields.extend(RESULT_FIELDS)
     if graded:
         fields.append(CORRECT_FIELD)
-    return pa.schema(
-        fields,
-        metadata={
-            b"batchrun.schema_version": SCHEMA_VERSION.encode(),
-            b"batchrun.version": __version__.encode(),
-        },
-    )
+    metadata = {
+        b"batchrun.schema_version": SCHEMA_VERSION.encode(),
+        b"batchrun.version": __version__.encode(),
+    }
+    if job is not None:
+        metadata[JOB_KEY] = json.dumps(job, sort_keys=True).encode()
+    return pa.schema(fields, metadata=metadata)
 
 
 def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
