@@ -578,6 +578,25 @@ def compare(
     help="Fraction of answers that carry reasoning_content (which ones: by prompt).",
 )
 @click.option(
+    "--answers-file",
+    type=click.Path(dir_okay=False),
+    help="Answer key: a JSONL/Parquet eval file; prompts found in it (messages or prompt) are "
+    "answered with their --answers-column value, or wrongly (see --correct-rate).",
+)
+@click.option(
+    "--answers-column", default="answer", show_default=True, help="Expected-answer column."
+)
+@click.option(
+    "--correct-rate",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Fraction of keyed prompts answered correctly (which ones: by prompt and --answers-seed).",
+)
+@click.option(
+    "--answers-seed", default=0, show_default=True, type=int, help="Seed of --correct-rate."
+)
+@click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
 def simulate(

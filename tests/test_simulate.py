@@ -1,16 +1,19 @@
-"""The simulator over a real socket on 127.0.0.1: reasoning_content, streamed and not."""
+"""The simulator over a real socket on 127.0.0.1: reasoning_content, streamed and not; the
+answer key."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from batchrun.simulate import SimConfig, start_simulator
-from tests.conftest import run_cli
+from batchrun.simulate import SimConfig, completion_for, start_simulator
+from batchrun.simulate.graded import AnswerKey
+from tests.conftest import run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -125,4 +128,69 @@ def test_simulate_rejects_a_reasoning_rate_out_of_range() -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "batchrun: error: reasoning_rate must be between 0 and 1, got 1.5"
+    )
+
+
+# --- the answer key (--answers-file, --correct-rate, --answers-seed) ----------------------------
+
+
+def _eval_rows(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": i,
+            "messages": [
+                {"role": "user", "content": f"Q{i}: which? Answer with one of: a{i}, b{i}, c{i}."}
+            ],
+            "answer": f"b{i}",
+        }
+        for i in range(n)
+    ]
+
+
+def _content(raw: bytes) -> str:
+    return str(json.loads(raw)["choices"][0]["message"]["content"])
+
+
+def test_answer_key_answers_the_chosen_share_right_and_the_rest_wrong(tmp_path: Path) -> None:
+    rows = _eval_rows(200)
+    key = write_jsonl(tmp_path / "eval.jsonl", rows)
+    config = SimConfig(answers_file=str(key), correct_rate=0.5, answers_seed=4, reasoning_rate=0)
+    bodies = [{"model": "gpt-4o", "messages": r["messages"]} for r in rows]
+    answers = [_content(raw) for _, raw in _ask(config, bodies)]
+    choice = AnswerKey.load(key, "answer", correct_rate=0.5, seed=4)
+    right = [a == r["answer"] for a, r in zip(answers, rows, strict=True)]
+    assert right == [choice.answers_correctly(r["messages"][0]["content"]) for r in rows]
+    assert 75 <= sum(right) <= 125  # 100 expected
+    # A wrong answer is another option the prompt offers, never the expected one.
+    for a, r, ok in zip(answers, rows, right, strict=True):
+        if not ok:
+            assert a in (f"a{r['id']}", f"c{r['id']}")
+    # Streamed answers are the same; a prompt not in the key gets the usual answer.
+    streamed = _ask(config, [{**bodies[0], "stream": True}])[0][1]
+    deltas = [e["choices"][0]["delta"] for e in _events(streamed) if e["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == answers[0]
+    unkeyed = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello?"}]}
+    assert _content(_ask(config, [unkeyed])[0][1]) == completion_for(unkeyed)[0]
+
+
+def test_a_lower_correct_rate_only_turns_right_answers_wrong(tmp_path: Path) -> None:
+    prompts = [r["messages"][0]["content"] for r in _eval_rows(300)]
+    key = {p: "x" for p in prompts}
+
+    def right(rate: float, seed: int = 1) -> set[str]:
+        return {p for p in prompts if AnswerKey(key, rate, seed).answers_correctly(p)}
+
+    assert right(0.3) < right(0.7) < right(1.0) == set(prompts)
+    assert right(0.0) == set()
+    assert right(0.7, seed=1) != right(0.7, seed=2)
+
+
+def test_simulate_rejects_an_answers_file_it_cannot_use(tmp_path: Path) -> None:
+    missing = run_cli("simulate", "--port", "0", "--answers-file", str(tmp_path / "no.jsonl"))
+    assert missing.returncode == 2 and "no.jsonl not found" in missing.stderr
+    keyless = write_jsonl(tmp_path / "k.jsonl", [{"prompt": "hi", "label": "x"}])
+    wrong_column = run_cli("simulate", "--port", "0", "--answers-file", str(keyless))
+    assert wrong_column.returncode == 2
+    assert "no row has a prompt (messages or prompt) and a value in column 'answer'" in (
+        wrong_column.stderr
     )

@@ -15,6 +15,7 @@ One idea a module::
     config.py    SimConfig (what it is told), SimStats (what it counts), MODELS
     validate.py  request validation as the real API does it
     answers.py   the deterministic answer to a body (text, usage, tool call, reasoning)
+    graded.py    the answer key: expected answers from an eval file, a share of them given
     wire.py      an answer or error as JSON, a streamed answer as SSE events
     faults.py    the requests-per-minute window and the injected faults (one seeded RNG)
     server.py    handlers, routes (registered in one place), make_app / start_simulator / serve

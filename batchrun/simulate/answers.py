@@ -58,6 +58,15 @@ def _prompt_seed(body: dict[str, Any], *salt: str) -> int:
     return _digest(*salt, model, system, convo)
 
 
+def options_in(prompt: str) -> list[str]:
+    """The options a prompt offers in "one of: a, b, c" (up to the end of its line)."""
+    lower = prompt.lower()
+    if "one of:" not in lower:
+        return []
+    tail = prompt[lower.index("one of:") + len("one of:") :].split("\n", 1)[0]
+    return [o for o in (p.strip().strip(".!?;:").strip() for p in tail.split(",")) if o]
+
+
 def completion_for(body: dict[str, Any]) -> tuple[str, str]:
     """(text, finish_reason) the simulator answers for a request body.
 
@@ -71,11 +80,8 @@ def completion_for(body: dict[str, Any]) -> tuple[str, str]:
     last_user = next(
         (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
-    lower = last_user.lower()
-    if "one of:" in lower:
-        tail = last_user[lower.index("one of:") + len("one of:") :].split("\n", 1)[0]
-        options = [o.strip().strip(".!?;:").strip() for o in tail.split(",")]
-        options = [o for o in options if o]
+    if "one of:" in last_user.lower():
+        options = options_in(last_user)
         words = [options[seed % len(options)]] if options else ["none"]
     else:
         n = 3 + seed % 10
@@ -139,9 +145,15 @@ def reasoning_for(body: dict[str, Any], rate: float) -> str | None:
     return f"Considering the request: {' '.join(words)}. That settles the answer."
 
 
-def answer_for(body: dict[str, Any], *, reasoning_rate: float = 0.0) -> Answer:
-    """The whole answer to a validated request body."""
-    text, finish = completion_for(body)
+def answer_for(
+    body: dict[str, Any], *, reasoning_rate: float = 0.0, keyed: str | None = None
+) -> Answer:
+    """The whole answer to a validated request body; ``keyed``: the text an answer key
+    chose for it (see ``graded.py``), instead of the prompt's own."""
+    if keyed is not None:
+        text, finish = keyed, "end_turn" if _claude(str(body.get("model", ""))) else "stop"
+    else:
+        text, finish = completion_for(body)
     usage = usage_for(body, text)
     call = _tool_call(body)
     model = body["model"]

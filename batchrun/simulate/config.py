@@ -16,6 +16,7 @@ _RATES = (
     "drop_rate",
     "stream_stall_rate",
     "reasoning_rate",
+    "correct_rate",
 )
 
 
@@ -42,6 +43,13 @@ class SimConfig:
     cost_header: str | None = None
     #: Share of answers that carry ``reasoning_content`` (which ones: a digest of the prompt).
     reasoning_rate: float = 0.25
+    #: An answer key (JSONL or Parquet with prompts and ``answers_column``): keyed prompts
+    #: are answered with the expected value for a share ``correct_rate`` of them (which ones:
+    #: a digest of ``answers_seed`` and the prompt), else with a wrong one. See graded.py.
+    answers_file: str | None = None
+    answers_column: str = "answer"
+    correct_rate: float = 1.0
+    answers_seed: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:

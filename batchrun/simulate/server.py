@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from batchrun.pricing import PriceTable
 from batchrun.simulate.answers import Answer, answer_for
 from batchrun.simulate.config import MODELS, SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
+from batchrun.simulate.graded import AnswerKey
 from batchrun.simulate.validate import known_model, validate
 from batchrun.simulate.wire import JSON, completion_body, error_response, sse_events
 
@@ -28,6 +30,16 @@ class _Simulator:
         self.config = config
         self.stats = SimStats(bodies=[] if record_bodies else None)
         self.faults = Faults(config)
+        self.answer_key = (
+            None
+            if config.answers_file is None
+            else AnswerKey.load(
+                Path(config.answers_file),
+                config.answers_column,
+                correct_rate=config.correct_rate,
+                seed=config.answers_seed,
+            )
+        )
         self.billed_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.prices = PriceTable.default()
@@ -124,7 +136,8 @@ class _Simulator:
         self, request: web.Request, body: dict[str, Any], key: str | None
     ) -> web.StreamResponse:
         st = self.stats
-        answer = answer_for(body, reasoning_rate=self.config.reasoning_rate)
+        keyed = None if self.answer_key is None else self.answer_key.answer(body)
+        answer = answer_for(body, reasoning_rate=self.config.reasoning_rate, keyed=keyed)
         st.ok += 1
         rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
         st.prompt_tokens += answer.usage["prompt_tokens"]
