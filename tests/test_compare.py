@@ -280,27 +280,28 @@ def test_without_a_recorded_job_columns_and_models_decide(tmp_path: Path) -> Non
 
 
 def test_schema_versions_1_2_and_3_compare(tmp_path: Path) -> None:
-    v1 = write(
-        tmp_path / "v1.parquet",
-        [row(i, BASE[i]) for i in range(10)],
-        version="1",
-        job=None,
-        drop=["reported_cost_usd"],
-    )
-    reasoning = pa.field("reasoning_content", pa.string())
+    rows = [row(i, BASE[i]) for i in range(10)]
+    v1 = write(tmp_path / "v1.parquet", rows, version="1", job=None,
+               drop=["reported_cost_usd", "reasoning_content"])  # fmt: skip
+    v2 = write(tmp_path / "v2.parquet", rows, version="2", drop=["reasoning_content"])
     v3_rows = [
         row(i, CUR[i], reasoning_content="thinking…", reported_cost_usd=0.01) for i in range(10)
     ]
-    v3 = write(tmp_path / "v3.parquet", v3_rows, version="3", add=[reasoning])
-    c = compare_outputs(v1, v3)
-    assert c.mismatches == [] and c.accuracy is not None and c.accuracy.rows == 9
-    assert c.baseline.reported_cost_usd is None and c.current.reported_cost_usd == pytest.approx(
-        0.1
-    )
+    v3 = write(tmp_path / "v3.parquet", v3_rows, version="3")
+    for old in (v1, v2):
+        c = compare_outputs(old, v3)
+        assert c.mismatches == [] and c.accuracy is not None and c.accuracy.rows == 9
+        assert c.current.reported_cost_usd == pytest.approx(0.1)
+        assert c.group_by == "category"  # the current job recorded it
+    assert c.baseline.reported_cost_usd is None
     assert c.cost_basis == "estimated"  # the baseline reported nothing
-    assert c.group_by == "category"  # the current job recorded it
-    v9 = write(tmp_path / "v9.parquet", [row(i, CUR[i]) for i in range(10)], version="9")
-    assert any("schema version 9 is newer" in n for n in compare_outputs(v1, v9).notes)
+    # A newer version with a result column this batchrun does not know is read by name.
+    served_by = pa.field("served_by", pa.string())
+    v9 = write(tmp_path / "v9.parquet", v3_rows, version="9", add=[served_by])
+    c = compare_outputs(v3, v9)
+    assert c.mismatches == [] and c.accuracy is not None
+    assert (c.accuracy.rows, c.accuracy.right_to_wrong, c.accuracy.wrong_to_right) == (10, 0, 0)
+    assert any("schema version 9 is newer" in n for n in c.notes)
 
 
 @pytest.mark.parametrize(
