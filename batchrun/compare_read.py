@@ -24,8 +24,9 @@ from batchrun.pricing import normalize_model
 
 VERSION_KEY = b"batchrun.schema_version"
 KNOWN_VERSIONS = ("1", "2", "3")
-#: Rows a batch of a streamed read holds.
+#: Rows a batch of a streamed read holds at most, and about how many bytes of text.
 BATCH_ROWS = 65_536
+BATCH_BYTES = 4 << 20
 #: Parts of the recorded job that do not change what is asked: streaming or not, and the
 #: metadata object sent along (it may carry the date of the night).
 _NOT_THE_JOB = {("params", "stream"), ("params", "metadata"), ("grading", "group_by")}
@@ -180,6 +181,20 @@ def job_differences(
     return out
 
 
+def batch_rows(pf: pq.ParquetFile, columns: list[str]) -> int:
+    """Rows a batch of ``columns`` may hold to stay near BATCH_BYTES (their average size per
+    row, uncompressed, from the file's metadata), between 256 and BATCH_ROWS."""
+    meta = pf.metadata
+    wanted = {i for i, name in enumerate(pf.schema_arrow.names) if name in columns}
+    size = sum(
+        meta.row_group(g).column(i).total_uncompressed_size
+        for g in range(meta.num_row_groups)
+        for i in wanted
+    )
+    per_row = size / meta.num_rows if meta.num_rows else 1.0
+    return max(256, min(BATCH_ROWS, int(BATCH_BYTES / max(per_row, 1.0))))
+
+
 def rows_with_keys(
     path: Path, key: str, keys: pa.Array, columns: list[str]
 ) -> dict[Any, dict[str, Any]]:
@@ -192,7 +207,7 @@ def rows_with_keys(
         return out
     pf = pq.ParquetFile(path)
     wanted = [key, *dict.fromkeys(c for c in columns if c in pf.schema_arrow.names and c != key)]
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+    for batch in pf.iter_batches(batch_size=batch_rows(pf, wanted), columns=wanted):
         hit = pc.is_in(batch.column(key), value_set=keys)
         if pc.any(hit).as_py():
             for row in batch.filter(hit).to_pylist():
@@ -207,9 +222,11 @@ class ColumnWindow:
     never go back: it holds only the batches between the lowest position still wanted and
     the highest asked for."""
 
-    def __init__(self, path: Path, column: str, batch_rows: int = BATCH_ROWS) -> None:
+    def __init__(self, path: Path, column: str, rows: int | None = None) -> None:
         pf = pq.ParquetFile(path)
-        self._batches = pf.iter_batches(batch_size=batch_rows, columns=[column])
+        #: Rows a batch holds (by default, about BATCH_BYTES of the column).
+        self.rows = rows or batch_rows(pf, [column])
+        self._batches = pf.iter_batches(batch_size=self.rows, columns=[column])
         self._start = 0  # position of the first held row
         self._held: list[pa.Array] = []
 

@@ -24,6 +24,8 @@ from batchrun.compare_read import ColumnWindow
 from batchrun.compare_render import render_text, to_json
 from batchrun.errors import UsageError
 from batchrun.io.writers import RESULT_FIELDS, output_schema
+from batchrun.simulate.graded import AnswerKey
+from tests.conftest import ROOT, run_cli, write_jsonl
 
 INPUT = pa.schema(
     [
@@ -371,7 +373,7 @@ def test_changed_answers_streamed_in_chunks_across_batches(tmp_path: Path) -> No
 def test_column_window_serves_rising_positions_across_batches(tmp_path: Path) -> None:
     path = tmp_path / "w.parquet"
     pq.write_table(pa.table({"completion": [f"v{i}" for i in range(50)]}), path, row_group_size=6)
-    w = ColumnWindow(path, "completion", batch_rows=4)
+    w = ColumnWindow(path, "completion", rows=4)
     for chunk in ([0, 1, 5], [5, 9, 20], [21], [33, 34, 49]):
         got = w.take(pa.array(chunk, pa.int64())).to_pylist()
         assert got == [f"v{i}" for i in chunk]
@@ -496,3 +498,91 @@ def test_cli_help_names_units_and_exit_codes(runner: CliRunner) -> None:
     assert "more than FRACTION of the current run's rows failed (0.02: 2%)" in out
     assert "Exit codes: 0" in out and "McNemar's exact test" in out
     assert "--force" in out and "--key" in out and "--group-by" in out
+
+
+# --- end to end: two nights of the nightly eval against the simulator ---------------------------
+
+
+def _eval_file(path: Path, n: int, wrong: frozenset[int] | set[int] = frozenset()) -> Path:
+    """n questions with unique prompts; the rows in ``wrong`` carry an answer no option has."""
+    rows = [
+        {
+            "id": i,
+            "category": ("math", "geo", "misc")[i % 3],
+            "messages": [
+                {"role": "user", "content": f"Q{i}: which? Answer with one of: a{i}, b{i}, c{i}."}
+            ],
+            "answer": "x" if i in wrong else f"b{i}",
+        }
+        for i in range(n)
+    ]
+    return write_jsonl(path, rows)
+
+
+@pytest.mark.e2e
+def test_two_nights_of_the_nightly_eval_list_exactly_the_changed_rows(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    n = 48
+    questions = _eval_file(tmp_path / "questions.jsonl", n)
+    # Tonight the simulator answers 75 % right (which ones: the answer key says, by prompt);
+    # last night it answered every question right but two of those it gets right tonight.
+    tonight = AnswerKey.load(questions, "answer", correct_rate=0.75, seed=2)
+    right_tonight = [tonight.answers_correctly(f"Q{i}: which? Answer with one of: a{i}, b{i}, c{i}.") for i in range(n)]  # fmt: skip
+    broken = {i for i in range(n) if not right_tonight[i]}
+    fixed = set([i for i in range(n) if right_tonight[i]][:2])
+    assert 4 <= len(broken) <= 20
+    last_key = _eval_file(tmp_path / "key-last-night.jsonl", n, fixed)
+    nights = {}
+    for night, sim_options in (
+        ("2026-12-01", {"answers_file": str(last_key)}),
+        ("2026-12-02", {"answers_file": str(questions), "correct_rate": 0.75, "answers_seed": 2}),
+    ):
+        sim = sim_factory(reasoning_rate=0, **sim_options)
+        out = tmp_path / "nightly" / f"{night}.parquet"
+        proc = run_cli(
+            "run", str(ROOT / "jobs" / "nightly_eval.toml"), "--input", str(questions),
+            "--output", str(out), "--base-url", sim.url,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        nights[night] = out
+    before, after = nights["2026-12-01"], nights["2026-12-02"]
+    # The hand count, from the two outputs alone.
+    b = dict(
+        zip(*pq.read_table(before, columns=["id", "correct"]).to_pydict().values(), strict=True)
+    )
+    a = dict(
+        zip(*pq.read_table(after, columns=["id", "correct"]).to_pydict().values(), strict=True)
+    )
+    assert {i for i in b if b[i] and not a[i]} == broken
+    assert {i for i in b if a[i] and not b[i]} == fixed
+    report = tmp_path / "cmp.json"
+    page = tmp_path / "cmp.html"
+    drop = 100 * (len(broken) - len(fixed)) / n
+    failed = run_cli(
+        "compare", str(before), str(after), "--json", str(report), "--html", str(page),
+        "--fail-if-accuracy-drops", f"{drop - 0.01:.2f}",
+    )  # fmt: skip
+    assert failed.returncode == 3, failed.stderr
+    assert failed.stderr.startswith(f"batchrun: regression: accuracy dropped {drop:.2f} points")
+    doc = json.loads(report.read_text())
+    flips = {(f["key"], f["direction"]) for f in doc["flips"]}
+    assert flips == {(i, RIGHT_TO_WRONG) for i in broken} | {(i, WRONG_TO_RIGHT) for i in fixed}
+    acc = doc["accuracy"]
+    assert (acc["rows"], acc["baseline_correct"], acc["current_correct"]) == (
+        n, sum(b.values()), sum(a.values()),
+    )  # fmt: skip
+    assert acc["delta_points"] == pytest.approx(-drop)
+    assert acc["p_value"] == mcnemar_exact(len(broken), len(fixed))
+    assert set(doc["groups"]) == {"math", "geo", "misc"} and doc["group_by"] == "category"
+    k = min(broken)
+    flip = next(f for f in doc["flips"] if f["key"] == k)
+    assert flip["prompt"].startswith(f"Q{k}: which?") and flip["expected"] == f"b{k}"
+    assert flip["baseline"] == f"b{k}" and flip["current"] in (f"a{k}", f"c{k}")
+    assert "<svg" in page.read_text()
+    passed = run_cli(
+        "compare", str(before), str(after), "--fail-if-accuracy-drops", f"{drop + 0.01:.2f}"
+    )
+    assert passed.returncode == 0, passed.stderr
+    assert f"right → wrong ({len(broken)}" in passed.stdout
+    assert "wrong → right (2)" in passed.stdout
