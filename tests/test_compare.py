@@ -586,3 +586,16 @@ def test_two_nights_of_the_nightly_eval_list_exactly_the_changed_rows(
     assert passed.returncode == 0, passed.stderr
     assert f"right → wrong ({len(broken)}" in passed.stdout
     assert "wrong → right (2)" in passed.stdout
+
+
+def test_cli_an_unwritable_page_is_one_line_and_exit_2(
+    runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for flag in ("--html", "--json"):
+        result = runner.invoke(main, ["compare", *map(str, pair), flag, str(blocker / "x")])
+        assert result.exit_code == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"batchrun: error: cannot write {blocker}")
+        assert f"give {flag} a path" in lines[0]
