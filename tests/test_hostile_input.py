@@ -727,3 +727,21 @@ def test_a_key_the_header_cannot_carry_is_refused_before_sending(
     assert "AIMLAPI_KEY" in result.stderr and bad_key.strip() not in result.output
     assert sim.stats.requests == before
     assert not (tmp_path / "o.checkpoint" / "journal.sqlite").exists()
+
+
+def test_a_temp_file_left_by_a_killed_final_write_is_removed(tmp_path: Path) -> None:
+    import pyarrow as pa_
+
+    from batchrun.io.writers import write_atomically
+
+    out = tmp_path / "x.parquet"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".x.parquet.{dead.stdout.strip()}.tmp"
+    stale.write_bytes(b"half a parquet file")
+    live = tmp_path / f".x.parquet.{os.getppid()}.tmp"  # a live process's write is left alone
+    live.write_bytes(b"in progress")
+    schema = pa_.schema([("a", pa_.int64())])
+    write_atomically(out, schema, [pa_.record_batch([pa_.array([1])], schema=schema)])
+    assert not stale.exists() and live.exists() and out.exists()

@@ -8,6 +8,7 @@ half-written output.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -140,6 +141,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temp files of ``path`` left by processes that died mid-write (``kill -9``
+    during the final write); a live process's temp file is left alone."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_atomically(
     path: Path,
     schema: pa.Schema,
@@ -152,7 +178,8 @@ def write_atomically(
     may raise to keep the old file. Returns the number of rows written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path)
+    tmp = _temp_for(path)
     rows = 0
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -174,7 +201,8 @@ def write_atomically(
 
 def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path)
+    tmp = _temp_for(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
