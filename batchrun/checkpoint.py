@@ -153,6 +153,14 @@ class Checkpoint:
                     hint="finish the job with the batchrun that started it, or use --restart (every row is sent again)",
                 )
         except sqlite3.DatabaseError as exc:
+            if not _corrupt(exc):
+                # A full disk or a read-only folder: the journal itself is intact, and
+                # --restart would pay for every recorded row again.
+                raise CheckpointError(
+                    f"checkpoint {self.path} cannot be opened for writing ({exc})",
+                    hint="free disk space or fix the folder's permissions, then rerun the same "
+                    "command (the recorded rows are kept; --restart would send them again)",
+                ) from None
             raise CheckpointError(
                 f"checkpoint {self.path} is unreadable ({exc})",
                 hint="use --restart to discard it (every row is sent again) or another --output",
@@ -345,6 +353,19 @@ _INSERT_RESULT = (
     f"INSERT OR REPLACE INTO results (position, {_COLUMN_LIST})"
     f" VALUES ({', '.join('?' * (len(RESULT_COLUMNS) + 1))})"
 )
+
+
+#: SQLite's codes for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB).
+_CORRUPT_CODES = frozenset({11, 26})
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether the journal file is damaged (rather than the disk full or read-only)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
 
 
 def _add_meta_count(db: sqlite3.Connection, key: str, n: int) -> int:

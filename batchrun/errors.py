@@ -7,7 +7,8 @@
     │   ├── InputError            exit 2  a row of the input file is invalid (file, line, column)
     │   └── InvalidInput          exit 2  the validation pass found invalid rows (all of them)
     ├── CheckpointError           exit 5  checkpoint locked, changed job or input, unreadable journal
-    │   └── JournalFailed         exit 5  the journal could not be written mid-run (disk full)
+    │   ├── JournalFailed         exit 5  the journal could not be written (disk full)
+    │   └── OutputNotWritten      exit 5  OUTPUT could not be written; every row is in the journal
     ├── RunStopped                exit 4  the API stopped the run (401, 403, same error row after row)
     ├── Interrupted               exit 130 / 143 / 129  SIGINT / SIGTERM / SIGHUP; finished rows kept
     ├── SendFailed                one attempt of one row gave no usable answer (batchrun.send)
@@ -124,6 +125,17 @@ class JournalFailed(CheckpointError):
             hint="free disk space or fix the folder's permissions, then rerun the same command to resume",
         )
         self.cause = cause
+
+
+class OutputNotWritten(CheckpointError):
+    """The output file could not be written (disk full); the journal holds every row."""
+
+    def __init__(self, path: object, cause: OSError) -> None:
+        super().__init__(
+            f"cannot write {path} ({cause.strerror or cause})",
+            hint="every finished row is kept in the checkpoint: free space and rerun the same "
+            "command (nothing is sent again)",
+        )
 
 
 class SendFailed(BatchrunError):

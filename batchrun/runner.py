@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -27,6 +28,7 @@ from batchrun.errors import (
     Interrupted,
     JournalFailed,
     NotSent,
+    OutputNotWritten,
     RunStopped,
     SendFailed,
     UsageError,
@@ -311,7 +313,10 @@ class _Run:
         job, ckpt, p = self.job, self.ckpt, self.progress
         started = time.monotonic()
         try:
-            prep = prepare(job, ckpt)
+            try:
+                prep = prepare(job, ckpt)
+            except sqlite3.OperationalError as exc:  # a full disk while the journal is set up
+                raise JournalFailed(exc, path=ckpt.path) from None
             total = prep.total
             if job.retry_failed:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
@@ -343,14 +348,17 @@ class _Run:
             # The output re-reads the input: it must still be the input that was validated,
             # before the write and right before the new file takes the output's place.
             check_input_unchanged(job, ckpt)
-            write_output(
-                job,
-                ckpt,
-                prep.scan,
-                total,
-                partial=done < total,
-                before_replace=lambda: check_input_unchanged(job, ckpt),
-            )
+            try:
+                write_output(
+                    job,
+                    ckpt,
+                    prep.scan,
+                    total,
+                    partial=done < total,
+                    before_replace=lambda: check_input_unchanged(job, ckpt),
+                )
+            except OSError as exc:
+                raise OutputNotWritten(job.output_path, exc) from None
             if done == total:
                 ckpt.set_meta(finalized=prep.finished_marker)
             return self.finish(prep, started)
@@ -377,7 +385,10 @@ class _Run:
             summary.exit_code = error.exit_code
         elif summary.rows_error > self.job.max_failure_rate * total:
             summary.exit_code = 3
-        summary.write(self.job.summary_path)
+        try:
+            summary.write(self.job.summary_path)
+        except OSError as exc:  # a full disk must not hide the run's own result
+            self.emit(Event("notice", self.progress, message=f"summary not written: {exc}"))
         if error is not None:
             error.summary = summary
             raise error

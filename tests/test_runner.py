@@ -777,3 +777,43 @@ def test_the_plain_progress_line_shows_the_oldest_send(monkeypatch: pytest.Monke
     view(Event("tick", p))
     line = stream.getvalue()
     assert "0/10 rows" in line and "oldest=42s" in line
+
+
+def test_a_full_disk_at_the_final_write_keeps_every_row_and_never_suggests_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import batchrun.finalize
+
+    def full(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    job = _job(tmp_path, 6)
+    with monkeypatch.context() as m:
+        m.setattr(batchrun.finalize, "write_atomically", full)
+        with pytest.raises(CheckpointError) as info:
+            _run(job, FakeClient())
+    message = str(info.value)
+    assert "No space left" in message and "rerun the same command" in message
+    assert "--restart" not in message
+    idle = FakeClient()
+    assert _run(job, idle).rows_ok == 6 and idle.calls == []  # nothing paid twice
+
+
+def test_a_full_disk_when_the_journal_opens_is_not_called_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchrun.checkpoint
+
+    job = _job(tmp_path, 3)
+    _run(job, FakeClient())
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(batchrun.checkpoint.sqlite3, "connect", full)
+    with pytest.raises(CheckpointError) as info:
+        _run(job, FakeClient())
+    message = str(info.value)
+    assert "cannot be opened for writing" in message and "use --restart" not in message
