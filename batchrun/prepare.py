@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun.checkpoint import Checkpoint, InputSignature
-from batchrun.errors import CheckpointError, InvalidInput, UsageError
+from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
 from batchrun.job import Job
-from batchrun.scan import Scan, scan_input
+from batchrun.io.readers import iter_batches
+from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
 
 RESTART_HINT = "use --restart to start over (every row is sent again) or another --output"
 
@@ -108,6 +109,10 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
             )
         check_input_unchanged(job, ckpt)
         scan = Scan.from_meta(ckpt.get_meta("scan"))
+        # Grading is not part of the fingerprint (it changes no request), so the scan that
+        # made the checkpoint may not have checked the patterns of a --match regex added now.
+        if job.grading is not None and job.grading.match == "regex":
+            check_patterns(job, job.grading.expected_column)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     retrying = ckpt.forget_failed(job.only_error_types) if job.retry_failed else 0
     check_grading(job, scan)
@@ -127,6 +132,23 @@ def validate(job: Job) -> Scan:
     if scan.errors:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     return scan
+
+
+def check_patterns(job: Job, column: str) -> None:
+    """Refuse (exit 2) expected values that are no regular expression."""
+    file = str(job.input_path)
+    errors: list[InputError] = []
+    invalid = 0
+    for batch in iter_batches(job.input_path):
+        for offset, row in enumerate(batch.rows):
+            if row is not None and column in row:
+                error = regex_error(row, file, column, batch.where(offset))
+                if error is not None:
+                    invalid += 1
+                    if len(errors) < MAX_REPORTED_ERRORS:
+                        errors.append(error)
+    if errors:
+        raise InvalidInput(errors, invalid)
 
 
 def check_grading(job: Job, scan: Scan) -> None:

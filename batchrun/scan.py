@@ -144,17 +144,9 @@ def scan_input(
                     continue
                 id_keys.append(_id_key(rid))
             if regex_column is not None:
-                problem = pattern_error(row.get(regex_column))
-                if problem is not None:
-                    add(
-                        InputError(
-                            f"expected value is not a valid regular expression ({problem})",
-                            file=file,
-                            column=regex_column,
-                            hint="escape it (a literal match is --match exact or contains)",
-                            **where,
-                        )
-                    )
+                error = regex_error(row, file, regex_column, where)
+                if error is not None:
+                    add(error)
                     continue
             est += request.estimated_tokens
             est_prompt += request.prompt_tokens
@@ -197,6 +189,20 @@ def _mixed_ids(
         column=column,
         **where,
         hint="an id column holds only strings or only integers",
+    )
+
+
+def regex_error(row: dict[str, Any], file: str, column: str, where: Where) -> InputError | None:
+    """The error of a row whose expected value (graded with --match regex) is no pattern."""
+    problem = pattern_error(row.get(column))
+    if problem is None:
+        return None
+    return InputError(
+        f"expected value is not a valid regular expression ({problem})",
+        file=file,
+        column=column,
+        hint="escape it (a literal match is --match exact or contains)",
+        **where,
     )
 
 

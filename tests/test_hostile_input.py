@@ -504,6 +504,18 @@ def test_invalid_regex_expected_value_names_the_row(
     assert "not a valid regular expression" in msg
 
 
+def test_invalid_regex_added_when_resuming_is_refused(sim: SimThread, tmp_path: Path) -> None:
+    rows = [{"prompt": "a", "want": "^yes$"}, {"prompt": "b", "want": "(unclosed"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "o.parquet"
+    completed(sim, "--input", str(path), "--output", str(out))
+    msg = refused(
+        sim, "--input", str(path), "--output", str(out),
+        "--expected-column", "want", "--match", "regex",
+    )  # fmt: skip
+    assert f"{path}, line 2, column 'want'" in msg and "not a valid regular expression" in msg
+
+
 # --- stdout and other destinations -----------------------------------------------------------
 
 
