@@ -13,8 +13,8 @@ from typing import Any
 from batchrun.checkpoint import Checkpoint, InputSignature
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
-from batchrun.job import Job
 from batchrun.io.readers import iter_batches
+from batchrun.job import Job
 from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
 
 RESTART_HINT = "use --restart to start over (every row is sent again) or another --output"
