@@ -298,7 +298,9 @@ def test_kill_9_at_random_points_then_resume_gives_every_row_exactly_once(
     assert sim.stats.billed_twice <= summary["rows_possibly_charged_twice"]
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_writes_partial_output_and_rerun_completes(
     tmp_path: Path, sim_factory: Any, sig: signal.Signals, code: int
 ) -> None:

@@ -817,3 +817,56 @@ def test_a_full_disk_when_the_journal_opens_is_not_called_unreadable(
         _run(job, FakeClient())
     message = str(info.value)
     assert "cannot be opened for writing" in message and "use --restart" not in message
+
+
+def test_an_input_edited_during_the_run_is_refused_at_the_final_write(tmp_path: Path) -> None:
+    job = _job(tmp_path, 6)
+
+    class Editing(FakeClient):
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            if not self.calls:  # one prompt edited while the run sends
+                text = job.input_path.read_text(encoding="utf-8").replace('"p5"', '"P5"')
+                job.input_path.write_text(text, encoding="utf-8")
+            return await super().complete(request, idempotency_key)
+
+    with pytest.raises(CheckpointError, match="changed"):
+        _run(job, Editing())
+    assert not job.output_path.exists()  # no output pairs new inputs with old answers
+
+
+def test_an_input_that_shrinks_during_the_run_is_refused(tmp_path: Path) -> None:
+    job = _job(tmp_path, 6)
+
+    class Shrinking(FakeClient):
+        async def complete(self, request: Request, idempotency_key: str) -> Completion:
+            if not self.calls:
+                lines = job.input_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                job.input_path.write_text("".join(lines[:3]), encoding="utf-8")
+            return await super().complete(request, idempotency_key)
+
+    with pytest.raises(CheckpointError, match="changed"):
+        _run(job, Shrinking())
+    assert not job.output_path.exists()
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_a_lost_journal_beside_an_output_is_refused_without_restart(
+    tmp_path: Path, how: str
+) -> None:
+    job = _job(tmp_path, 4)
+    _run(job, FakeClient())
+    journal = job.checkpoint_dir / "journal.sqlite"
+    for extra in ("-wal", "-shm"):
+        Path(str(journal) + extra).unlink(missing_ok=True)
+    if how == "deleted":
+        journal.unlink()
+    else:
+        journal.write_bytes(b"")
+    idle = FakeClient()
+    with pytest.raises(CheckpointError, match="--restart") as info:
+        _run(job, idle)
+    assert ("missing" if how == "deleted" else "empty") in str(info.value)
+    assert idle.calls == []
+    again = FakeClient()
+    assert _run(dataclasses.replace(job, restart=True), again).rows_ok == 4
+    assert len(again.calls) == 4
