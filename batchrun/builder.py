@@ -6,9 +6,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from batchrun import fastjson
+from batchrun.checks import template_columns
 from batchrun.errors import InputError, UsageError
 from batchrun.io.readers import MAX_NESTING, Where
-from batchrun.job import Job, RequestParams, template_columns
+from batchrun.job import Job, RequestParams
 from batchrun.records import Request
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})

@@ -30,14 +30,13 @@ from batchrun.job import (
     DEFAULT_COST_HEADER,
     ERROR_TYPES,
     Job,
-    job_from_settings,
-    resolve_settings,
 )
 from batchrun.plan import dry_run
 from batchrun.pricing import PriceTable
 from batchrun.progress import ProgressView
 from batchrun.report import build_report, render_html, render_text
 from batchrun.runner import run_job
+from batchrun.settings import job_from_settings, resolve_settings
 
 #: Set to 1 to see the traceback of unexpected errors.
 DEBUG_ENV = "BATCHRUN_DEBUG"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import os
 
+from batchrun.checks import check_api_key
 from batchrun.errors import InvalidInput, UsageError
 from batchrun.io.readers import InputBatch
-from batchrun.job import Job, check_api_key
+from batchrun.job import Job
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input

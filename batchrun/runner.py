@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from batchrun.budget import BudgetGate, recorded_cost
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
+from batchrun.checks import check_api_key
 from batchrun.errors import (
     BatchrunError,
     CheckpointError,
@@ -36,7 +37,7 @@ from batchrun.errors import (
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.io.readers import iter_batches
-from batchrun.job import Budget, Job, check_api_key
+from batchrun.job import Budget, Job
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Request

@@ -96,7 +96,7 @@ def main() -> None:
         )
         print(
             f"simulator: {stats['requests']:,} requests, {stats['ok']:,} fresh answers, "
-            f"{stats['replayed']:,} replayed for a known Idempotency-Key, billed twice {stats['billed_twice']}"
+            f"{stats['replayed']:,} replayed for a known Idempotency-Key, billed twice {stats['billed_twice']} ({stats['keys_billed_twice']} rows)"
         )
         print(
             f"bound: kills x concurrency = {kills * opts.concurrency}; rows counted as possibly charged twice: {summary['rows_possibly_charged_twice']}"

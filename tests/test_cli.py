@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from batchrun.cli import main, resume_command
-from batchrun.job import job_from_settings, resolve_settings
+from batchrun.settings import job_from_settings, resolve_settings
 from tests.conftest import write_jsonl
 
 UNREACHABLE = "http://127.0.0.1:9/v1"  # discard port: any request would fail loudly
@@ -240,7 +240,7 @@ def test_dry_run_lists_invalid_rows(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_every_run_flag_is_a_job_file_key() -> None:
     from batchrun.cli import run
-    from batchrun.job import SETTING_KEYS
+    from batchrun.settings import SETTING_KEYS
 
     names = {p.name for p in run.params if p.name not in ("job_file", "input_")} | {"input"}
     assert names == set(SETTING_KEYS)

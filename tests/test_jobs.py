@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.checks import check_api_key, check_base_url
 from batchrun.errors import UsageError
-from batchrun.job import check_api_key, check_base_url, job_from_settings, resolve_settings
 from batchrun.scan import scan_input
+from batchrun.settings import job_from_settings, resolve_settings
 
 JOBS = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.toml"))
 

@@ -76,6 +76,8 @@ class SimStats:
     replayed: int = 0
     #: Fresh 2xx answers for an Idempotency-Key that already had one: the row was billed twice.
     billed_twice: int = 0
+    #: Distinct Idempotency-Keys billed more than once (a row billed three times is one).
+    keys_billed_twice: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     in_flight: int = 0

@@ -41,6 +41,7 @@ class _Simulator:
             )
         )
         self.billed_keys: set[str] = set()
+        self.twice_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.prices = PriceTable.default()
         # Response ids: unique per simulator run, counting up.
@@ -145,6 +146,9 @@ class _Simulator:
         if key:
             if key in self.billed_keys:
                 st.billed_twice += 1
+                if key not in self.twice_keys:
+                    self.twice_keys.add(key)
+                    st.keys_billed_twice += 1
             else:
                 self.billed_keys.add(key)
         created = int(time.time())
@@ -204,6 +208,7 @@ class _Simulator:
         bodies: list[dict[str, Any]] | None = [] if self.stats.bodies is not None else None
         self.stats = SimStats(bodies=bodies)
         self.billed_keys.clear()
+        self.twice_keys.clear()
         self.replies.clear()
         self.faults.reset()
         return web.json_response({"reset": True})
