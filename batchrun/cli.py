@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import os
-import shlex
 import sys
 import traceback
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import pyarrow as pa
 
 from batchrun import __version__
-from batchrun.compare import compare_outputs
-from batchrun.compare_gates import Thresholds
-from batchrun.compare_html import render_html as compare_html
-from batchrun.compare_render import render_text as compare_text
-from batchrun.compare_render import to_json as compare_json
-from batchrun.errors import BatchrunError, Interrupted, InvalidInput, UsageError
-from batchrun.io.files import why_unwritable
-from batchrun.io.writers import write_text_atomically
+from batchrun.cli_common import (
+    DEBUG_ENV,
+    Stdout,
+    fail,
+    resume_command,
+    run_async,
+    say,
+    use_system_allocator,
+)
+from batchrun.cli_tools import compare, report, simulate
+from batchrun.errors import BatchrunError, Interrupted
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_COST_HEADER,
@@ -32,114 +29,9 @@ from batchrun.job import (
     Job,
 )
 from batchrun.plan import dry_run
-from batchrun.pricing import PriceTable
 from batchrun.progress import ProgressView
-from batchrun.report import build_report, render_html, render_text
 from batchrun.runner import run_job
 from batchrun.settings import job_from_settings, resolve_settings
-
-#: Set to 1 to see the traceback of unexpected errors.
-DEBUG_ENV = "BATCHRUN_DEBUG"
-
-T = TypeVar("T")
-
-
-#: ``asyncio`` runs on the standard library's event loop even where uvloop is installed.
-EVENT_LOOP_ENV = "BATCHRUN_EVENT_LOOP"
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed: its C transports cut the client's CPU per
-    request (measured in ``make bench``). ``BATCHRUN_EVENT_LOOP=asyncio`` opts out."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if os.environ.get(EVENT_LOOP_ENV, "").lower() != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
-
-
-def use_system_allocator() -> None:
-    """Give Arrow the C library's allocator unless ARROW_DEFAULT_MEMORY_POOL chooses one.
-
-    Arrow's default (mimalloc) keeps what it once held: reading a 1,000,000-row Parquet
-    input batch by batch left the process 45 MB larger than a 100,000-row one, against
-    14 MB with the system allocator (measured; see ``make bench``, scenario E)."""
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        pa.set_memory_pool(pa.system_memory_pool())
-
-
-class _Stdout:
-    """What the commands print on stdout. A closed stdout (``batchrun run … | head``) is no
-    failure of the run, whose exit code stays the run's; another write error (a full disk)
-    is said once on stderr. Either way the rest of stdout goes nowhere, and no traceback."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.error: str | None = None
-
-    def echo(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            click.echo(text)
-        except OSError as exc:
-            self.closed = True
-            _stdout_to_devnull()  # the interpreter's last flush must not fail again
-            if exc.errno != errno.EPIPE:
-                self.error = exc.strerror or str(exc)
-                _say(f"batchrun: cannot write to standard output: {self.error}")
-
-
-def _stdout_to_devnull() -> None:
-    try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(fd, sys.stdout.fileno())
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):  # no real descriptor (a test runner's buffer)
-        pass
-
-
-def _say(line: str) -> None:
-    """One line on stderr; a stderr that cannot take it is not worth a traceback."""
-    with contextlib.suppress(OSError):
-        click.echo(line, err=True)
-
-
-def _fail(error: BatchrunError, *, every_row: bool = False, resume: str | None = None) -> None:
-    """One clear line (and, for a dry run, every invalid row found), then the exit code."""
-    if isinstance(error, InvalidInput) and every_row:
-        for e in error.errors:
-            _say(f"batchrun: invalid: {e}")
-        shown = len(error.errors)
-        more = (
-            f" ({error.total_invalid - shown:,} more not listed)"
-            if error.total_invalid > shown
-            else ""
-        )
-        _say(f"batchrun: error: {error.total_invalid:,} invalid rows{more}; nothing was sent")
-    else:
-        # One line, whatever a library or a server put into the message.
-        _say(f"batchrun: error: {' '.join(str(error).splitlines())}")
-    if resume is not None:
-        _say(f"batchrun: to resume: {resume}")
-    sys.exit(error.exit_code)
-
-
-def resume_command(argv: list[str], restarted: bool) -> str:
-    """The command that resumes an interrupted run: the same one, without starting over
-    (which would throw away what this run recorded), whether --restart was a flag or a
-    job-file setting."""
-    args = [a for a in argv[1:] if a != "--restart"]
-    if restarted:
-        args.append("--no-restart")
-    return shlex.join(["batchrun", *args])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -298,7 +190,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     dry = bool(flags.get("dry_run"))
     use_system_allocator()
     job: Job | None = None
-    out = _Stdout()
+    out = Stdout()
     try:
         settings = resolve_settings(job_file, flags)
         dry = bool(settings.get("dry_run"))
@@ -320,12 +212,12 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
             if isinstance(exc, Interrupted) and job is not None
             else None
         )
-        _fail(exc, every_row=dry, resume=resume)
+        fail(exc, every_row=dry, resume=resume)
     except Exception:
         if os.environ.get(DEBUG_ENV):
             raise
-        _say(f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}")
-        _say(f"batchrun: set {DEBUG_ENV}=1 to see the traceback")
+        say(f"batchrun: unexpected error (a bug): {traceback.format_exc(limit=0).strip()}")
+        say(f"batchrun: set {DEBUG_ENV}=1 to see the traceback")
         sys.exit(1)
     view.close()
     for line in summary.lines():
@@ -335,300 +227,9 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     sys.exit(summary.exit_code)
 
 
-@main.command()
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--html",
-    "html_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a self-contained HTML page with charts.",
-)
-@click.option("--group-by", help="Accuracy per value of this column (graded outputs).")
-@click.option(
-    "--prices",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML price file merged over the bundled prices.",
-)
-def report(output: Path, html_path: Path | None, group_by: str | None, prices: Path | None) -> None:
-    """Summarize a finished (or partial) OUTPUT.parquet: counts, tokens, cost, latency."""
-    out = _Stdout()
-    try:
-        table = PriceTable.load(prices) if prices else PriceTable.default()
-        rep = build_report(output, prices=table, group_by=group_by)
-        out.echo(render_text(rep))
-        if html_path is not None:
-            try:
-                write_text_atomically(html_path, render_html(rep))
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot write the HTML report {html_path}: {why_unwritable(html_path, exc)}",
-                    hint="give --html a path in a folder you can write to",
-                ) from None
-            out.echo(f"HTML report: {html_path}")
-    except BatchrunError as exc:
-        _fail(exc)
-    if out.error is not None:
-        sys.exit(1)  # the report is what stdout was for
-
-
-@main.command()
-@click.argument("baseline", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("current", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--key", default="id", show_default=True, help="Column pairing the rows of the runs.")
-@click.option("--group-by", help="Accuracy per value of this column. [default: the job's group]")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the comparison as JSON.",
-)
-@click.option(
-    "--html",
-    "html_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a self-contained HTML page (deltas, chart per group, flipped rows).",
-)
-@click.option(
-    "--fail-if-accuracy-drops",
-    "accuracy_drop_points",
-    type=float,
-    metavar="POINTS",
-    help="Exit 3 if accuracy on the rows graded in both runs falls by more than POINTS "
-    "percentage points (2: from 80% to below 78%).",
-)
-@click.option(
-    "--fail-if-error-rate-above",
-    "error_rate_above",
-    type=float,
-    metavar="FRACTION",
-    help="Exit 3 if more than FRACTION of the current run's rows failed (0.02: 2%).",
-)
-@click.option(
-    "--fail-if-cost-rises",
-    "cost_rise",
-    type=float,
-    metavar="FRACTION",
-    help="Exit 3 if the cost rose by more than FRACTION of the baseline's (0.1: 10%); "
-    "the cost the API reported when both runs have one, else the estimate.",
-)
-@click.option("--force", is_flag=True, help="Compare outputs that look like two different jobs.")
-@click.option(
-    "--prices",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML price file merged over the bundled prices.",
-)
-def compare(
-    baseline: Path,
-    current: Path,
-    json_path: Path | None,
-    html_path: Path | None,
-    prices: Path | None,
-    **options: Any,
-) -> None:
-    """Compare two outputs of one job: BASELINE (last night's) and CURRENT (tonight's).
-
-    Rows are paired by --key. Accuracy (graded outputs) is compared on the rows graded in
-    both, with McNemar's exact test; the accuracy threshold is in percentage points, the
-    error-rate and cost thresholds are fractions.
-
-    \b
-    Exit codes: 0 no threshold passed; 3 a --fail-if-... threshold passed (one line says
-    which); 2 an unreadable output, outputs of different jobs (see --force), or a
-    threshold that cannot be checked; 1 unexpected error.
-    """
-    use_system_allocator()
-    gates = {k: options.pop(k) for k in ("accuracy_drop_points", "error_rate_above", "cost_rise")}
-    out = _Stdout()  # the exit code is the verdict, whatever became of stdout
-    try:
-        table = PriceTable.load(prices) if prices else PriceTable.default()
-        result = compare_outputs(
-            baseline, current, prices=table, thresholds=Thresholds(**gates), **options
-        )
-        out.echo(compare_text(result).rstrip("\n"))
-        for flag, path, text in (
-            ("--json", json_path, compare_json),
-            ("--html", html_path, compare_html),
-        ):
-            if path is not None:
-                try:
-                    write_text_atomically(path, text(result))
-                except OSError as exc:
-                    raise UsageError(
-                        f"cannot write {path}: {why_unwritable(path, exc)}",
-                        hint=f"give {flag} a path in a folder you can write to",
-                    ) from None
-    except BatchrunError as exc:
-        _fail(exc)
-    for reason in result.unchecked:
-        _say(f"batchrun: error: {reason}")
-    if result.failures:
-        _say(f"batchrun: regression: {'; '.join(result.failures)}")
-    sys.exit(result.exit_code)
-
-
-@main.command()
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
-)
-@click.option("--port", default=8089, show_default=True, type=int, help="Port (0 = any free port).")
-@click.option(
-    "--latency-ms",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Mean added latency per request.",
-)
-@click.option(
-    "--jitter-ms",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Uniform ± jitter around the mean latency.",
-)
-@click.option(
-    "--error-rate",
-    "error_500_rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction of requests answered 500.",
-)
-@click.option(
-    "--rate-429",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction answered 429 with Retry-After.",
-)
-@click.option(
-    "--rate-429-no-retry-after",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction answered 429 without Retry-After.",
-)
-@click.option(
-    "--retry-after",
-    "retry_after_s",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="Retry-After seconds on simulated 429s.",
-)
-@click.option(
-    "--rate-403",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction answered 403 out of credits (1 = all).",
-)
-@click.option(
-    "--drop-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction of connections dropped without an answer.",
-)
-@click.option(
-    "--rpm-limit", type=int, help="Requests per minute the simulator accepts; beyond it, 429s."
-)
-@click.option(
-    "--rpm-window",
-    "rpm_window_s",
-    default=10.0,
-    show_default=True,
-    type=float,
-    help="Seconds over which --rpm-limit is enforced.",
-)
-@click.option(
-    "--limit-retry-after/--no-limit-retry-after",
-    "limit_sends_retry_after",
-    default=True,
-    show_default=True,
-    help="Whether 429s from --rpm-limit carry Retry-After.",
-)
-@click.option("--ratelimit-headers", is_flag=True, help="Send x-ratelimit-* headers.")
-@click.option(
-    "--require-key-env",
-    help="Accept only the key held in this environment variable (default: any non-empty key).",
-)
-@click.option(
-    "--honor-idempotency",
-    is_flag=True,
-    help="Replay the stored answer for a repeated Idempotency-Key.",
-)
-@click.option(
-    "--stream-stall-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Fraction of streamed answers that stall mid-stream.",
-)
-@click.option(
-    "--cost-header",
-    help="Report each answer's cost (bundled list prices) in this response header, "
-    f"e.g. {DEFAULT_COST_HEADER}.",
-)
-@click.option(
-    "--reasoning-rate",
-    default=0.25,
-    show_default=True,
-    type=float,
-    help="Fraction of answers that carry reasoning_content (which ones: by prompt).",
-)
-@click.option(
-    "--answers-file",
-    type=click.Path(dir_okay=False),
-    help="Answer key: a JSONL/Parquet eval file; prompts found in it (messages or prompt) are "
-    "answered with their --answers-column value, or wrongly (see --correct-rate).",
-)
-@click.option(
-    "--answers-column", default="answer", show_default=True, help="Expected-answer column."
-)
-@click.option(
-    "--correct-rate",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="Fraction of keyed prompts answered correctly (which ones: by prompt and --answers-seed).",
-)
-@click.option(
-    "--answers-seed", default=0, show_default=True, type=int, help="Seed of --correct-rate."
-)
-@click.option(
-    "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
-)
-def simulate(
-    host: str, port: int, require_key_env: str | None, rpm_limit: int | None, **options: Any
-) -> None:
-    """Serve a local OpenAI-compatible simulator of the API on a loopback address.
-
-    Rehearse a job offline: point `batchrun run --base-url http://127.0.0.1:PORT/v1` at it.
-    """
-    from batchrun.simulate import SimConfig, serve
-
-    if not 0 <= port <= 65535:
-        _say(f"batchrun: error: --port must be from 0 to 65535 (0 = any free port), got {port}")
-        sys.exit(2)
-    api_key = os.environ.get(require_key_env) if require_key_env else None
-    if require_key_env and not api_key:
-        click.echo(f"batchrun: error: environment variable {require_key_env} is not set", err=True)
-        sys.exit(2)
-    try:
-        config = SimConfig(api_key=api_key, rpm_limit=rpm_limit, **options)
-        serve(
-            config,
-            host=host,
-            port=port,
-            ready=lambda url: click.echo(f"simulator listening on {url}", err=True),
-        )
-    except ValueError as exc:
-        click.echo(f"batchrun: error: {exc}", err=True)
-        sys.exit(2)
-    except (OSError, OverflowError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        _say(f"batchrun: error: cannot listen on {host}:{port}: {reason}")
-        sys.exit(2)
+main.add_command(report)
+main.add_command(compare)
+main.add_command(simulate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,8 +15,8 @@ from batchrun.compare_render import (
     tallies,
     verdict,
 )
-from batchrun.report import _CSS as REPORT_CSS
-from batchrun.report import _esc as esc
+from batchrun.report_render import CSS as REPORT_CSS
+from batchrun.report_render import esc
 
 #: Characters of a prompt or answer shown in a cell (the rest is cut, with an ellipsis).
 CELL_TEXT_MAX = 600

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator
 
 from batchrun.budget import BudgetGate, recorded_cost
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
-from batchrun.checks import check_api_key
+from batchrun.connect import ClientFactory, default_client, get_api_key
 from batchrun.errors import (
     BatchrunError,
     CheckpointError,
@@ -32,7 +30,6 @@ from batchrun.errors import (
     OutputNotWritten,
     RunStopped,
     SendFailed,
-    UsageError,
 )
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
@@ -41,7 +38,7 @@ from batchrun.job import Budget, Job
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Request
-from batchrun.send import ApiClient, ChatCompletions, CompletionClient, Limiter, Outcome, Pool
+from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
 from batchrun.sink import JournalWriter
 from batchrun.summarize import summarize
@@ -54,35 +51,9 @@ TICK_S = 10.0
 BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command to continue"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-#: Builds the run's client from (job, api_key); an async context manager.
-ClientFactory = Callable[[Job, str], AbstractAsyncContextManager[CompletionClient]]
-
-
-def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[CompletionClient]:
-    return ApiClient(
-        job.base_url,
-        api_key,
-        concurrency=job.limits.concurrency,
-        timeout_s=job.retry.timeout_s,
-        read_timeout_s=job.retry.read_timeout_s if job.params.stream else None,
-        cost_header=job.cost_header,
-        dialect=ChatCompletions(system_as_message=job.params.system_as_message),
-    )
-
 
 def _ignore(_: Event) -> None:
     pass
-
-
-def get_api_key(job: Job) -> str:
-    key = os.environ.get(job.api_key_env, "").strip()
-    if not key:
-        raise UsageError(
-            f"environment variable {job.api_key_env} is not set",
-            hint=f"export {job.api_key_env}=<your key> (the key is never a flag), or name another with --api-key-env",
-        )
-    check_api_key(key, job.api_key_env)
-    return key
 
 
 class _Run:

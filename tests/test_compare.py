@@ -16,14 +16,16 @@ import pytest
 from click.testing import CliRunner
 
 import batchrun.compare as compare_module
+import batchrun.mcnemar as mcnemar_module
 from batchrun.cli import main
-from batchrun.compare import RIGHT_TO_WRONG, WRONG_TO_RIGHT, compare_outputs, mcnemar_exact
+from batchrun.compare import RIGHT_TO_WRONG, WRONG_TO_RIGHT, compare_outputs
 from batchrun.compare_gates import Thresholds
 from batchrun.compare_html import render_html
 from batchrun.compare_read import ColumnWindow
 from batchrun.compare_render import render_text, to_json
 from batchrun.errors import UsageError
 from batchrun.io.writers import RESULT_FIELDS, output_schema
+from batchrun.mcnemar import mcnemar_exact
 from batchrun.simulate.graded import AnswerKey
 from tests.conftest import ROOT, run_cli, write_jsonl
 
@@ -124,7 +126,7 @@ def test_mcnemar_exact_matches_hand_sums() -> None:
 
 def test_mcnemar_log_space_path_agrees_with_the_exact_one(monkeypatch: pytest.MonkeyPatch) -> None:
     exact = [mcnemar_exact(b, c) for b, c in ((10, 2), (20, 5), (300, 240), (5, 5))]
-    monkeypatch.setattr(compare_module, "_EXACT_MAX", 0)
+    monkeypatch.setattr(mcnemar_module, "_EXACT_MAX", 0)
     logged = [mcnemar_exact(b, c) for b, c in ((10, 2), (20, 5), (300, 240), (5, 5))]
     assert logged == pytest.approx(exact, rel=1e-9)
     # n = 40,000: close to the normal approximation with continuity correction (p ≈ 0.00275).

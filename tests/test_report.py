@@ -18,7 +18,8 @@ import pytest
 from batchrun.errors import UsageError
 from batchrun.io.writers import RESULT_FIELDS, output_schema
 from batchrun.pricing import PriceTable
-from batchrun.report import Report, build_report, render_html, render_text
+from batchrun.report import Report, build_report
+from batchrun.report_render import render_html, render_text
 
 INPUT = pa.schema([("prompt", pa.string())])
 START = datetime(2026, 11, 3, 2, 0, 0, tzinfo=UTC)
