@@ -85,6 +85,8 @@ class Report:
     #: Sum of the costs the server reported; None when no row has one.
     reported_cost_usd: float | None
     rows_cost_reported: int
+    #: Rows whose answer carried the model's reasoning (schema 3; 0 in older files).
+    rows_with_reasoning: int
     latency_ms: dict[str, float | None]  # p50 p90 p95 p99 (linear interpolation) and max
     latency_histogram: Histogram  # edges in ms
     throughput: Histogram  # rows finished per bucket; edges in ms since the Unix epoch
@@ -138,6 +140,17 @@ def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, type_))
     return table, version.decode()
+
+
+def _non_null(path: Path, column: str) -> int:
+    """Non-null values of a column, read batch by batch (reasoning texts can be long); 0 if
+    the file has no such column (older schema versions)."""
+    f = pq.ParquetFile(path)
+    if column not in f.schema_arrow.names:
+        return 0
+    return sum(
+        len(b) - b.column(0).null_count for b in f.iter_batches(columns=[column], batch_size=65536)
+    )
 
 
 def _tally(col: Any, null_label: str | None) -> dict[str, int]:
@@ -263,6 +276,7 @@ def build_report(
         cost_by_model=costs,
         reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
         rows_cost_reported=len(reported),
+        rows_with_reasoning=_non_null(Path(path), "reasoning_content"),
         latency_ms=lat,
         latency_histogram=_histogram(latency, 20, 0.1),
         # Timestamps have ms resolution: no bucket narrower than 1 ms.

@@ -534,3 +534,27 @@ def test_schema_1_output_without_a_reported_cost_column(tmp_path: Path) -> None:
     assert report.schema_version == "1"
     assert report.reported_cost_usd is None and report.rows_cost_reported == 0
     assert report.rows == 30
+
+
+def test_rows_with_reasoning_are_counted_and_shown(tmp_path: Path) -> None:
+    rows = make_rows(40)
+    for i, r in enumerate(rows):
+        r["reasoning_content"] = f"because {i}" if r["status"] == "ok" and i % 4 == 0 else None
+    report = build_report(write(tmp_path / "v3.parquet", rows))
+    expected = sum(1 for r in rows if r["reasoning_content"] is not None)
+    assert expected > 0 and report.rows_with_reasoning == expected
+    _, parsed = parse(report)
+    assert int(parsed.value("rows-reasoning")) == expected
+    assert f"rows with reasoning {expected}" in " ".join(render_text(report).split())
+
+
+def test_schema_2_output_has_no_reasoning(tmp_path: Path) -> None:
+    old = pa.schema(
+        [f for f in schema() if f.name != "reasoning_content"],
+        metadata={**(schema().metadata or {}), b"batchrun.schema_version": b"2"},
+    )
+    rows = make_rows(20)
+    for r in rows:
+        del r["reasoning_content"]
+    report = build_report(write(tmp_path / "v2.parquet", rows, old))
+    assert report.schema_version == "2" and report.rows_with_reasoning == 0
