@@ -305,6 +305,8 @@ def main() -> None:
     def want(s: str) -> bool:
         return not only or s in only
 
+    # Other work on the machine moves every wall-clock figure: say how busy it was.
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="batchrun-bench-") as d:
         tmp = Path(d)
         if want("A"):
@@ -435,7 +437,8 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"server pinned to core {SERVER_CPU}, client to core {CLIENT_CPU}: {TWO_CORES}. {'Quick run.' if q else 'Full run.'} "
-        f"Commit {_commit()}.",
+        f"Commit {_commit()}. Load average (1 min) {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (the benchmark itself accounts for about 2).",
         "",
         "rows/s is end to end (process start to exit: start-up, validation pass, sending, "
         "writing the output); 'while sending' counts from the first request to the last answer. "
