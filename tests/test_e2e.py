@@ -313,7 +313,11 @@ def test_a_signal_writes_partial_output_and_rerun_completes(
         [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--concurrency", "8"],
         cwd=ROOT, env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1.5)
+    # Signal once rows are being answered, not after a fixed sleep: on a loaded machine
+    # the process may still be importing (no handler yet) when a fixed delay runs out.
+    deadline = time.monotonic() + 20
+    while sim.stats.ok < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == code, stderr
