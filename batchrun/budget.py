@@ -1,5 +1,9 @@
 """Spending caps: ``--max-cost`` (USD) and ``--max-tokens-total``, over the whole output.
 
+Spend is what the API reported for a row where it did (the gateway's cost headers or its
+stream's ``meta.usage``), the estimate from tokens and list prices otherwise; a request in
+flight is held at its estimated worst case.
+
 Before a request starts, its worst case (prompt estimate + ``max_tokens``) is reserved; the
 request is not started if spent + reserved + worst case would cross a cap. When the row
 finishes, its reservation is replaced by what it really used. So the run stops *before* a
@@ -28,6 +32,32 @@ def recorded_cost(
     for model, prompt, completion in ckpt.db.execute(
         "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
         " WHERE position < ? GROUP BY model",
+        (below,),
+    ):
+        if not (prompt or completion):
+            continue
+        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
+        if cost is None:
+            cost = prices.cost(default_model, prompt or 0, completion or 0)
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def recorded_spend(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+) -> float | None:
+    """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
+    reported where it did, the estimate from tokens for the other rows. None when such a
+    row's model has no price."""
+    reported = ckpt.db.execute(
+        "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
+    ).fetchone()[0]
+    total = float(reported or 0.0)
+    for model, prompt, completion in ckpt.db.execute(
+        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
+        " WHERE position < ? AND reported_cost_usd IS NULL GROUP BY model",
         (below,),
     ):
         if not (prompt or completion):
@@ -112,10 +142,12 @@ class BudgetGate:
         answered: bool,
         prompt_tokens: int | None,
         completion_tokens: int | None,
+        reported_usd: float | None = None,
     ) -> None:
         """Replace a reservation by what the request really used: nothing if it failed,
         the reported usage if answered, the worst case if answered without usage (an
-        answer was paid for, and nothing says how much)."""
+        answer was paid for, and nothing says how much). The cost is the one the API
+        reported (``reported_usd``) when it did, else the estimate from the tokens."""
         usd, tokens = self._worst(prompt_estimate, max_tokens)
         self.reserved_usd -= usd
         self.reserved_tokens -= tokens
@@ -126,5 +158,7 @@ class BudgetGate:
         else:
             p, c = prompt_tokens or 0, completion_tokens or 0
         self.spent_tokens += p + c
-        if self.price is not None:
+        if reported_usd is not None:
+            self.spent_usd += reported_usd
+        elif self.price is not None:
             self.spent_usd += self.price.cost(p, c)

@@ -32,17 +32,19 @@ from batchrun.errors import BatchrunError, CheckpointError, UsageError
 from batchrun.io.files import open_regular, regular_file, why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "4"
+JOURNAL_VERSION = "5"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
-#: added reported_cost_usd, 4 reasoning_content. 3 counts each in-flight mark once as
+#: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
+#: credits_used. 3 counts each in-flight mark once as
 #: possibly charged twice.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),
     "2": (_ADD_COUNTED,),
     "3": (),
+    "4": (),
 }
 
 _SCHEMA = f"""
@@ -307,7 +309,7 @@ class Checkpoint:
         row = db.execute(
             "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
             " sum(completion_tokens), sum(total_tokens), sum(attempts), sum(reported_cost_usd),"
-            " count(reported_cost_usd) FROM results WHERE position < ?",
+            " count(reported_cost_usd), sum(credits_used) FROM results WHERE position < ?",
             (below,),
         ).fetchone()
         errors = dict(
@@ -333,6 +335,7 @@ class Checkpoint:
             "attempts": row[6] or 0,
             "reported_cost_usd": row[7],
             "rows_cost_reported": row[8] or 0,
+            "credits_used": row[9],
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }

@@ -36,6 +36,7 @@ _COLUMNS = {
     "latency_ms": pa.float64(),
     "finished_at": pa.timestamp("ms", tz="UTC"),
     "reported_cost_usd": pa.float64(),
+    "credits_used": pa.int64(),
 }
 # Throughput bucket widths above one second that a reader of clocks recognises (ms).
 _DAY_MS = 86_400_000
@@ -85,6 +86,8 @@ class Report:
     #: Sum of the costs the server reported; None when no row has one.
     reported_cost_usd: float | None
     rows_cost_reported: int
+    #: Credits the gateway reported (schema 4); None when no row has them.
+    credits_used: int | None
     #: Rows whose answer carried the model's reasoning (schema 3; 0 in older files).
     rows_with_reasoning: int
     latency_ms: dict[str, float | None]  # p50 p90 p95 p99 (linear interpolation) and max
@@ -276,6 +279,9 @@ def build_report(
         cost_by_model=costs,
         reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
         rows_cost_reported=len(reported),
+        credits_used=_sum(table.column("credits_used"))
+        if table.column("credits_used").null_count < table.num_rows
+        else None,
         rows_with_reasoning=_non_null(Path(path), "reasoning_content"),
         latency_ms=lat,
         latency_histogram=_histogram(latency, 20, 0.1),

@@ -77,6 +77,10 @@ def _sections(r: Report) -> list[_Section]:
         ("estimated cost (USD, list prices)", [_usd("cost-total", r.estimated_cost_usd)]),
         ("cost reported by the API (USD)", [_usd("cost-reported", r.reported_cost_usd)]),
         ("rows with a reported cost", [_int("cost-reported-rows", r.rows_cost_reported)]),
+        (
+            "credits reported by the API",
+            [("credits-reported", r.credits_used, _num(r.credits_used, ",d"))],
+        ),
         ("rows with reasoning", [_int("rows-reasoning", r.rows_with_reasoning)]),
         ("first finished (UTC)", [_when("wall-first", r.first_finished_at)]),
         ("last finished (UTC)", [_when("wall-last", r.last_finished_at)]),

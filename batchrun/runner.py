@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
-from batchrun.budget import BudgetGate, recorded_cost
+from batchrun.budget import BudgetGate, recorded_spend
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
@@ -30,11 +30,13 @@ from batchrun.errors import (
     OutputNotWritten,
     RunStopped,
     SendFailed,
+    UsageError,
 )
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.io.readers import iter_batches
 from batchrun.job import Budget, Job
+from batchrun.modelcheck import check_model
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Request
@@ -197,6 +199,7 @@ class _Run:
                 answered,
                 result.prompt_tokens if result else None,
                 result.completion_tokens if result else None,
+                result.reported_cost_usd if result else None,
             )
         if outcome.stop is not None:
             self.stop(
@@ -260,18 +263,32 @@ class _Run:
             await gate.settled.wait()
 
     async def send(self, prep: Prepared) -> None:
-        self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
-        writer.start()
-        self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
-        try:
-            async with self.client_factory(self.job, self.api_key) as client:
+        async with self.client_factory(self.job, self.api_key) as client:
+            if self.job.model_check:
+                await self.check_model(client, prep)
+            self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
+            writer.start()
+            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
+            try:
                 sender = RowSender(client, self.limiter, self.job.retry, self, prep.inflight_keys)
                 async with contextlib.aclosing(self.requests(prep)) as requests:
                     await self.pool.run(requests, sender.send, self.on_outcome)
-        finally:
-            if self._ticker is not None:
-                self._ticker.cancel()
-            await writer.close()
+            finally:
+                if self._ticker is not None:
+                    self._ticker.cancel()
+                await writer.close()
+
+    async def check_model(self, client: object, prep: Prepared) -> None:
+        """Is the model served? (Before the first chat request.) A refusal of a job that
+        recorded nothing yet leaves no journal: the corrected command starts afresh."""
+        try:
+            warning = await check_model(self.job, client)
+        except UsageError:
+            if not prep.resumed and not prep.inflight_keys and not self.ckpt.done_count():
+                self.ckpt.discard()
+            raise
+        if warning is not None:
+            self.emit(Event("notice", self.progress, message=warning))
 
     def tick(self) -> None:
         """A heartbeat while sending, so a display off a terminal shows a run whose
@@ -298,7 +315,7 @@ class _Run:
                 job.budget,
                 self.prices.get(job.params.model),
                 model=job.params.model,
-                spent_usd=recorded_cost(ckpt, self.prices, job.params.model, total) or 0.0,
+                spent_usd=recorded_spend(ckpt, self.prices, job.params.model, total) or 0.0,
                 spent_tokens=ckpt.aggregate(total)["total_tokens"],
             )
             if (

@@ -3,7 +3,7 @@ latency from the output file, accuracy when graded."""
 
 from __future__ import annotations
 
-from batchrun.budget import recorded_cost
+from batchrun.budget import recorded_cost, recorded_spend
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Progress
 from batchrun.grading import accuracy
@@ -51,6 +51,8 @@ def summarize(
         estimated_cost_usd=_round(recorded_cost(ckpt, prices, job.params.model, total)),
         reported_cost_usd=_round(agg["reported_cost_usd"]),
         rows_cost_reported=agg["rows_cost_reported"],
+        credits_used=agg["credits_used"],
+        spent_usd=_round(recorded_spend(ckpt, prices, job.params.model, total)),
     )
     grading = job.grading
     if grading is not None and output.exists():

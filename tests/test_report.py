@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.errors import UsageError
-from batchrun.io.writers import RESULT_FIELDS, output_schema
+from batchrun.io.writers import RESULT_FIELDS, SCHEMA_VERSION, output_schema
 from batchrun.pricing import PriceTable
 from batchrun.report import Report, build_report
 from batchrun.report_render import render_html, render_text
@@ -210,7 +210,7 @@ def test_counts_tokens_cost_latency(full: tuple[Path, list[dict[str, Any]]]) -> 
     assert 0 < len(reported) < len(ok)
     assert report.reported_cost_usd == pytest.approx(sum(reported))
     assert report.rows_cost_reported == len(reported)
-    assert report.schema_version == "3"
+    assert report.schema_version == SCHEMA_VERSION
     assert report.first_finished_at == rows[0]["finished_at"]
     assert report.last_finished_at == rows[-1]["finished_at"]
     span = (rows[-1]["finished_at"] - rows[0]["finished_at"]).total_seconds()
@@ -306,7 +306,7 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert float(parsed.value("latency-p50")) == pytest.approx(percentile(latencies, 50))
     assert float(parsed.value("latency-p99")) == pytest.approx(percentile(latencies, 99))
     assert float(parsed.value("latency-max")) == max(latencies)
-    assert parsed.value("schema-version") == "3"
+    assert parsed.value("schema-version") == SCHEMA_VERSION
     reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
     assert float(parsed.value("cost-reported")) == pytest.approx(sum(reported))
     assert int(parsed.value("cost-reported-rows")) == len(reported)

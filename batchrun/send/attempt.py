@@ -141,6 +141,7 @@ class RowSender:
                 attempts=row.attempts,
                 latency_ms=row.latency_ms,
                 finished_at=time.time(),
+                client_request_id=request.client_request_id,
             )
         finally:
             row.release()
@@ -169,6 +170,8 @@ class RowSender:
                 attempts=n,
                 latency_ms=row.latency_ms,
                 finished_at=time.time(),
+                client_request_id=request.client_request_id,
+                inference_id=exc.inference_id,
             )
         self.limiter.after_send(request.estimated_tokens, completion.total_tokens)
         self.limiter.on_success()
@@ -179,6 +182,7 @@ class RowSender:
             attempts=row.attempts,
             latency_ms=row.latency_ms or 0.0,
             finished_at=time.time(),
+            client_request_id=request.client_request_id,
         )
 
     def on_failure(self, exc: SendFailed) -> None:
