@@ -177,9 +177,7 @@ class RequestBuilder:
             max_tokens=self.job.params.max_tokens,
             prompt_tokens=estimate_prompt_tokens(chars + self._system_chars) + image_tokens,
             images=images,
-            client_request_id=client_request_id(
-                self.trace_tag, self.row_id(row, position, where)
-            ),
+            client_request_id=client_request_id(self.trace_tag, self.row_id(row, position, where)),
         )
 
     def _images(self, row: dict[str, Any], where: Where) -> tuple[tuple[Any, ...], int]:

@@ -261,6 +261,25 @@ def compare(
     f"e.g. {DEFAULT_COST_HEADER}.",
 )
 @click.option(
+    "--gateway-cost/--no-gateway-cost",
+    default=True,
+    show_default=True,
+    help="Report spend as the gateway does: x-aimlapi-usd-spent and x-aimlapi-credits-used "
+    "headers, a final meta.usage event on streams.",
+)
+@click.option(
+    "--strict/--no-strict",
+    default=True,
+    show_default=True,
+    help="Refuse body fields a Claude model's schema lacks (400 Body validation error!).",
+)
+@click.option(
+    "--models",
+    "models_list",
+    help="Comma-separated names GET /v1/models lists ('' answers 404). [default: the seed's "
+    "four claude-3-opus aliases and a few others]",
+)
+@click.option(
     "--reasoning-rate",
     default=0.25,
     show_default=True,
@@ -290,7 +309,12 @@ def compare(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
 def simulate(
-    host: str, port: int, require_key_env: str | None, rpm_limit: int | None, **options: Any
+    host: str,
+    port: int,
+    require_key_env: str | None,
+    rpm_limit: int | None,
+    models_list: str | None,
+    **options: Any,
 ) -> None:
     """Serve a local OpenAI-compatible simulator of the API on a loopback address.
 
@@ -305,6 +329,9 @@ def simulate(
     if require_key_env and not api_key:
         click.echo(f"batchrun: error: environment variable {require_key_env} is not set", err=True)
         sys.exit(2)
+    if models_list is not None:
+        names = tuple(m.strip() for m in models_list.split(",") if m.strip())
+        options["models"] = names or None
     try:
         config = SimConfig(api_key=api_key, rpm_limit=rpm_limit, **options)
         serve(

@@ -7,7 +7,7 @@ validation pass checks each one without reading it whole: a file must exist and 
 readable, its media type (from the bytes, never the name) one of JPEG, PNG, GIF and WebP,
 its size within the provider's limit. A URL is only checked for its form here: it is
 fetched when its row is sent (:mod:`batchrun.send.images`). Image tokens are estimated
-from the dimensions in the header, as Anthropic counts them (width × height / 750, at most
+from the dimensions in the header, as Anthropic counts them (width * height / 750, at most
 about 1,600 a picture), or at that most when the dimensions are not known.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 
+from batchrun.checkpoint import Checkpoint
 from batchrun.errors import SendFailed, UsageError
 from batchrun.job import Job
 
@@ -34,7 +35,7 @@ def family(name: str) -> str:
 
 
 def retired_note(model: str) -> str | None:
-    """"Anthropic retired X on D" for the model or a dated snapshot of its family."""
+    """ "Anthropic retired X on D" for the model or a dated snapshot of its family."""
     fam = family(model)
     for name, when in RETIRED.items():
         if name == model.rsplit("/", 1)[-1] or family(name) == fam:
@@ -83,3 +84,17 @@ async def check_model(job: Job, client: object) -> str | None:
     if not listed or job.params.model in listed:
         return None
     raise not_served(job, listed)
+
+
+async def check_model_before_send(
+    job: Job, client: object, ckpt: Checkpoint, fresh: bool
+) -> str | None:
+    """The check as a run makes it, before its first chat request. A refusal of a job that
+    recorded nothing yet (``fresh``) discards its new journal: the corrected command then
+    starts afresh instead of meeting "the job changed". Returns the warning, if any."""
+    try:
+        return await check_model(job, client)
+    except UsageError:
+        if fresh and not ckpt.done_count():
+            ckpt.discard()
+        raise

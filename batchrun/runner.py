@@ -30,13 +30,12 @@ from batchrun.errors import (
     OutputNotWritten,
     RunStopped,
     SendFailed,
-    UsageError,
 )
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.io.readers import iter_batches
 from batchrun.job import Budget, Job
-from batchrun.modelcheck import check_model
+from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.records import OK, Request
@@ -265,7 +264,9 @@ class _Run:
     async def send(self, prep: Prepared) -> None:
         async with self.client_factory(self.job, self.api_key) as client:
             if self.job.model_check:
-                await self.check_model(client, prep)
+                fresh = not prep.resumed and not prep.inflight_keys
+                if warning := await check_model_before_send(self.job, client, self.ckpt, fresh):
+                    self.emit(Event("warning", self.progress, message=warning))
             self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
             writer.start()
             self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
@@ -278,21 +279,8 @@ class _Run:
                     self._ticker.cancel()
                 await writer.close()
 
-    async def check_model(self, client: object, prep: Prepared) -> None:
-        """Is the model served? (Before the first chat request.) A refusal of a job that
-        recorded nothing yet leaves no journal: the corrected command starts afresh."""
-        try:
-            warning = await check_model(self.job, client)
-        except UsageError:
-            if not prep.resumed and not prep.inflight_keys and not self.ckpt.done_count():
-                self.ckpt.discard()
-            raise
-        if warning is not None:
-            self.emit(Event("notice", self.progress, message=warning))
-
     def tick(self) -> None:
-        """A heartbeat while sending, so a display off a terminal shows a run whose
-        answers do not come (what is in flight, and for how long)."""
+        """A heartbeat while sending (a display off a terminal shows stalled answers)."""
         self.emit(Event("tick", self.progress))
         self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
 

@@ -113,7 +113,9 @@ class ApiClient:
                 exc.inference_id = self._clean_id(inference_id)
                 raise self._redacted(exc) from None
             except EmbeddedError as exc:
-                raise self._failed(exc.status, exc.message, exc.request_id, inference_id, {})
+                raise self._failed(
+                    exc.status, exc.message, exc.request_id, inference_id, {}
+                ) from None
             # A header wins over a stream's meta event (a proxy may add its own).
             reported = spend.from_headers(reply.headers, self._cost_header)
             if reported.usd is not None:

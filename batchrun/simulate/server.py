@@ -19,9 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from batchrun.pricing import PriceTable
-from batchrun.simulate.answers import Answer, answer_for
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
+from batchrun.simulate.answers import Answer, answer_for
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
@@ -257,7 +257,9 @@ class _Simulator:
         self.stats.model_lists += 1
         listed = self.config.models
         if listed is None:
-            return web.json_response(error_body(404, "Cannot GET /v1/models", "/v1/models"), status=404)
+            return web.json_response(
+                error_body(404, "Cannot GET /v1/models", "/v1/models"), status=404
+            )
         data = {"object": "list", "data": [{"id": m, "object": "model"} for m in listed]}
         return web.json_response(data)
 

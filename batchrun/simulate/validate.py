@@ -127,7 +127,11 @@ def _part_problem(part: Any, claude: bool) -> str | None:
         return _data_problem(source.get("data"), media)
     if kind != "image_url":
         return f"type {kind!r} is not one of text, image_url"
-    url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+    url = (
+        (part.get("image_url") or {}).get("url")
+        if isinstance(part.get("image_url"), dict)
+        else None
+    )
     if not isinstance(url, str):
         return "image_url.url must be a string"
     if url.startswith("data:"):
