@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench import compare_bench
+from bench import compare_bench, image_bench
 
 HERE = Path(__file__).resolve().parent
 TWO_CORES = (os.cpu_count() or 1) >= 2
@@ -430,6 +430,8 @@ def main() -> None:
                     f"- E {n:,} rows: rerun of the finished output: exit {rerun.exit_code}, "
                     f"{rerun.wall_s:.2f} s wall, requests the simulator received: {served}."
                 )
+        if want("H"):  # images and peak memory (bench/image_bench.py)
+            extra += image_bench.scenario(tmp, 2_000 if q else 10_000)
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
     lines = [
