@@ -102,6 +102,9 @@ def test_a_strict_refusal_is_an_error_row_with_the_gateways_request_id(
 # --- images -------------------------------------------------------------------------------
 
 
+servers: list[http.server.ThreadingHTTPServer] = []
+
+
 @pytest.fixture
 def image_server(tmp_path: Path) -> Iterator[str]:
     """A local http server for image URLs (serves tmp_path/www)."""
@@ -112,8 +115,16 @@ def image_server(tmp_path: Path) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def do_GET(self) -> None:
+            # The API key goes to the API only: an image host must never see it.
+            assert "Authorization" not in self.headers
+            self.server.fetched += 1  # type: ignore[attr-defined]
+            super().do_GET()
+
     handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.fetched = 0  # type: ignore[attr-defined]
+    servers.append(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -171,6 +182,7 @@ def test_300_rows_of_images_for_claude_and_for_another_model(
     proc = _run(src, tmp_path / "claude.parquet", claude.url, *flags)
     assert proc.returncode == 0, proc.stderr
     assert len(claude.stats.bodies) == 300
+    assert servers[-1].fetched == 100  # each URL fetched once, without the key
     for b in claude.stats.bodies:
         i = int(b["body"]["messages"][-1]["content"][-1]["text"].split()[-1])
         (block,) = _images_of(b["body"])
@@ -191,6 +203,7 @@ def test_300_rows_of_images_for_claude_and_for_another_model(
             assert url.startswith(image_server) and url.endswith(f"/{i}.{media.split('/')[1]}")
         else:
             assert url == f"data:{media};base64,{base64.b64encode(data).decode()}"
+    assert servers[-1].fetched == 100  # not fetched again for gpt-4o
     # The output keeps the reference, never the bytes it read.
     t = pq.read_table(tmp_path / "claude.parquet")
     assert t.column("path").to_pylist()[0] == "imgs/0.png"

@@ -398,3 +398,21 @@ def test_aliases_are_one_model_and_retirements_are_named() -> None:
     )
     assert retired_note("gpt-4o") is None
     assert math.isfinite(len(closest("zzz", listed)))
+
+
+def test_a_hostile_model_list_is_bounded_and_redacted() -> None:
+    async def main(payload: Any, status: int = 200) -> Any:
+        with aioresponses() as mocked:
+            mocked.get(f"{BASE}/models", payload=payload, status=status)
+            async with ApiClient(BASE, KEY, concurrency=1, timeout_s=5) as client:
+                try:
+                    return await client.list_models()
+                except SendFailed as exc:
+                    return exc
+
+    names = asyncio.run(main({"data": [{"id": f"m-{KEY}"}, {"id": "x" * 1000}, {"id": 5}, "s"]}))
+    assert len(names) == 2 and all(KEY not in n and len(n) <= 201 for n in names)
+    bad = asyncio.run(main({"models": []}))
+    assert isinstance(bad, SendFailed) and "not {data: [{id}]}" in bad.message
+    refused = asyncio.run(main({"message": f"no {KEY}"}, 500))
+    assert isinstance(refused, SendFailed) and KEY not in refused.message

@@ -68,7 +68,9 @@ class ImageLoader:
             try:
                 out.append(await self._one(ref, inline_urls, limit))
             except ImageProblem as exc:
-                raise RowFailed(IMAGE_ERROR, self._redact.clean(str(exc), _TEXT_MAX)) from None
+                # Found before the request left: nothing was sent, nothing can be billed.
+                message = self._redact.clean(str(exc), _TEXT_MAX)
+                raise RowFailed(IMAGE_ERROR, message, sent=False) from None
         return out
 
     async def _one(self, ref: ImageRef, inline_urls: bool, limit: int) -> LoadedImage:
