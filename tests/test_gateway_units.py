@@ -220,7 +220,6 @@ def test_a_gateway_error_body_keeps_its_message_and_request_id() -> None:
     )
     assert isinstance(exc, RowFailed) and exc.error_type == "bad_request"
     assert "Body validation error!" in exc.message
-    assert "requestId 8b1f2c3d-aaaa-bbbb-cccc-000000000001" in exc.message
     assert exc.request_id == body["requestId"] and exc.inference_id == "inf-9"
 
 
@@ -228,7 +227,7 @@ def test_an_error_body_sent_with_201_and_a_string_status_code_is_an_error() -> N
     body = {"message": ["max_tokens must be > 0"], "statusCode": "422", "requestId": "r-7"}
     exc, _ = _run_client(lambda m: m.post(URL, payload=body, status=201), _request())
     assert isinstance(exc, RowFailed) and exc.status == 422 and exc.error_type == "unprocessable"
-    assert "max_tokens must be > 0" in exc.message and "requestId r-7" in exc.message
+    assert "max_tokens must be > 0" in exc.message and exc.request_id == "r-7"
 
 
 def test_the_streams_meta_usage_event_is_the_spend() -> None:

@@ -162,6 +162,8 @@ class RowSender:
         except (Retryable, RowFailed) as exc:
             n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
+            if exc.request_id is not None:  # what the gateway's support asks for
+                message += f" (requestId {exc.request_id})"
             self.hooks.failed_for_good(exc.error_type, exc.message)
             return RowResult.failure(
                 request.position,

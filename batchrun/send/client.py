@@ -170,15 +170,14 @@ class ApiClient:
     ) -> SendFailed:
         """The failure for an error answer; the error row keeps the message and the
         server's request id (the gateway's ``requestId``: what its support asks for)."""
-        text = self.redact.clean(f"HTTP {status}: {message}", TEXT_MAX)
-        if request_id is not None:
-            text += f" (requestId {self.redact.clean(request_id, 128)})"
+        # The request id stays out of the message: the same error on row after row must
+        # read the same (it stops the run); the error row adds it (see attempt.py).
         exc = classify_status(status)(
             error_type_for_status(status),
-            text,
+            self.redact.clean(f"HTTP {status}: {message}", TEXT_MAX),
             status=status,
             retry_after_s=parse_retry_after(headers),
-            request_id=request_id,
+            request_id=self._clean_id(request_id),
         )
         exc.inference_id = self._clean_id(inference_id)
         return exc
