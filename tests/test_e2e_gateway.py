@@ -60,6 +60,7 @@ def test_2000_rows_spend_sums_and_every_row_is_traceable(
     assert summary["credits_used"] == st.credits_used
     assert summary["reported_cost_usd"] == pytest.approx(st.usd_spent)
     assert summary["estimated_cost_usd"] is not None
+    assert summary["spent_usd"] == pytest.approx(st.usd_spent)  # every row reported its spend
     assert "cost: reported $" in proc.stdout and "estimated $" in proc.stdout
 
 
@@ -77,6 +78,24 @@ def test_a_retried_row_keeps_its_client_request_id(tmp_path: Path, sim_factory: 
     assert any(r["attempts"] > 1 for r in t)
     for r in t:  # every attempt of a row went under the row's one id
         assert by_cid[r["client_request_id"]] == r["attempts"]
+
+
+def test_a_resumed_job_names_its_rows_as_the_first_run_did(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(record_bodies=True)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(30)])
+    out = tmp_path / "out.parquet"
+    assert _run(src, out, sim.url, "--limit", "10").returncode == 0
+    assert _run(src, out, sim.url).returncode == 0  # a second process resumes the job
+    cids = pq.read_table(out, columns=["client_request_id"]).column(0).to_pylist()
+    (tag,) = {c.split(":")[1] for c in cids}
+    assert cids == [f"br:{tag}:i{i}" for i in range(30)]
+    assert [b["headers"]["X-Client-Request-Id"] for b in sim.stats.bodies] == cids
+    # Another output is another job: other ids for the same rows.
+    other = tmp_path / "other.parquet"
+    assert _run(src, other, sim.url, "--limit", "1").returncode == 0
+    assert pq.read_table(other).column("client_request_id")[0].as_py() != cids[0]
 
 
 def test_a_strict_refusal_is_an_error_row_with_the_gateways_request_id(

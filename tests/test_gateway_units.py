@@ -415,3 +415,19 @@ def test_a_hostile_model_list_is_bounded_and_redacted() -> None:
     assert isinstance(bad, SendFailed) and "not {data: [{id}]}" in bad.message
     refused = asyncio.run(main({"message": f"no {KEY}"}, 500))
     assert isinstance(refused, SendFailed) and KEY not in refused.message
+
+
+def test_the_budget_counts_reported_spend_where_there_is_one() -> None:
+    from batchrun.budget import BudgetGate
+    from batchrun.job import Budget
+    from batchrun.pricing import Price
+
+    gate = BudgetGate(
+        Budget(max_cost_usd=1.0), Price(1_000_000.0, 0.0), model="m", spent_usd=0, spent_tokens=0
+    )
+    assert gate.admit(0, 0) is None
+    gate.settle(0, 0, True, 10, 0, reported_usd=0.25)  # the estimate would say $10
+    assert gate.spent_usd == 0.25
+    assert gate.admit(0, 0) is None
+    gate.settle(0, 0, True, 0, 0)  # nothing reported: the estimate ($0 here)
+    assert gate.spent_usd == 0.25
