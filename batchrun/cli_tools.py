@@ -22,8 +22,9 @@ from batchrun.job import (
     DEFAULT_COST_HEADER,
 )
 from batchrun.pricing import PriceTable
-from batchrun.report import build_report
-from batchrun.report_render import render_html, render_text
+from batchrun.report import build_report, recorded_group_by
+from batchrun.report_html import render_html
+from batchrun.report_render import render_text
 
 
 @click.command()
@@ -34,7 +35,10 @@ from batchrun.report_render import render_html, render_text
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML page with charts.",
 )
-@click.option("--group-by", help="Accuracy per value of this column (graded outputs).")
+@click.option(
+    "--group-by",
+    help="Accuracy per value of this column (graded outputs). [default: the job's group]",
+)
 @click.option(
     "--prices",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -45,6 +49,8 @@ def report(output: Path, html_path: Path | None, group_by: str | None, prices: P
     out = Stdout()
     try:
         table = PriceTable.load(prices) if prices else PriceTable.default()
+        if group_by is None:  # the job graded by a group: show it, as `compare` does
+            group_by = recorded_group_by(output)
         rep = build_report(output, prices=table, group_by=group_by)
         out.echo(render_text(rep))
         if html_path is not None:

@@ -19,7 +19,8 @@ from batchrun.errors import UsageError
 from batchrun.io.writers import RESULT_FIELDS, SCHEMA_VERSION, output_schema
 from batchrun.pricing import PriceTable
 from batchrun.report import Report, build_report
-from batchrun.report_render import render_html, render_text
+from batchrun.report_html import render_html
+from batchrun.report_render import render_text
 
 INPUT = pa.schema([("prompt", pa.string())])
 START = datetime(2026, 11, 3, 2, 0, 0, tzinfo=UTC)
@@ -103,48 +104,80 @@ class Cell:
     key: str | None
     attrs: dict[str, str]
     text: str = ""
+    details: bool = False  # inside a <details> (folded)
+
+
+_VOID = {"meta", "br", "hr", "img", "input", "link", "line", "path", "polyline"}
 
 
 class Page(HTMLParser):
-    """The tables, charts and tags of a report page, as a test needs them."""
+    """The figures (elements with a data-value), tables, charts and tags of a report page."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cells: list[Cell] = []
-        self.svgs: dict[str, int] = {}  # id -> number of bars
+        self.svgs: dict[str, int] = {}  # id -> bars (rect.bar) or points (circle.point)
+        self.ticks: dict[str, list[float]] = {}  # svg id -> x tick values
+        self.markers: dict[str, list[float]] = {}  # svg id -> marker values
+        self.tables: dict[str, bool] = {}  # table id -> folded in a <details>
+        self.ids: list[str] = []
         self.tags: Counter[str] = Counter()
         self.attr_values: list[str] = []
+        self.text = ""
         self._table: str | None = None
         self._key: str | None = None
         self._svg: str | None = None
-        self._cell: Cell | None = None
+        self._open: list[tuple[str, Cell | None]] = []
+        self._details = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         self.tags[tag] += 1
         self.attr_values += a.values()
-        if tag == "table":
+        classes = a.get("class", "").split()
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag == "details":
+            self._details += 1
+        elif tag == "table":
             self._table = a.get("id")
+            self.tables[self._table or ""] = self._details > 0
         elif tag == "tr":
             self._key = a.get("data-key")
-        elif tag == "td":
-            self._cell = Cell(self._table, self._key, a)
-            self.cells.append(self._cell)
         elif tag == "svg":
             self._svg = a["id"]
             self.svgs[self._svg] = 0
-        elif tag == "rect" and self._svg and "bar" in a.get("class", ""):
+            self.ticks[self._svg], self.markers[self._svg] = [], []
+        elif self._svg and ("bar" in classes or "point" in classes):
             self.svgs[self._svg] += 1
+        elif self._svg and "x-tick" in classes:
+            self.ticks[self._svg].append(float(a["data-value"]))
+        elif self._svg and "marker" in classes:
+            self.markers[self._svg].append(float(a["data-value"]))
+        cell = None
+        if "data-value" in a and self._svg is None and tag in ("td", "span"):
+            cell = Cell(self._table if tag == "td" else None, self._key, a, "", self._details > 0)
+            self.cells.append(cell)
+        if tag not in _VOID:
+            self._open.append((tag, cell))
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td":
-            self._cell = None
-        elif tag == "svg":
+        while self._open:
+            name, _ = self._open.pop()
+            if name == tag:
+                break
+        if tag == "svg":
             self._svg = None
+        elif tag == "details":
+            self._details -= 1
+        elif tag == "table":
+            self._table = None
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.text += data
+        self.text += data
+        for _, cell in self._open:
+            if cell is not None:
+                cell.text += data
 
     def by_id(self, ident: str) -> Cell:
         (cell,) = [c for c in self.cells if c.attrs.get("id") == ident]
@@ -170,12 +203,16 @@ def parse(report: Report) -> tuple[str, Page]:
     return page, parser
 
 
-def check_self_contained(page: str, parsed: Page) -> None:
+CHARTS = {"chart-latency-histogram", "chart-throughput"}
+
+
+def check_self_contained(page: str, parsed: Page, charts: set[str] = CHARTS) -> None:
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page.lower() and parsed.tags["script"] == 0
     assert parsed.tags["link"] == 0 and parsed.tags["img"] == 0
     assert not any("url(" in v for v in parsed.attr_values)
-    assert set(parsed.svgs) == {"chart-latency-histogram", "chart-throughput"}
+    assert set(parsed.svgs) == charts
+    assert len(parsed.ids) == len(set(parsed.ids)), "every id once"
 
 
 @pytest.fixture
@@ -202,10 +239,16 @@ def test_counts_tokens_cost_latency(full: tuple[Path, list[dict[str, Any]]]) -> 
         cost[r["model"]] += (r["prompt_tokens"] * i + r["completion_tokens"] * o) / 1e6
     assert report.cost_by_model == pytest.approx(cost)
     assert report.estimated_cost_usd == pytest.approx(sum(cost.values()))
-    latencies = [r["latency_ms"] for r in rows]
+    # latency of the ok rows: error answers are apart
+    latencies = [r["latency_ms"] for r in ok]
     for p in (50, 90, 95, 99):
         assert report.latency_ms[f"p{p}"] == pytest.approx(percentile(latencies, p))
     assert report.latency_ms["max"] == max(latencies)
+    failed = [r["latency_ms"] for r in rows if r["status"] == "error"]
+    assert report.error_latency_ms["p50"] == pytest.approx(statistics.median(failed))
+    assert report.error_latency_ms["max"] == max(failed)
+    assert report.requests == sum(r["attempts"] for r in rows)
+    assert report.retries == sum(r["attempts"] - 1 for r in rows) > 0
     reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
     assert 0 < len(reported) < len(ok)
     assert report.reported_cost_usd == pytest.approx(sum(reported))
@@ -223,7 +266,8 @@ def test_histograms(full: tuple[Path, list[dict[str, Any]]]) -> None:
     path, rows = full
     report = build_report(path)
     latency = report.latency_histogram
-    check_histogram(latency.edges, latency.counts, [r["latency_ms"] for r in rows])
+    ok = [r["latency_ms"] for r in rows if r["status"] == "ok"]
+    check_histogram(latency.edges, latency.counts, ok)
     assert 5 <= len(latency.counts) <= 21
     stamps = [r["finished_at"].timestamp() * 1000 for r in rows]
     check_histogram(report.throughput.edges, report.throughput.counts, stamps)
@@ -256,7 +300,8 @@ def test_throughput_bucket_width(tmp_path: Path, span: timedelta, width_ms: int)
 
 
 def test_latency_on_a_bucket_edge_counts_in_the_bucket_it_starts(tmp_path: Path) -> None:
-    rows = make_rows(6)
+    rng = random.Random(1)
+    rows = [result_row(i, rng, ok=True, model="gpt-4o-mini", at=START) for i in range(6)]
     for r, ms in zip(rows, [100.0, 200.0, 200.0, 300.0, 400.0, 140.0], strict=True):
         r["latency_ms"] = ms
     hist = build_report(write(tmp_path / "out.parquet", rows)).latency_histogram
@@ -273,7 +318,8 @@ def test_render_text_has_the_numbers_aligned(full: tuple[Path, list[dict[str, An
     for number in (report.rows, report.by_status["ok"], report.by_status["error"]):
         assert f"{number:,}" in text
     assert f"{report.total_tokens:,}" in text and "," in f"{report.total_tokens:,}"
-    assert f"${report.estimated_cost_usd:,.4f}" in text
+    assert report.estimated_cost_usd is not None and report.estimated_cost_usd > 1
+    assert f"${report.estimated_cost_usd:,.2f}" in text  # cents above a dollar
     assert f"{report.latency_ms['p95']:,.1f}" in text
     assert all(t in text for t in report.by_error_type)
     # right-aligned: every line of the one-value overview block ends at the same column
@@ -302,7 +348,7 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert parsed.by_id("tokens-prompt").text == f"{prompt:,}"
     assert int(parsed.value("tokens-total")) == prompt + sum(r["completion_tokens"] for r in ok)
     assert float(parsed.value("cost-total")) == pytest.approx(report.estimated_cost_usd)
-    latencies = [r["latency_ms"] for r in rows]
+    latencies = [r["latency_ms"] for r in ok]
     assert float(parsed.value("latency-p50")) == pytest.approx(percentile(latencies, 50))
     assert float(parsed.value("latency-p99")) == pytest.approx(percentile(latencies, 99))
     assert float(parsed.value("latency-max")) == max(latencies)
@@ -320,7 +366,7 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert costs == pytest.approx(report.cost_by_model)
     # histogram tables and bars agree with the report, which agrees with the file (above)
     hist = [int(v) for v in parsed.column("latency-histogram", "count").values()]
-    assert hist == report.latency_histogram.counts and sum(hist) == 400
+    assert hist == report.latency_histogram.counts and sum(hist) == len(ok)
     lows = [float(v) for v in parsed.column("latency-histogram", "lo").values()]
     assert lows == report.latency_histogram.edges[:-1]
     assert parsed.svgs["chart-latency-histogram"] == len(hist)
@@ -330,6 +376,9 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
         if c.table == "throughput" and c.attrs.get("class") == "count"
     ]
     assert sum(tp) == 400 and parsed.svgs["chart-throughput"] == len(tp)
+    # the bucket tables are folded under their charts
+    assert parsed.tables["latency-histogram"] and parsed.tables["throughput"]
+    assert not parsed.tables["latency"] and not parsed.tables["by-status"]
     span = (rows[-1]["finished_at"] - rows[0]["finished_at"]).total_seconds()
     assert float(parsed.value("wall-span-s")) == pytest.approx(span)
 
@@ -345,7 +394,9 @@ def test_partial_output_with_nulls(tmp_path: Path) -> None:
     assert report.rows == len(rows) == 40
     assert sum(report.by_status.values()) == 40
     assert report.by_finish_reason["unknown"] == 1
-    latencies = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+    latencies = [
+        r["latency_ms"] for r in rows if r["latency_ms"] is not None and r["status"] == "ok"
+    ]
     assert report.latency_ms["p90"] == pytest.approx(percentile(latencies, 90))
     assert sum(report.latency_histogram.counts) == len(latencies)
     assert sum(report.throughput.counts) == sum(r["finished_at"] is not None for r in rows)
@@ -364,10 +415,13 @@ def test_empty_file(tmp_path: Path) -> None:
     assert report.wall_span_s is None and report.rows_per_s is None
     assert "n/a" in render_text(report)
     page, parsed = parse(report)
-    check_self_contained(page, parsed)
-    assert parsed.value("rows-total") == "0" and parsed.value("latency-p50") == ""
-    assert parsed.svgs == {"chart-latency-histogram": 0, "chart-throughput": 0}
-    assert page.count("no data") == 2
+    # no chart, no empty table: the cards say what there is, and a note that there are no rows
+    check_self_contained(page, parsed, charts=set())
+    assert parsed.value("rows-total") == "0" and "latency-p50" not in parsed.ids
+    assert "The output has no rows." in parsed.text
+    for absent in ("latency-panel", "throughput-panel", "errors-panel", "outcomes-panel"):
+        assert absent not in parsed.ids
+    assert set(parsed.tables) == {"overview"}
 
 
 def test_unpriced_models_and_price_overrides(tmp_path: Path) -> None:
@@ -426,7 +480,8 @@ def test_accuracy_overall_and_by_group(tmp_path: Path) -> None:
         )
         assert g.accuracy == pytest.approx(sum(marks) / len(marks))
     page, parsed = parse(report)
-    check_self_contained(page, parsed)  # a URL among the labels stays inert text
+    # a URL among the labels stays inert text
+    check_self_contained(page, parsed, charts=CHARTS | {"chart-groups"})
     assert float(parsed.value("accuracy-overall")) == pytest.approx(report.accuracy.accuracy)
     assert int(parsed.value("accuracy-graded")) == len(graded)
     by_label = {k: float(v) for k, v in parsed.column("groups", "accuracy").items()}
@@ -518,7 +573,10 @@ def test_reads_only_the_needed_columns(
     monkeypatch.setattr(pq, "read_table", spy)
     build_report(path)
     assert len(seen) == 1
-    assert not {"prompt", "completion", "error", "tool_calls", "response_id"} & set(seen[0])
+    # `error` is read (the commonest messages): null on ok rows and bounded on the others.
+    assert not {"prompt", "completion", "reasoning_content", "tool_calls", "response_id"} & set(
+        seen[0]
+    )
 
 
 def test_schema_1_output_without_a_reported_cost_column(tmp_path: Path) -> None:
