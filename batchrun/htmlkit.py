@@ -19,14 +19,15 @@ _CONTROLS = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
 )
 _LINE_BREAKS = re.compile("[\t\n\r]")
+_CARRIAGE_RETURN = re.compile("\r\n?")
 
 
 def clean(value: object, *, limit: int | None = None, one_line: bool = True) -> str:
     """``value`` as text safe to show: control and bidi characters replaced, tabs and line
     breaks too when ``one_line``, cut to ``limit`` characters with an ellipsis."""
     text = _CONTROLS.sub(REPLACEMENT, str(value))
-    if one_line:
-        text = _LINE_BREAKS.sub(" ", text)
+    # A carriage return alone would let a terminal overwrite the line it ends.
+    text = _LINE_BREAKS.sub(" ", text) if one_line else _CARRIAGE_RETURN.sub("\n", text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

@@ -77,7 +77,12 @@ def overview(r: Report) -> Section:
             "credits reported by the API",
             [("credits-reported", r.credits_used, num(r.credits_used, ",d"))],
         ),
-        ("rows with reasoning", [count("rows-reasoning", r.rows_with_reasoning)]),
+        # Outputs before schema 3 cannot say which answers carried reasoning.
+        *(
+            [("rows with reasoning", [count("rows-reasoning", r.rows_with_reasoning)])]
+            if r.schema_version not in ("1", "2")
+            else []
+        ),
         ("requests (attempts of the rows)", [count("requests", r.requests)]),
         ("retries (attempts beyond the first)", [count("retries", r.retries)]),
         ("first finished (UTC)", [when("wall-first", r.first_finished_at)]),

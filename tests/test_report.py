@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import statistics
 from collections import Counter
@@ -14,11 +15,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from batchrun.cli import main
 from batchrun.errors import UsageError
 from batchrun.io.writers import RESULT_FIELDS, SCHEMA_VERSION, output_schema
 from batchrun.pricing import PriceTable
-from batchrun.report import Report, build_report
+from batchrun.report import Report, build_report, recorded_group_by
 from batchrun.report_html import render_html
 from batchrun.report_render import render_text
 
@@ -616,3 +619,257 @@ def test_schema_2_output_has_no_reasoning(tmp_path: Path) -> None:
         del r["reasoning_content"]
     report = build_report(write(tmp_path / "v2.parquet", rows, old))
     assert report.schema_version == "2" and report.rows_with_reasoning == 0
+
+
+def rows_ok_and_instant_errors() -> list[dict[str, Any]]:
+    """Answers of 200 to 400 ms, and failures answered in 1 ms (a 500 at once)."""
+    rng = random.Random(11)
+    rows = []
+    for i in range(80):
+        at = START + timedelta(milliseconds=250 * i)
+        row = result_row(i, rng, ok=i % 8 != 0, model="gpt-4o-mini", at=at)
+        row["latency_ms"] = 1.0 if row["status"] == "error" else 200.0 + 2.5 * (i % 81)
+        rows.append(row)
+    return rows
+
+
+def test_latency_of_ok_rows_with_the_errors_apart(tmp_path: Path) -> None:
+    rows = rows_ok_and_instant_errors()
+    report = build_report(write(tmp_path / "out.parquet", rows))
+    ok = [r["latency_ms"] for r in rows if r["status"] == "ok"]
+    assert report.latency_ms["p50"] == pytest.approx(percentile(ok, 50))
+    assert report.latency_ms["p50"] > 200  # ten instant errors would pull it to ~190
+    assert report.error_latency_ms == {"p50": 1.0, "max": 1.0}
+    assert sum(report.latency_histogram.counts) == len(ok) == 70
+    _page, parsed = parse(report)
+    # p50 and p95 marked on the histogram, at their values
+    assert parsed.markers["chart-latency-histogram"] == pytest.approx(
+        [report.latency_ms["p50"], report.latency_ms["p95"]]
+    )
+    assert "Error rows are left out (p50 1.00 ms, max 1.00 ms)" in parsed.text
+    assert parsed.value("error-latency-p50") == "1.0"
+    # x ticks: round values 50 ms apart inside the buckets' span, labelled in ms
+    ticks = parsed.ticks["chart-latency-histogram"]
+    edges = report.latency_histogram.edges
+    assert ticks == [200.0 + 50 * k for k in range(len(ticks))] and len(ticks) >= 4
+    assert edges[0] <= ticks[0] and ticks[-1] <= edges[-1]
+    assert "latency of the last attempt (ms)" in parsed.text
+    text = render_text(report)
+    assert "error rows (ms)" in text and "ok rows (ms)" in text
+
+
+def test_clean_run_shows_no_errors_section(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    rows = [
+        result_row(i, rng, ok=True, model="gpt-4o-mini", at=START + timedelta(seconds=i))
+        for i in range(30)
+    ]
+    report = build_report(write(tmp_path / "clean.parquet", rows))
+    _, parsed = parse(report)
+    assert "errors-panel" not in parsed.ids
+    assert not {"by-error-type", "error-messages"} & set(parsed.tables)
+    assert parsed.value("rows-error") == "0"
+    assert "error-latency-p50" not in parsed.ids
+    text = render_text(report)
+    assert "\nErrors" not in text and "Commonest" not in text and "error rows" not in text
+
+    failing = rows_ok_and_instant_errors()
+    failing[8]["error"] = "HTTP 400: bad field"
+    failing[8]["error_type"] = "bad_request"
+    report = build_report(write(tmp_path / "errors.parquet", failing))
+    _, parsed = parse(report)
+    assert "errors-panel" in parsed.ids
+    messages = {c.key: c.text for c in parsed.cells if c.table == "error-messages"}
+    assert set(messages) == {"timeout", "server_error", "bad_request"}
+    counts = [
+        int(c.attrs["data-value"])
+        for c in parsed.cells
+        if c.table == "error-messages" and c.attrs.get("class") == "count"
+    ]
+    assert sum(counts) == report.by_status["error"] == 10 and len(counts) == 4
+    assert [e.rows for e in report.top_errors] == sorted(
+        (e.rows for e in report.top_errors), reverse=True
+    )
+    assert any(e.message == "HTTP 400: bad field" and e.rows == 1 for e in report.top_errors)
+
+
+HOSTILE_MODEL = "<script>alert(1)</script>\x1b[31mred\x07\u202egnp.exe"
+HOSTILE_ERROR = "boom\x1b]0;pwned\x07 <img src=x onerror=alert(1)>\r\nnext\x00"
+HOSTILE_GROUP = '</table><script>x</script>"\x1b[2J'
+
+
+def test_hostile_values_are_escaped_and_stripped(tmp_path: Path) -> None:
+    """Model names and error messages come from servers, group values from input files."""
+    rows = rows_ok_and_instant_errors()
+    for r in rows:
+        r["label"] = HOSTILE_GROUP if r["id"] % 2 else "plain"
+        r["correct"] = r["id"] % 3 == 0 if r["status"] == "ok" else None
+        if r["status"] == "ok":
+            r["model"] = HOSTILE_MODEL
+        else:
+            r["error"] = HOSTILE_ERROR
+    sch = output_schema(pa.schema([("prompt", pa.string()), ("label", pa.string())]), None)
+    sch = pa.schema([*sch, pa.field("correct", BOOL)], metadata=sch.metadata)
+    report = build_report(write(tmp_path / "evil.parquet", rows, sch), group_by="label")
+    assert HOSTILE_MODEL in report.cost_by_model  # the data keeps it; the page must not run it
+    page, parsed = parse(report)
+    check_self_contained(page, parsed, charts=CHARTS | {"chart-groups"})
+    assert parsed.tags["img"] == 0 and parsed.tags["table"] == len(parsed.tables)
+    for char in "\x1b\x07\x00\r\u202e":
+        assert char not in page
+    # shown as text, the controls replaced
+    assert "<script>alert(1)</script>\ufffd[31mred\ufffd\ufffdgnp.exe" in parsed.text
+    assert "<img src=x onerror=alert(1)>" in parsed.text
+    assert '</table><script>x</script>"\ufffd[2J' in parsed.column("groups", "accuracy")
+    text = render_text(report)
+    for char in "\x1b\x07\x00\r\u202e":
+        assert char not in text
+    assert "\ufffd" in text
+    # one line per table row: a newline in a message does not break the alignment
+    block = next(b for b in text.split("\n\n") if b.startswith("Commonest")).splitlines()
+    assert len(block) == 1 + len(report.top_errors)
+
+
+def old_schema(version: str, dropped: set[str]) -> pa.Schema:
+    return pa.schema(
+        [f for f in schema() if f.name not in dropped],
+        metadata={**(schema().metadata or {}), b"batchrun.schema_version": version.encode()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "dropped"),
+    [
+        ("1", {"reported_cost_usd", "reasoning_content"}),
+        ("2", {"reasoning_content"}),
+        ("3", set()),
+    ],
+)
+def test_every_schema_version_renders(tmp_path: Path, version: str, dropped: set[str]) -> None:
+    rows = make_rows(50)
+    for i, r in enumerate(rows):
+        r["reasoning_content"] = "why" if i % 5 == 0 and r["status"] == "ok" else None
+        for name in dropped:
+            del r[name]
+    report = build_report(
+        write(tmp_path / f"v{version}.parquet", rows, old_schema(version, dropped))
+    )
+    page, parsed = parse(report)
+    check_self_contained(page, parsed)
+    assert parsed.value("schema-version") == version
+    assert parsed.value("rows-total") == "50"
+    assert ("rows-reasoning" in parsed.ids) == (version == "3")
+    reported = "reported_cost_usd" not in dropped
+    assert ("Reported cost" in parsed.text) == reported
+    assert ("The API reported no cost" in parsed.text) == (not reported)
+    assert "batchrun report" in render_text(report)
+
+
+def write_summary(path: Path, **figures: Any) -> None:
+    path.with_suffix(".summary.json").write_text(json.dumps(figures), encoding="utf-8")
+
+
+def test_run_figures_come_from_the_summary_beside_the_output(tmp_path: Path) -> None:
+    rows = make_rows(40)
+    path = write(tmp_path / "out.parquet", rows)
+    bare = build_report(path)
+    _, parsed = parse(bare)
+    assert bare.run is None and not [i for i in parsed.ids if i.startswith("run-")]
+    assert "Possibly charged twice" not in parsed.text
+
+    write_summary(
+        path, rows_total=40, state="complete", wall_time_s=12.5, rate_limited=3,
+        rows_possibly_charged_twice=2, rows_resumed="lots", retries=True,
+    )  # fmt: skip
+    report = build_report(path)
+    assert report.run is not None and report.run.state == "complete"
+    assert report.run.figures == {
+        "wall_time_s": 12.5,
+        "rate_limited": 3,
+        "rows_possibly_charged_twice": 2,
+    }
+    _, parsed = parse(report)
+    assert (
+        parsed.value("run-wall-time-s") == "12.5"
+        and parsed.by_id("run-wall-time-s").text == "12.5 s"
+    )
+    assert parsed.value("run-rows-possibly-charged-twice") == "2.0"
+    assert parsed.value("run-rate-limited") == "3.0"
+    assert parsed.value("run-rows-resumed") == ""  # a hand-edited value is not a number
+    assert "last run complete" in parsed.text
+    assert "rows possibly charged twice" in render_text(report)
+
+    write_summary(path, rows_total=41, wall_time_s=1.0)
+    other = build_report(path)
+    assert other.run is None and any("summary of another run" in n for n in other.notes)
+    path.with_suffix(".summary.json").write_text("{not json", encoding="utf-8")
+    assert build_report(path).run is None
+
+
+def graded_with_job(tmp_path: Path, job: dict[str, Any] | None, columns: list[str]) -> Path:
+    rows = make_rows(40)
+    for r in rows:
+        for c in columns:
+            r[c] = f"g{r['id'] % 4}"
+        r["correct"] = r["id"] % 2 == 0 if r["status"] == "ok" else None
+    inputs = pa.schema([("prompt", pa.string()), *((c, pa.string()) for c in columns)])
+    sch = output_schema(inputs, None, graded=True, job=job)
+    return write(tmp_path / "graded.parquet", rows, sch)
+
+
+def test_the_group_the_job_recorded_is_the_default(tmp_path: Path) -> None:
+    path = graded_with_job(tmp_path, {"grading": {"group_by": "topic"}}, ["topic"])
+    assert recorded_group_by(path) == "topic"
+    result = CliRunner().invoke(main, ["report", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "By topic" in result.output and "g3" in result.output
+    # an input column named like a result column is carried as input_<name>
+    renamed = graded_with_job(tmp_path, {"grading": {"group_by": "status"}}, ["status"])
+    assert recorded_group_by(renamed) == "input_status"
+    assert recorded_group_by(graded_with_job(tmp_path, None, ["topic"])) is None
+    gone = graded_with_job(tmp_path, {"grading": {"group_by": "nope"}}, ["topic"])
+    assert recorded_group_by(gone) is None
+    assert recorded_group_by(tmp_path / "missing.parquet") is None
+
+
+def test_accuracy_bars_per_group(tmp_path: Path) -> None:
+    path, _rows = labeled(tmp_path)
+    report = build_report(path, group_by="label")
+    page, parsed = parse(report)
+    assert report.accuracy is not None
+    assert parsed.svgs["chart-groups"] == len(report.groups) == 3
+    assert parsed.markers["chart-groups"] == pytest.approx([report.accuracy.accuracy])
+    assert parsed.ticks["chart-groups"] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert "<details open><summary>3 groups as a table" in page  # a short table shows
+
+    many = make_rows(200)
+    for r in many:
+        r["label"] = f"group {r['id'] % 40:02d}"
+        r["correct"] = r["id"] % 3 == 0 if r["status"] == "ok" else None
+    sch = output_schema(pa.schema([("prompt", pa.string()), ("label", pa.string())]), None)
+    sch = pa.schema([*sch, pa.field("correct", BOOL)], metadata=sch.metadata)
+    big = build_report(write(tmp_path / "many.parquet", many, sch), group_by="label")
+    page, parsed = parse(big)
+    assert parsed.svgs["chart-groups"] == 30 and "<details><summary>40 groups" in page
+    assert "The chart draws the first 30 of 40 groups" in parsed.text
+    assert len(parsed.column("groups", "accuracy")) == 40 and parsed.tables["groups"]
+
+
+def test_throughput_line_in_rows_per_second(tmp_path: Path) -> None:
+    rows = evenly_finished(121, timedelta(seconds=120))  # a row a second
+    report = build_report(write(tmp_path / "out.parquet", rows))
+    tp = report.throughput
+    width_s = (tp.edges[1] - tp.edges[0]) / 1000
+    _, parsed = parse(report)
+    assert parsed.svgs["chart-throughput"] == len(tp.counts)
+    rates = [
+        float(c.attrs["data-value"])
+        for c in parsed.cells
+        if c.table == "throughput" and c.attrs.get("class") == "count"
+    ]
+    assert rates == tp.counts
+    # the round clock ticks: every 15 s, on the quarter minute
+    ticks = parsed.ticks["chart-throughput"]
+    assert len(ticks) >= 4 and {t % 15_000 for t in ticks} == {0}
+    assert "time finished (UTC, 2026-11-03)" in parsed.text
+    assert width_s == 2 and tp.counts[1] == 2  # interior buckets: 2 rows in 2 s, 1 row/s
