@@ -32,7 +32,7 @@ CSS = (
     ".chart .point{fill:#3b6fc4}"
     ".chart .marker{stroke:#b3261e;stroke-width:1.5;stroke-dasharray:4 3}"
     ".chart text.marker-label{fill:#b3261e;font-weight:600}"
-    ".chart .value{fill:#1f2328}.chart .empty{fill:#c8ccd1}"
+    ".chart .value{fill:#1f2328;paint-order:stroke;stroke:#fff;stroke-width:3px}.chart .empty{fill:#c8ccd1}"
     # On a phone the chart is drawn at about half its size: larger type keeps it legible
     # (the layout leaves room for it: see _CHAR_W).
     "@media (max-width:40rem){.chart text,.chart .axis-title{font-size:19px}}"
@@ -202,6 +202,13 @@ def hbars(
             f'<text class="tick x-tick" x="{px:.1f}" y="{base + 17}" text-anchor="middle" '
             f'data-value="{tick:g}">{esc(label)}</text>'
         )
+    if reference is not None:  # under the bars and their texts
+        px = left + x.at(reference.value, plot_w)
+        out.append(
+            f'<line class="marker" data-value="{reference.value:g}" x1="{px:.1f}" y1="{top - 6}" '
+            f'x2="{px:.1f}" y2="{base}"/><text class="marker-label" x="{px:.1f}" '
+            f'y="{top - 10}" text-anchor="middle">{esc(reference.label)}</text>'
+        )
     for k, b in enumerate(bars):
         y0 = top + k * row_h
         shown = b.label if len(b.label) <= LABEL_MAX else b.label[: LABEL_MAX - 1] + "…"
@@ -231,12 +238,5 @@ def hbars(
         f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{base + 40}" '
         f'text-anchor="middle">{esc(x.title)}</text>'
     )
-    if reference is not None:
-        px = left + x.at(reference.value, plot_w)
-        out.append(
-            f'<line class="marker" data-value="{reference.value:g}" x1="{px:.1f}" y1="{top - 6}" '
-            f'x2="{px:.1f}" y2="{base}"/><text class="marker-label" x="{px:.1f}" '
-            f'y="{top - 10}" text-anchor="middle">{esc(reference.label)}</text>'
-        )
     out.append("</svg>")
     return "".join(out)

@@ -61,7 +61,8 @@ CSS = (
     ".tables{display:flex;flex-wrap:wrap;gap:0 2.5rem;align-items:flex-start}"
     "details{margin-top:.4rem}summary{cursor:pointer;color:var(--accent)}"
     "h3{font-size:.9rem;margin:.4rem 0 .2rem}"
-    "@media (max-width:40rem){.panel{padding:.75rem .6rem}th,td{padding:.2rem .4rem}}"
+    "@media (max-width:40rem){.panel{padding:.75rem .6rem}th,td{padding:.2rem .35rem}"
+    ".panel table{font-size:12.5px}}"
     "td.text,td.message{text-align:left;overflow-wrap:anywhere;max-width:34rem}"
 )
 
@@ -94,6 +95,11 @@ class _Figures:
         """The figures no card showed, as the run-details table."""
         rows = [(k, cells) for k, cells in self.rows if cells[0][0] not in self.used]
         return Section("Run details", "overview", ["", "value"], rows, ids=True)
+
+
+def _int_text(value: object) -> str:
+    """A count from the summary (read as a number) as an integer."""
+    return f"{value:,.0f}" if isinstance(value, float) else "n/a"
 
 
 def _card(label: str, value: str, sub: str = "", tone: str = "") -> str:
@@ -171,7 +177,7 @@ def _cards(r: Report, f: _Figures) -> str:
         )
     retry_sub = f"{f.show('requests')} requests"
     if "run-rate-limited" in f:
-        retry_sub += f"; 429 answers in the last run: {f.show('run-rate-limited')}"
+        retry_sub += f" · 429s: {f.show('run-rate-limited', _int_text(f.raw('run-rate-limited')))}"
     out.append(_card("Retries", f.show("retries"), retry_sub, "warn" if r.retries else ""))
     if "run-rows-possibly-charged-twice" in f:
         twice = run_figure(r, "rows_possibly_charged_twice")
