@@ -42,7 +42,7 @@ OPEN_GROUPS = 12
 
 CSS = (
     BASE_CSS + charts.CSS + "header p{margin:.15rem 0}"
-    ".cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));"
+    ".cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(11.5rem,1fr));"
     "gap:.75rem;margin:1.1rem 0 1.25rem}"
     ".card{border:1px solid var(--line);border-radius:8px;padding:.65rem .85rem;min-width:0}"
     ".card .label{font-size:.78rem;color:var(--muted);text-transform:uppercase;"
@@ -139,7 +139,9 @@ def _cards(r: Report, f: _Figures) -> str:
     )
     estimate_note = "list prices" if r.estimated_cost_usd is not None else "no price known"
     out.append(_card("Estimated cost", f.show("cost-total"), esc(estimate_note)))
-    if r.reported_cost_usd is not None:
+    if r.reported_cost_usd is None:  # the cost panel says so; no row of n/a and 0
+        f.used |= {"cost-reported", "cost-reported-rows"}
+    else:
         reported_sub = f"reported on {f.show('cost-reported-rows')} rows"
         if r.credits_used is not None:
             reported_sub += f" · {f.show('credits-reported')} credits"
@@ -278,10 +280,10 @@ def _throughput_panel(r: Report) -> str | None:
     first = tp.edges[0] if r.first_finished_at is None else r.first_finished_at.timestamp() * 1000
     last = tp.edges[-1] if r.last_finished_at is None else r.last_finished_at.timestamp() * 1000
     # The first and last buckets are only partly inside the run: over the part they cover
-    # (at least half a bucket, so a lone early row does not spike), or the run would seem
-    # to start and end slowly.
+    # (at least a quarter of a bucket, so a lone early row does not spike), or the run
+    # would seem to start and end slowly.
     covered = [
-        max(min(hi, last) - max(lo, first), width_ms / 2)
+        max(min(hi, last) - max(lo, first), width_ms / 4)
         for lo, hi in zip(tp.edges, tp.edges[1:], strict=False)
     ]
     rates = [n * 1000 / c for n, c in zip(tp.counts, covered, strict=True)]
