@@ -69,9 +69,11 @@ def _x_axis(x: Scale, left: float, plot_w: float, base: float) -> list[str]:
     out = [f'<line class="frame" x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}"/>']
     for tick, label in zip(x.ticks, x.labels, strict=True):
         px = left + x.at(tick, plot_w)
+        # A label centred on a tick at the right end would be cut by the chart's edge.
+        anchor = "end" if px + _CHAR_W * len(label) / 2 > WIDTH else "middle"
         out.append(
             f'<line class="frame" x1="{px:.1f}" y1="{base}" x2="{px:.1f}" y2="{base + 4}"/>'
-            f'<text class="tick x-tick" x="{px:.1f}" y="{base + 17}" text-anchor="middle" '
+            f'<text class="tick x-tick" x="{px:.1f}" y="{base + 17}" text-anchor="{anchor}" '
             f'data-value="{tick:g}">{esc(label)}</text>'
         )
     out.append(

@@ -279,22 +279,19 @@ def _throughput_panel(r: Report) -> str | None:
     width_ms = tp.edges[1] - tp.edges[0]
     first = tp.edges[0] if r.first_finished_at is None else r.first_finished_at.timestamp() * 1000
     last = tp.edges[-1] if r.last_finished_at is None else r.last_finished_at.timestamp() * 1000
-    # The first and last buckets are only partly inside the run: over the part they cover
-    # (at least a quarter of a bucket, so a lone early row does not spike), or the run
-    # would seem to start and end slowly.
+    # The first and last buckets are only partly inside the run: their rate is over the part
+    # they cover, and a bucket less than half covered is left off the line (a row or two
+    # over a sliver of time would spike; a full bucket's worth would seem a slow start).
     covered = [
-        max(min(hi, last) - max(lo, first), width_ms / 4)
-        for lo, hi in zip(tp.edges, tp.edges[1:], strict=False)
+        min(hi, last) - max(lo, first) for lo, hi in zip(tp.edges, tp.edges[1:], strict=False)
     ]
-    rates = [n * 1000 / c for n, c in zip(tp.counts, covered, strict=True)]
-    points = [(lo + width_ms / 2, v) for lo, v in zip(tp.edges, rates, strict=False)]
+    drawn = [k for k, c in enumerate(covered) if c >= width_ms / 2 or len(covered) == 1]
+    rates = {k: tp.counts[k] * 1000 / max(covered[k], 1.0) for k in drawn}
+    points = [(tp.edges[k] + width_ms / 2, rates[k]) for k in drawn]
     label = clock_label(width_ms, False)
-    tips = [
-        f"{label(lo)}: {n:,} rows ({v:,.3g}/s)"
-        for lo, n, v in zip(tp.edges, tp.counts, rates, strict=False)
-    ]
+    tips = [f"{label(tp.edges[k])}: {tp.counts[k]:,} rows ({rates[k]:,.3g}/s)" for k in drawn]
     x = time_scale(tp.edges[0], tp.edges[-1], "time finished")
-    y = count_scale(max(rates), "rows per second")
+    y = count_scale(max(rates.values(), default=0.0), "rows per second")
     chart = charts.line("chart-throughput", "Rows finished per second", points, x, y, tips)
     bucket = format_duration_ms(width_ms)
     return _panel(
@@ -302,7 +299,7 @@ def _throughput_panel(r: Report) -> str | None:
         "Throughput over time",
         f'<div class="scroll">{chart}</div>',
         f'<p class="caption">Rows finished in each {esc(bucket)} bucket, per second (the first '
-        "and last buckets over the part of them the run covered).</p>",
+        "and last buckets over the part the run covered, left off when under half).</p>",
         _buckets("throughput", tp, label, "Rows finished per bucket (UTC)"),
     )
 

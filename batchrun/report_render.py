@@ -190,10 +190,10 @@ def render_text(report: Report) -> str:
         ]
         title = clean(s.title)
         head = "  ".join(f"{h:>{w}}" for h, w in zip(s.head[1:], cols, strict=True))
-        lines += ["", f"{title:<{width + 2}}{clean(head)}".rstrip()]
+        lines += ["", f"{title:<{width + 4}}{clean(head)}".rstrip()]
         lines += [
             (
-                f"  {key:<{width}}"
+                f"  {key:<{width}}  "
                 + "  ".join(f"{t:>{w}}" for t, w in zip(texts, cols, strict=True))
             ).rstrip()
             for key, texts in rows

@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -860,8 +861,12 @@ def test_throughput_line_in_rows_per_second(tmp_path: Path) -> None:
     report = build_report(write(tmp_path / "out.parquet", rows))
     tp = report.throughput
     width_s = (tp.edges[1] - tp.edges[0]) / 1000
-    _, parsed = parse(report)
-    assert parsed.svgs["chart-throughput"] == len(tp.counts)
+    page, parsed = parse(report)
+    # the last bucket starts at the last finish (it covers none of the run): off the line
+    assert tp.edges[-2] == rows[-1]["finished_at"].timestamp() * 1000
+    assert parsed.svgs["chart-throughput"] == len(tp.counts) - 1
+    points = re.findall(r'<circle class="point" data-value="([\d.]+)"', page)
+    assert {float(v) for v in points} == {1.0}  # a row a second, first bucket included
     rates = [
         float(c.attrs["data-value"])
         for c in parsed.cells
