@@ -117,6 +117,34 @@ class Report:
         span = self.wall_span_s
         return sum(self.throughput.counts) / span if span else None
 
+    def throughput_rates(self) -> dict[int, float]:
+        """Rows finished per second in each throughput bucket, by bucket index.
+
+        The first and last buckets are only partly inside the run: their rate is over the
+        part they cover, and a bucket less than half covered is left out (a row or two over
+        a sliver of time would spike; over the whole bucket, the run would seem to start
+        and end slowly).
+        """
+        tp = self.throughput
+        if not tp.counts:
+            return {}
+        width = tp.edges[1] - tp.edges[0]
+        if len(tp.counts) == 1:  # the whole run inside one bucket: over the bucket
+            return {0: tp.counts[0] * 1000 / width}
+        first, last = (
+            edge if at is None else at.timestamp() * 1000
+            for edge, at in (
+                (tp.edges[0], self.first_finished_at),
+                (tp.edges[-1], self.last_finished_at),
+            )
+        )
+        rates = {}
+        for k, (lo, hi) in enumerate(itertools.pairwise(tp.edges)):
+            covered = min(hi, last) - max(lo, first)
+            if covered >= width / 2:
+                rates[k] = tp.counts[k] * 1000 / covered
+        return rates
+
 
 def _tally(col: Any, null_label: str | None) -> dict[str, int]:
     out: dict[str, int] = {}

@@ -277,16 +277,8 @@ def _throughput_panel(r: Report) -> str | None:
     if not tp.counts:
         return None
     width_ms = tp.edges[1] - tp.edges[0]
-    first = tp.edges[0] if r.first_finished_at is None else r.first_finished_at.timestamp() * 1000
-    last = tp.edges[-1] if r.last_finished_at is None else r.last_finished_at.timestamp() * 1000
-    # The first and last buckets are only partly inside the run: their rate is over the part
-    # they cover, and a bucket less than half covered is left off the line (a row or two
-    # over a sliver of time would spike; a full bucket's worth would seem a slow start).
-    covered = [
-        min(hi, last) - max(lo, first) for lo, hi in zip(tp.edges, tp.edges[1:], strict=False)
-    ]
-    drawn = [k for k, c in enumerate(covered) if c >= width_ms / 2 or len(covered) == 1]
-    rates = {k: tp.counts[k] * 1000 / max(covered[k], 1.0) for k in drawn}
+    rates = r.throughput_rates()
+    drawn = list(rates)
     points = [(tp.edges[k] + width_ms / 2, rates[k]) for k in drawn]
     label = clock_label(width_ms, False)
     tips = [f"{label(tp.edges[k])}: {tp.counts[k]:,} rows ({rates[k]:,.3g}/s)" for k in drawn]

@@ -878,3 +878,22 @@ def test_throughput_line_in_rows_per_second(tmp_path: Path) -> None:
     assert len(ticks) >= 4 and {t % 15_000 for t in ticks} == {0}
     assert "time finished (UTC, 2026-11-03)" in parsed.text
     assert width_s == 2 and tp.counts[1] == 2  # interior buckets: 2 rows in 2 s, 1 row/s
+
+
+def test_throughput_rates_of_partial_buckets(tmp_path: Path) -> None:
+    # 10 rows a second from 0.35 s to 59.15 s: 1 s buckets; the first is 65 % inside the
+    # run, the last 15 %
+    rows = make_rows(589)
+    for k, r in enumerate(rows):
+        r["finished_at"] = START + timedelta(milliseconds=350 + 100 * k)
+    report = build_report(write(tmp_path / "out.parquet", rows))
+    start = START.timestamp() * 1000
+    assert report.throughput.edges[:2] == [start, start + 1000]
+    rates = report.throughput_rates()
+    last = len(report.throughput.counts) - 1
+    assert report.throughput.edges[last] == start + 59_000
+    assert last not in rates  # 59.0 to 59.15 s: a sliver, left out
+    assert rates[0] == pytest.approx(7 / 0.65)  # 7 rows over the 0.65 s the run covered
+    assert all(rates[k] == pytest.approx(10) for k in range(1, last))
+    one = build_report(write(tmp_path / "one.parquet", make_rows(1)))
+    assert one.throughput_rates() == {0: pytest.approx(1000)}  # a row in a 1 ms bucket
