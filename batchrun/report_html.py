@@ -142,9 +142,8 @@ def _cards(r: Report, f: _Figures) -> str:
     if r.reported_cost_usd is None:  # the cost panel says so; no row of n/a and 0
         f.used |= {"cost-reported", "cost-reported-rows"}
     else:
-        reported_sub = f"reported on {f.show('cost-reported-rows')} rows"
-        if r.credits_used is not None:
-            reported_sub += f" · {f.show('credits-reported')} credits"
+        credits = "" if r.credits_used is None else f" · {f.show('credits-reported')} credits"
+        reported_sub = f"reported on {f.show('cost-reported-rows')} rows{credits}"
         out.append(_card("Reported cost", f.show("cost-reported"), reported_sub))
     if r.run is not None and "run-wall-time-s" in f and (wall := run_figure(r, "wall_time_s")):
         span = f.show("wall-span-s", format_duration_ms(1000 * (r.wall_span_s or 0)))

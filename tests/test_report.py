@@ -61,6 +61,10 @@ def result_row(i: int, rng: random.Random, *, ok: bool, model: str, at: datetime
             # Some servers report the cost of some answers (the --cost-header).
             "reported_cost_usd": round(rng.uniform(0.0001, 0.01), 6) if i % 3 == 0 else None,
         }
+        # The gateway reports credits ($1 = 2,000,000) beside the USD spend.
+        row["credits_used"] = (
+            None if row["reported_cost_usd"] is None else round(row["reported_cost_usd"] * 2e6)
+        )
     else:
         row |= {
             "status": "error",
@@ -360,6 +364,10 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
     assert float(parsed.value("cost-reported")) == pytest.approx(sum(reported))
     assert int(parsed.value("cost-reported-rows")) == len(reported)
+    credits = sum(r["credits_used"] for r in ok if r["credits_used"] is not None)
+    assert credits > 0 and int(parsed.value("credits-reported")) == credits
+    assert parsed.by_id("credits-reported").text == f"{credits:,}"
+    assert f"{credits:,}</span> credits" in page  # on the reported-cost card
     errors = Counter(r["error_type"] for r in rows if r["error_type"])
     assert {k: int(v) for k, v in parsed.column("by-error-type", "count").items()} == errors
     finish = parsed.column("by-finish-reason", "count")
