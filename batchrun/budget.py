@@ -14,11 +14,15 @@ underestimated).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 
 from batchrun.checkpoint import Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
+from batchrun.records import OK, Request, RowResult
+from batchrun.send.attempt import Outcome
+from batchrun.send.reask import ReaskState
 
 
 def recorded_cost(
@@ -69,6 +73,23 @@ def recorded_spend(
             return None
         total += cost
     return total
+
+
+def start_gate(
+    ckpt: Checkpoint, prices: PriceTable, budget: Budget, model: str, total: int
+) -> BudgetGate:
+    """The gate of a run, with what the output's rows (and the answers of rows left between
+    re-asks) have spent so far."""
+    pending_prompt, pending_completion = ckpt.pending_usage(total)
+    price = prices.get(model)
+    pending_usd = price.cost(pending_prompt, pending_completion) if price else 0.0
+    return BudgetGate(
+        budget,
+        price,
+        model=model,
+        spent_usd=(recorded_spend(ckpt, prices, model, total) or 0.0) + pending_usd,
+        spent_tokens=ckpt.aggregate(total)["total_tokens"] + pending_prompt + pending_completion,
+    )
 
 
 class BudgetGate:
@@ -162,3 +183,91 @@ class BudgetGate:
             self.spent_usd += reported_usd
         elif self.price is not None:
             self.spent_usd += self.price.cost(p, c)
+
+
+#: What a row's answers used so far: prompt and completion tokens, the reported USD.
+Spent = tuple[int, int, float | None]
+#: Failed rows whose answer was paid for all the same (it came, but could not be used).
+_PAID_ERRORS = ("invalid_response", "internal_error", "invalid_output")
+
+
+class RowBudget:
+    """The run's reservations under a :class:`BudgetGate`, one per admitted request: a row's
+    first send, and each of its re-asks, which settles the answered send before it admits
+    itself. ``prior``: what a row's earlier answers used (settled already, in this run or,
+    for a row an earlier run left between re-asks, counted in the gate's spent amounts)."""
+
+    def __init__(self, gate: BudgetGate) -> None:
+        self.gate = gate
+        self.prior: dict[int, Spent] = {}
+        #: Rows holding no reservation: a re-ask that was not admitted.
+        self.unreserved: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"RowBudget({self.gate!r}, between_reasks={len(self.prior)})"
+
+    @property
+    def active(self) -> bool:
+        return self.gate.active
+
+    def resume(self, states: Mapping[int, ReaskState]) -> None:
+        """Rows an earlier run left between re-asks: their answers are in the spent amounts."""
+        for pos, st in states.items():
+            self.prior[pos] = (*st.spent, st.reported_cost_usd)
+
+    async def admit(self, request: Request, stopping: Callable[[], bool]) -> str | None:
+        """Reserve a request's worst case. One that does not fit beside the requests in
+        flight waits for them to settle at what they really used; the cap stops the run
+        only when it does not fit even with nothing in flight."""
+        gate = self.gate
+        while True:
+            gate.settled.clear()
+            why = gate.admit(request.prompt_tokens, request.max_tokens)
+            if why is None:
+                self.unreserved.discard(request.position)
+            if why is None or gate.in_flight == 0 or stopping():
+                return why
+            await gate.settled.wait()
+
+    def answered(self, previous: Request, answer: RowResult, spent: Spent) -> None:
+        """``previous`` was answered (and is to be asked again): settle it at its usage.
+        ``spent``: what the row's answers have used so far."""
+        pos = previous.position
+        self.prior[pos] = spent
+        if self.active:
+            self.gate.settle(
+                previous.prompt_tokens,
+                previous.max_tokens,
+                True,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                answer.reported_cost_usd,
+            )
+            self.unreserved.add(pos)
+
+    def settle(self, outcome: Outcome) -> None:
+        """Replace the reservation of a row's last request by what it used: what was (or
+        may have been) paid for is an answer, even one that could not be used, or a send
+        whose outcome is unknown."""
+        request, result = outcome.request, outcome.result
+        pos = request.position
+        # A row left unfinished goes on from its prior next run.
+        none: Spent = (0, 0, None)
+        earlier = self.prior.pop(pos, none) if result is not None else self.prior.get(pos, none)
+        if not self.active or pos in self.unreserved:
+            self.unreserved.discard(pos)
+            return
+        answered = result is not None and (
+            result.status == OK or result.error_type in _PAID_ERRORS or outcome.maybe_billed
+        )
+        prompt, completion = (
+            (result.prompt_tokens, result.completion_tokens) if result else (None, None)
+        )
+        if (prompt, completion) != (None, None):
+            prompt, completion = (prompt or 0) - earlier[0], (completion or 0) - earlier[1]
+        usd = result.reported_cost_usd if result else None
+        if usd is not None:
+            usd -= earlier[2] or 0.0
+        self.gate.settle(
+            request.prompt_tokens, request.max_tokens, answered, prompt, completion, usd
+        )

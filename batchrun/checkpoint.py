@@ -8,6 +8,11 @@ Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoi
 - ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
   An entry is committed *before* its request leaves, so after a crash it tells which rows
   may have been paid for already, and the resend reuses the key.
+- ``reasks``: rows of a ``--schema`` job whose answer was invalid and that are being asked
+  again: the follow-up conversation and what the earlier answers used. Committed before the
+  re-ask leaves, together with the end of the answered send's in-flight mark, so a rerun
+  after a crash resends the very same re-ask (with its own key once that is marked) and
+  the row's attempts and tokens keep the answers already paid for.
 
 WAL with ``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``);
 only an operating-system crash may lose the last few milliseconds.
@@ -32,19 +37,22 @@ from batchrun.errors import BatchrunError, CheckpointError, UsageError
 from batchrun.io.files import open_regular, regular_file, why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "5"
+JOURNAL_VERSION = "6"
+#: A row about to be asked again: (position, state JSON, prompt tokens, completion tokens).
+Reask = tuple[int, str, int | None, int | None]
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
 #: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
-#: credits_used. 3 counts each in-flight mark once as
-#: possibly charged twice.
+#: credits_used, 6 arguments (and the reasks table, made by the schema script). 3 counts
+#: each in-flight mark once as possibly charged twice.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),
     "2": (_ADD_COUNTED,),
     "3": (),
     "4": (),
+    "5": (),
 }
 
 _SCHEMA = f"""
@@ -57,6 +65,11 @@ CREATE TABLE IF NOT EXISTS inflight (
     position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL,
     -- 1 once a run has counted the row as possibly charged twice (it is counted once)
     counted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reasks (
+    position INTEGER PRIMARY KEY, state TEXT NOT NULL,
+    -- what the row's earlier answers used, for budgets on resume
+    prompt_tokens INTEGER, completion_tokens INTEGER
 );
 """
 
@@ -263,9 +276,13 @@ class Checkpoint:
         forget: Sequence[int] = (),
         keep: Sequence[int] = (),
         doubts: Sequence[int] = (),
+        reasks: Sequence[Reask] = (),
     ) -> None:
         """Record in one transaction: rows now in flight, finished rows (leaving flight, but
         for those in ``keep``), and rows taken out of flight unsent.
+
+        ``reasks``: rows about to be asked again. Their answered send leaves flight here (its
+        key is spent: a re-ask is another request), and a finished row's state goes.
 
         ``keep``: failed rows whose last send's outcome is unknown (a timeout): the key stays
         for the resend that --retry-failed makes. ``doubts``: rows sent again after a send
@@ -280,6 +297,9 @@ class Checkpoint:
                 )
                 if new:
                     _add_meta_count(db, "possibly_charged_twice", new)
+            if reasks:
+                db.executemany("INSERT OR REPLACE INTO reasks VALUES (?, ?, ?, ?)", reasks)
+                db.executemany("DELETE FROM inflight WHERE position=?", [(r[0],) for r in reasks])
             if inflight:
                 db.executemany(
                     "INSERT OR REPLACE INTO inflight (position, idempotency_key) VALUES (?, ?)",
@@ -292,8 +312,31 @@ class Checkpoint:
                     "DELETE FROM inflight WHERE position=?",
                     [(r.position,) for r in results if r.position not in kept],
                 )
+                db.executemany(
+                    "DELETE FROM reasks WHERE position=?", [(r.position,) for r in results]
+                )
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
+
+    def reask_states(self, below: int) -> dict[int, str]:
+        """Rows left in the middle of their re-asks (not recorded), with their state."""
+        return dict(
+            self.db.execute(
+                "SELECT position, state FROM reasks WHERE position < ?"
+                " AND position NOT IN (SELECT position FROM results)",
+                (below,),
+            )
+        )
+
+    def pending_usage(self, below: int) -> tuple[int, int]:
+        """(prompt, completion) tokens of the answers of rows left mid-re-ask: paid for,
+        not yet in any recorded row."""
+        row = self.db.execute(
+            "SELECT sum(prompt_tokens), sum(completion_tokens) FROM reasks WHERE position < ?"
+            " AND position NOT IN (SELECT position FROM results)",
+            (below,),
+        ).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
 
     def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
         """Recorded results with start <= position < stop, in position order."""

@@ -118,7 +118,31 @@ def main() -> None:
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable); sent as stop_sequences.")
 @click.option("--stream/--no-stream", default=None, help="Stream answers (server-sent events).")
 @click.option("--tools", help="Tools as JSON: [{name, description, input_schema}].")
-@click.option("--tool-choice", help='Tool choice as JSON, e.g. \'{"type": "auto"}\'.')
+@click.option(
+    "--tool-choice",
+    help='Tool choice as JSON: {"type": "auto"|"none"|"required"}, or a named tool as '
+    '{"type": "function", "function": {"name": N}} or {"type": "tool", "name": N}.',
+)
+@click.option(
+    "--schema",
+    help="JSON Schema of an object (a file, or inline JSON): sent as the one forced tool; "
+    "each answer's arguments are validated and written as one typed column per property.",
+)
+@click.option(
+    "--choices",
+    help="Shortcut for a schema with one enum property `label`, e.g. positive,negative,neutral.",
+)
+@click.option(
+    "--max-reasks",
+    type=int,
+    help="With --schema/--choices: times an invalid answer is asked again (with the "
+    "violation) before the row fails as invalid_output. [default: 2]",
+)
+@click.option(
+    "--params-column",
+    help="Column with each row's own parameters: an object with any of max_tokens, "
+    "temperature, top_p, top_k, frequency_penalty, stop_sequences, system, metadata.",
+)
 @click.option("--metadata", help="Metadata object as JSON, sent with every request.")
 @click.option(
     "--retry-failed",

@@ -22,6 +22,8 @@ class Progress:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: Invalid structured answers asked again (--schema).
+    reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     limiter: Limiter | None = None

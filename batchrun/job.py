@@ -11,6 +11,7 @@ from typing import Any
 
 from batchrun.checks import check, check_base_url, is_int, is_number, template_columns
 from batchrun.errors import UsageError
+from batchrun.structured import check_schema, named_tool
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
@@ -36,6 +37,7 @@ ERROR_TYPES = (
     "redirect",
     "invalid_image",
     "internal_error",
+    "invalid_output",
 )
 
 
@@ -62,6 +64,9 @@ class RequestParams:
     #: only what the model's documented schema has (the gateway refuses other fields of
     #: Claude models).
     extra_body: dict[str, Any] | None = None
+    #: A JSON Schema of an object (``--schema``, ``--choices``): sent as the one tool, forced,
+    #: and each answer's arguments validated against it (:mod:`batchrun.structured`).
+    schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check(
@@ -116,12 +121,17 @@ class RequestParams:
                     f"tools[{i}].description must be a string",
                 )
         if self.tool_choice is not None:
-            kind = self.tool_choice.get("type") if isinstance(self.tool_choice, dict) else None
-            names = {t["name"] for t in self.tools or ()}
             check(
-                kind in ("auto", "none", "required")
-                or (kind == "tool" and self.tool_choice.get("name") in names),
-                'tool_choice must be {"type": "auto"|"none"|"required"} or {"type": "tool", "name": <one of tools>}',
+                named_tool(self.tool_choice) in {t["name"] for t in self.tools or ()}
+                or self.tool_choice.get("type") in ("auto", "none", "required"),
+                'tool_choice must be {"type": "auto"|"none"|"required"}, {"type": "function", '
+                '"function": {"name": <one of tools>}} or {"type": "tool", "name": <one of tools>}',
+            )
+        if self.schema is not None:
+            check_schema(self.schema)
+            check(
+                self.tools is None and self.tool_choice is None,
+                "--schema (or --choices) sends its own forced tool: drop --tools and --tool-choice",
             )
         if self.metadata is not None:
             check(isinstance(self.metadata, dict), "metadata must be an object")
@@ -131,7 +141,7 @@ class RequestParams:
                 "messages" not in self.extra_body,
                 "extra_body must not hold messages (they come from the rows)",
             )
-        for name in ("tools", "tool_choice", "metadata", "extra_body"):
+        for name in ("tools", "tool_choice", "metadata", "extra_body"):  # schema: above
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -288,6 +298,10 @@ class Job:
     image_columns: tuple[str, ...] = ()
     #: Ask ``GET {base_url}/models`` whether the model is served before sending.
     model_check: bool = True
+    #: With a schema: how often an invalid answer is asked again before the row fails.
+    max_reasks: int = 2
+    #: A column holding each row's own request parameters (an object; null: none).
+    params_column: str | None = None
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
@@ -339,6 +353,10 @@ class Job:
                 is_int(self.limit) and self.limit >= 1,
                 f"limit must be an integer >= 1, got {self.limit!r}",
             )
+        check(
+            is_int(self.max_reasks) and 0 <= self.max_reasks <= 10,
+            f"max_reasks must be an integer from 0 to 10, got {self.max_reasks!r}",
+        )
 
     @property
     def summary_path(self) -> Path:
@@ -356,6 +374,7 @@ class Job:
             "messages_column": self.messages_column,
             "template": self.template,
             "id_column": self.id_column,
+            "params_column": self.params_column,
             "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
         }
         if self.image_columns:  # absent otherwise: older checkpoints resume as they were

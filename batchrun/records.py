@@ -91,10 +91,16 @@ class Completion:
 
 
 def column(
-    arrow_type: pa.DataType, meaning: str, *, nullable: bool = True, default: Any = None
+    arrow_type: pa.DataType,
+    meaning: str,
+    *,
+    nullable: bool = True,
+    default: Any = None,
+    output: bool = True,
 ) -> Any:
-    """A result column: its Arrow type and meaning ride on the RowResult field."""
-    meta = {"arrow": arrow_type, "meaning": meaning, "nullable": nullable}
+    """A result column: its Arrow type and meaning ride on the RowResult field.
+    ``output=False``: kept in the journal only (finalize derives output columns from it)."""
+    meta = {"arrow": arrow_type, "meaning": meaning, "nullable": nullable, "output": output}
     if default is MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -143,6 +149,11 @@ class RowResult:
     )
     credits_used: int | None = column(
         pa.int64(), "credits the gateway reported for the row ($1 = 2,000,000)"
+    )
+    #: With --schema: the validated tool-call arguments as compact JSON. Finalize turns them
+    #: into one typed column per property (batchrun.typed), so this stays in the journal.
+    arguments: str | None = column(
+        pa.string(), "validated tool-call arguments as JSON (--schema)", output=False
     )
 
     @classmethod
@@ -207,10 +218,13 @@ class RowResult:
 
 #: The result columns in order (``position`` is the journal's key, not a column).
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RowResult))[1:]
-#: The output's result fields, derived from the declarations above.
+#: The output's result fields, derived from the declarations above (journal-only ones left out).
 RESULT_FIELDS: tuple[pa.Field, ...] = tuple(
     pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"])
     for f in fields(RowResult)[1:]
+    if f.metadata["output"]
 )
+#: Index in a journal result tuple (position first) of each output result field.
+OUTPUT_INDEXES: tuple[int, ...] = tuple(RESULT_COLUMNS.index(f.name) + 1 for f in RESULT_FIELDS)
 #: What each result column means (for the README and ``--help``).
 RESULT_MEANINGS: dict[str, str] = {f.name: f.metadata["meaning"] for f in fields(RowResult)[1:]}

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
-from batchrun.budget import BudgetGate, recorded_spend
+from batchrun.budget import BudgetGate, RowBudget, start_gate
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
@@ -38,10 +38,12 @@ from batchrun.job import Budget, Job
 from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
-from batchrun.records import OK, Request
+from batchrun.records import OK, Request, RowResult
 from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
+from batchrun.send.reask import ReaskingSender, ReaskState, load_states
 from batchrun.sink import JournalWriter
+from batchrun.structured import AnswerCheck
 from batchrun.summarize import summarize
 from batchrun.summary import Summary
 
@@ -86,7 +88,9 @@ class _Run:
         self.journal_error: CheckpointError | None = None
         self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
         # The real gate, with the price and what was spent, is made once the journal is open.
-        self.gate = BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
+        self.budget = RowBudget(
+            BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
+        )
         self._ticker: asyncio.TimerHandle | None = None
 
     # --- stopping ---------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class _Run:
         # Nothing waits on: not the producer for a slot or for the budget, not a row for
         # a slot, a pause or a rate limit.
         self.limiter.stop()
-        self.gate.settled.set()
+        self.budget.gate.settled.set()
 
     def on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -177,6 +181,24 @@ class _Run:
     def cancelled(self, outcome: Outcome) -> None:
         self.on_outcome(outcome)
 
+    async def before_reask(
+        self, request: Request, previous: Request, answer: RowResult, state: ReaskState
+    ) -> None:
+        """An invalid answer is to be asked again: settle the answered send, record the
+        re-ask's state (the answered send's key leaves flight with it), admit the re-ask."""
+        assert self.writer is not None
+        self.progress.reasks += 1
+        self.budget.answered(previous, answer, (*state.spent, state.reported_cost_usd))
+        try:
+            await self.writer.record_reask(request.position, state.to_json(), *state.spent)
+        except JournalFailed:
+            raise NotSent from None  # the run is stopping (see journal_failed)
+        if self.budget.active:
+            why = await self.budget.admit(request, self.stopping)
+            if why is not None:
+                self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                raise NotSent
+
     # --- outcomes ---------------------------------------------------------------------------
 
     def on_outcome(self, outcome: Outcome) -> None:
@@ -184,22 +206,7 @@ class _Run:
         assert self.writer is not None
         request, result, p = outcome.request, outcome.result, self.progress
         p.sending_since.pop(request.position, None)
-        if self.gate.active:
-            # What was (or may have been) paid for: an answer, even one that could not be
-            # used, or a send whose outcome is unknown.
-            answered = result is not None and (
-                result.status == OK
-                or result.error_type in ("invalid_response", "internal_error")
-                or outcome.maybe_billed
-            )
-            self.gate.settle(
-                request.prompt_tokens,
-                request.max_tokens,
-                answered,
-                result.prompt_tokens if result else None,
-                result.completion_tokens if result else None,
-                result.reported_cost_usd if result else None,
-            )
+        self.budget.settle(outcome)
         if outcome.stop is not None:
             self.stop(
                 RunStopped(
@@ -241,25 +248,13 @@ class _Run:
                     continue
                 assert row is not None  # the scan proved every row valid
                 request = builder.build(row, pos, batch.where(offset))
-                if self.gate.active:
-                    why = await self.admit(request)
+                if self.budget.active:
+                    why = await self.budget.admit(request, self.stopping)
                     if why is not None:
                         self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
                         return
                 yield request
             await asyncio.sleep(0)  # let workers run between input batches
-
-    async def admit(self, request: Request) -> str | None:
-        """Reserve a request's worst case under the budget. One that does not fit beside
-        the requests in flight waits for them to settle at what they really used; the cap
-        stops the run only when it does not fit even with nothing in flight."""
-        gate = self.gate
-        while True:
-            gate.settled.clear()
-            why = gate.admit(request.prompt_tokens, request.max_tokens)
-            if why is None or gate.in_flight == 0 or self._stopping:
-                return why
-            await gate.settled.wait()
 
     async def send(self, prep: Prepared) -> None:
         async with self.client_factory(self.job, self.api_key) as client:
@@ -272,8 +267,17 @@ class _Run:
             self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
             try:
                 sender = RowSender(client, self.limiter, self.job.retry, self, prep.inflight_keys)
+                worker = sender.send
+                schema = self.job.params.schema
+                if schema is not None:
+                    states = load_states(self.ckpt.reask_states(prep.total))
+                    self.budget.resume(states)
+                    reasking = ReaskingSender(
+                        sender, AnswerCheck(schema), self.job.max_reasks, self, states
+                    )
+                    worker = reasking.send
                 async with contextlib.aclosing(self.requests(prep)) as requests:
-                    await self.pool.run(requests, sender.send, self.on_outcome)
+                    await self.pool.run(requests, worker, self.on_outcome)
             finally:
                 if self._ticker is not None:
                     self._ticker.cancel()
@@ -299,12 +303,8 @@ class _Run:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
             self.possibly_charged_twice = prep.possibly_charged_twice
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
-            self.gate = BudgetGate(
-                job.budget,
-                self.prices.get(job.params.model),
-                model=job.params.model,
-                spent_usd=recorded_spend(ckpt, self.prices, job.params.model, total) or 0.0,
-                spent_tokens=ckpt.aggregate(total)["total_tokens"],
+            self.budget = RowBudget(
+                start_gate(ckpt, self.prices, job.budget, job.params.model, total)
             )
             if (
                 prep.already_complete

@@ -162,6 +162,10 @@ def scan_input(
     if builder.id_column is not None and id_keys:
         _check_unique_ids(job, builder, id_keys, add)
     schema = parquet_schema(path) if fmt == "parquet" else jsonl_schema(types)
+    if job.params_column is not None and job.params_column not in schema.names:
+        raise UsageError(
+            f"{file}: params column {job.params_column!r} not found; columns are: {', '.join(schema.names)}"
+        )
     assert builder.mode is not None
     return Scan(
         total,

@@ -29,6 +29,7 @@ from batchrun.job import (
     RequestParams,
     RetryPolicy,
 )
+from batchrun.structured import choices_schema, load_schema
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
 SETTING_KEYS = frozenset(
@@ -40,6 +41,7 @@ SETTING_KEYS = frozenset(
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header expected_column match group_by image_columns
     extra_body model_check
+    schema choices max_reasks params_column
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
@@ -68,6 +70,9 @@ def load_job_file(path: Path) -> dict[str, Any]:
         if key in data:
             check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
             data[key] = os.path.normpath(path.parent / data[key])
+    schema = data.get("schema")
+    if isinstance(schema, str) and not schema.lstrip().startswith("{"):  # a path, not JSON
+        data["schema"] = os.path.normpath(path.parent / schema)
     return data
 
 
@@ -87,6 +92,20 @@ def _parse_json_setting(name: str, value: Any) -> Any:
     return value
 
 
+def _schema(schema: Any, choices: Any) -> dict[str, Any] | None:
+    """``schema`` (inline JSON, a TOML table or a file path) or ``choices`` (a, b, c)."""
+    check(schema is None or choices is None, "give only one of --schema and --choices")
+    if choices is not None:
+        return choices_schema(choices)
+    if schema is None:
+        return None
+    check(
+        isinstance(schema, str | dict),
+        f"schema must be JSON text, a table or a path, got {schema!r}",
+    )
+    return load_schema(schema)
+
+
 def _grading(s: dict[str, Any]) -> Grading | None:
     expected = s.pop("expected_column", None)
     match = s.pop("match", None)
@@ -102,6 +121,7 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
+    "params_column",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
@@ -156,6 +176,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
     stop = s.pop("stop", ())
     if isinstance(stop, str):
         stop = (stop,)
+    schema = _schema(s.pop("schema", None), s.pop("choices", None))
     try:
         params = RequestParams(
             model=s.pop("model", DEFAULT_MODEL),
@@ -172,6 +193,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             tool_choice=_parse_json_setting("tool_choice", s.pop("tool_choice", None)),
             metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
             extra_body=_parse_json_setting("extra_body", s.pop("extra_body", None)),
+            schema=schema,
         )
         limits = Limits(
             concurrency=s.pop("concurrency", Limits.concurrency),
@@ -218,6 +240,8 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
+            max_reasks=s.pop("max_reasks", 2),
+            params_column=s.pop("params_column", None),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

@@ -39,6 +39,7 @@ def summarize(
         requests_sent=p.requests,
         retries=p.retries,
         rate_limited=p.rate_limited,
+        reasks=p.reasks,
         rows_possibly_charged_twice=possibly_charged_twice,
         prompt_tokens=agg["prompt_tokens"],
         completion_tokens=agg["completion_tokens"],

@@ -29,6 +29,8 @@ class Summary:
     requests_sent: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: Invalid structured answers (--schema) asked again, in this run.
+    reasks: int = 0
     #: Rows that were in flight when an earlier run died: the API may have billed them
     #: once already; they were sent again (with the same Idempotency-Key).
     rows_possibly_charged_twice: int = 0
@@ -82,7 +84,9 @@ class Summary:
             f"batchrun: {self.state} — {self.rows_ok:,} ok, {self.rows_error:,} error"
             + (f", {self.rows_pending:,} not done" if self.rows_pending else "")
             + f" of {self.rows_total:,} rows → {self.output}",
-            f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,})"
+            f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,}"
+            + (f", re-asks {self.reasks:,}" if self.reasks else "")
+            + ")"
             f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
             f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}",
             self._cost_line(),

@@ -47,6 +47,7 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
+        "ALTER TABLE results DROP COLUMN arguments",
         "ALTER TABLE results DROP COLUMN credits_used",
         "ALTER TABLE results DROP COLUMN inference_id",
         "ALTER TABLE results DROP COLUMN client_request_id",
