@@ -25,6 +25,7 @@ from batchrun.pricing import PriceTable
 from batchrun.report import build_report, recorded_group_by
 from batchrun.report_html import render_html
 from batchrun.report_render import render_text
+from batchrun.simulate.toolargs import INVALID_KINDS
 
 
 @click.command()
@@ -312,6 +313,20 @@ def compare(
     "--answers-seed", default=0, show_default=True, type=int, help="Seed of --correct-rate."
 )
 @click.option(
+    "--invalid-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of forced tool calls answered with invalid arguments (which ones: by "
+    "conversation, so a re-ask draws again).",
+)
+@click.option(
+    "--invalid-kinds",
+    default=",".join(INVALID_KINDS),
+    show_default=True,
+    help="Ways --invalid-rate spoils arguments, comma-separated.",
+)
+@click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
 def simulate(
@@ -338,13 +353,20 @@ def simulate(
     if models_list is not None:
         names = tuple(m.strip() for m in models_list.split(",") if m.strip())
         options["models"] = names or None
+    kinds = options.pop("invalid_kinds")
     try:
-        config = SimConfig(api_key=api_key, rpm_limit=rpm_limit, **options)
+        config = SimConfig(
+            api_key=api_key,
+            rpm_limit=rpm_limit,
+            invalid_kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+            **options,
+        )
         serve(
             config,
             host=host,
             port=port,
             ready=lambda url: click.echo(f"simulator listening on {url}", err=True),
+            log=lambda line: click.echo(f"simulator: {line}", err=True),
         )
     except ValueError as exc:
         click.echo(f"batchrun: error: {exc}", err=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from batchrun.simulate.toolargs import INVALID_KINDS
+
 #: The seed model's names: one model, four aliases.
 CLAUDE_3_OPUS_ALIASES = (
     "anthropic/claude-3-opus",
@@ -31,6 +33,7 @@ _RATES = (
     "stream_stall_rate",
     "reasoning_rate",
     "correct_rate",
+    "invalid_rate",
 )
 
 
@@ -71,6 +74,10 @@ class SimConfig:
     answers_column: str = "answer"
     correct_rate: float = 1.0
     answers_seed: int = 0
+    #: Share of forced tool calls whose arguments are made invalid, in one of
+    #: ``invalid_kinds`` (which answers, and which way: a digest of the conversation).
+    invalid_rate: float = 0.0
+    invalid_kinds: tuple[str, ...] = INVALID_KINDS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +91,9 @@ class SimConfig:
             raise ValueError("rpm_limit must be >= 1")
         if self.rpm_window_s <= 0:
             raise ValueError("rpm_window_s must be > 0")
+        unknown = [k for k in self.invalid_kinds if k not in INVALID_KINDS]
+        if unknown or not self.invalid_kinds:
+            raise ValueError(f"invalid kinds are some of {', '.join(INVALID_KINDS)}, got {unknown}")
 
 
 @dataclass
@@ -115,6 +125,10 @@ class SimStats:
     client_request_ids_invalid: int = 0
     #: GET /v1/models requests.
     model_lists: int = 0
+    #: Forced tool calls answered with invalid arguments, by the way they were made invalid.
+    invalid_answers: dict[str, int] = field(default_factory=dict)
+    #: Requests that follow up an answer (a tool result or a user turn after the assistant's).
+    followups: int = 0
     bodies: list[dict[str, Any]] | None = None
 
     def count(self, status: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import json
 import random
 import signal
@@ -32,9 +33,25 @@ from batchrun.simulate.wire import JSON, completion_body, error_body, error_resp
 _TRACE = "batchrun.trace"
 
 
+def followup_of(body: dict[str, Any]) -> str | None:
+    """The follow-up a request carries, if it answers an earlier answer: a tool result, or a
+    user turn after an assistant's (the text of its last message)."""
+    messages = body.get("messages") or []
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if "tool" not in roles and not any(
+        a == "assistant" and b == "user" for a, b in itertools.pairwise(roles)
+    ):
+        return None
+    content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+    return content if isinstance(content, str) else json.dumps(content)
+
+
 class _Simulator:
-    def __init__(self, config: SimConfig, record_bodies: bool) -> None:
+    def __init__(
+        self, config: SimConfig, record_bodies: bool, log: Callable[[str], None] | None = None
+    ) -> None:
         self.config = config
+        self.log = log
         self.stats = SimStats(bodies=[] if record_bodies else None)
         self.faults = Faults(config)
         self.answer_key = (
@@ -167,7 +184,22 @@ class _Simulator:
     ) -> web.StreamResponse:
         st = self.stats
         keyed = None if self.answer_key is None else self.answer_key.answer(body)
-        answer = answer_for(body, reasoning_rate=self.config.reasoning_rate, keyed=keyed)
+        cfg = self.config
+        answer = answer_for(
+            body,
+            reasoning_rate=cfg.reasoning_rate,
+            keyed=keyed,
+            invalid_rate=cfg.invalid_rate,
+            invalid_kinds=cfg.invalid_kinds,
+            seed=cfg.seed,
+        )
+        followup = followup_of(body) if body.get("tools") else None
+        if followup is not None:
+            st.followups += 1
+            if self.log is not None:
+                self.log(f"follow-up #{st.followups}: {followup[:200]}")
+        if answer.invalid is not None:
+            st.invalid_answers[answer.invalid] = st.invalid_answers.get(answer.invalid, 0) + 1
         st.ok += 1
         rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
         st.prompt_tokens += answer.usage["prompt_tokens"]
@@ -280,9 +312,12 @@ class _Simulator:
 _SIM_KEY = web.AppKey("simulator", _Simulator)
 
 
-def make_app(config: SimConfig, *, record_bodies: bool = False) -> web.Application:
-    """The simulator as an aiohttp application (its state at ``app[_SIM_KEY]``)."""
-    sim = _Simulator(config, record_bodies)
+def make_app(
+    config: SimConfig, *, record_bodies: bool = False, log: Callable[[str], None] | None = None
+) -> web.Application:
+    """The simulator as an aiohttp application (its state at ``app[_SIM_KEY]``); ``log``
+    hears a line for each follow-up (a re-ask) it answers."""
+    sim = _Simulator(config, record_bodies, log)
     app = web.Application(client_max_size=64 * 1024**2)
     app[_SIM_KEY] = sim
     app.add_routes(sim.routes())
@@ -314,11 +349,16 @@ class SimServer:
 
 @contextlib.asynccontextmanager
 async def start_simulator(
-    config: SimConfig, host: str = "127.0.0.1", port: int = 0, *, record_bodies: bool = False
+    config: SimConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    record_bodies: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> AsyncIterator[SimServer]:
     """Serve the simulator until the block ends; port 0 picks a free port."""
     _check_loopback(host)
-    app = make_app(config, record_bodies=record_bodies)
+    app = make_app(config, record_bodies=record_bodies, log=log)
     # A stopping simulator does not wait for stalled answers (aiohttp's default is 60 s).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
@@ -337,8 +377,10 @@ def serve(
     port: int = 8089,
     *,
     ready: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; ``ready(url)`` is called once listening."""
+    """Serve until SIGINT/SIGTERM; ``ready(url)`` is called once listening, ``log`` with a
+    line for each follow-up answered."""
     _check_loopback(host)
 
     async def main() -> None:
@@ -346,7 +388,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with start_simulator(config, host, port) as sim:
+        async with start_simulator(config, host, port, log=log) as sim:
             if ready is not None:
                 ready(sim.url)
             await stop.wait()
