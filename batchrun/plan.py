@@ -9,11 +9,12 @@ import os
 
 from batchrun.checks import check_api_key
 from batchrun.errors import InvalidInput, UsageError
+from batchrun.finalize import final_schema
 from batchrun.io.readers import InputBatch
 from batchrun.job import Job
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
-from batchrun.scan import scan_input
+from batchrun.scan import Scan, scan_input
 from batchrun.send import USER_AGENT, ChatCompletions
 
 PREVIEW_REQUESTS = 3
@@ -31,7 +32,8 @@ def dry_run(job: Job) -> str:
     if scan.errors:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
-    valid = scan.total_rows - scan.invalid_rows
+    # Each row's own max_tokens (--params-column) is in its estimate.
+    completion_max = scan.estimated_tokens - scan.estimated_prompt_tokens
     dialect = ChatCompletions(system_as_message=job.params.system_as_message)
     url = job.base_url.rstrip("/") + dialect.path
     key_state = _key_state(job.api_key_env)
@@ -42,10 +44,11 @@ def dry_run(job: Job) -> str:
         + (f" column {scan.column!r}" if scan.column else "")
         + f"; ids from: {scan.id_column or 'row position'}",
         f"estimated tokens (whole input): {scan.estimated_prompt_tokens:,} prompt"
-        f" + up to {job.params.max_tokens * valid:,} completion"
+        f" + up to {completion_max:,} completion"
         f" (max_tokens {job.params.max_tokens} a row)",
-        _cost_line(job, scan.estimated_prompt_tokens, job.params.max_tokens * valid),
+        _cost_line(job, scan.estimated_prompt_tokens, completion_max),
         f"API key: ${job.api_key_env} is {key_state}",
+        *_typed_line(job, scan),
         "",
     ]
     for r in previews:
@@ -62,6 +65,18 @@ def dry_run(job: Job) -> str:
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)
+
+
+def _typed_line(job: Job, scan: Scan) -> list[str]:
+    """The typed columns a --schema job's output will have, as they will be named."""
+    columns, schema = final_schema(job, scan)
+    if not columns:
+        return []
+    typed = [f"{f.name} ({f.type})" for f in list(schema)[-len(columns) :]]
+    return [
+        f"structured output: {', '.join(typed)}; invalid answers asked again up to "
+        f"{job.max_reasks} time(s)"
+    ]
 
 
 def _key_state(env_name: str) -> str:

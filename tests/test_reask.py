@@ -260,3 +260,17 @@ def test_an_out_of_range_row_parameter_names_line_and_column_and_sends_nothing(
     text = str(info.value)
     assert "line 2" in text and "opts" in text and message in text
     assert client.requests == []
+
+
+def test_the_dry_run_names_the_typed_columns_and_counts_each_rows_max_tokens(
+    tmp_path: Path,
+) -> None:
+    from batchrun.plan import dry_run
+
+    _params_input(
+        tmp_path,
+        [{"id": 0, "prompt": "p0", "opts": {"max_tokens": 100}}, {"id": 1, "prompt": "p1"}],
+    )
+    text = dry_run(_job(tmp_path, 2, params_column="opts"))
+    assert "up to 108 completion" in text  # 100 for row 0, the job's 8 for row 1
+    assert "structured output: label (string); invalid answers asked again up to 2" in text
