@@ -130,8 +130,7 @@ def arguments_for(
     ``seed`` picks another set of invalid answers (the valid ones stay the same)."""
     if not isinstance(schema, dict):
         schema = {}
-    seed = _seed("args", conversation)
-    args = value_for(schema, schema, seed)
+    args = value_for(schema, schema, _seed("args", conversation))
     if not isinstance(args, dict):
         args = {}
     draw = _seed("invalid", str(seed), conversation)
