@@ -80,7 +80,9 @@ def start_gate(
 ) -> BudgetGate:
     """The gate of a run, with what the output's rows (and the answers of rows left between
     re-asks) have spent so far."""
-    pending_prompt, pending_completion = ckpt.pending_usage(total)
+    pending = ckpt.between_reasks(total)
+    pending_prompt = sum(r[2] or 0 for r in pending)
+    pending_completion = sum(r[3] or 0 for r in pending)
     price = prices.get(model)
     pending_usd = price.cost(pending_prompt, pending_completion) if price else 0.0
     return BudgetGate(

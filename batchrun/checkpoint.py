@@ -8,11 +8,9 @@ Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoi
 - ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
   An entry is committed *before* its request leaves, so after a crash it tells which rows
   may have been paid for already, and the resend reuses the key.
-- ``reasks``: rows of a ``--schema`` job whose answer was invalid and that are being asked
-  again: the follow-up conversation and what the earlier answers used. Committed before the
-  re-ask leaves, together with the end of the answered send's in-flight mark, so a rerun
-  after a crash resends the very same re-ask (with its own key once that is marked) and
-  the row's attempts and tokens keep the answers already paid for.
+- ``reasks``: rows of a ``--schema`` job being asked again: the follow-up and what earlier
+  answers used, committed (ending the answered send's in-flight mark) before the re-ask
+  leaves, so a rerun resends that very re-ask and the row keeps what was paid.
 
 WAL with ``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``);
 only an operating-system crash may lose the last few milliseconds.
@@ -22,19 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import operator
 import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
-from batchrun.io.files import open_regular, regular_file, why_unwritable
+from batchrun.io.files import why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
 JOURNAL_VERSION = "6"
@@ -72,33 +68,6 @@ CREATE TABLE IF NOT EXISTS reasks (
     prompt_tokens INTEGER, completion_tokens INTEGER
 );
 """
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path, "input file") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class InputSignature:
-    """What identifies the input: size and content digest (mtime only as a shortcut)."""
-
-    size: int
-    mtime_ns: int
-    digest: str
-
-    @classmethod
-    def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
-        st = regular_file(path, "input file")
-        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-            return known  # unchanged file: skip re-reading it
-        return cls(st.st_size, st.st_mtime_ns, file_digest(path))
-
-    def same_content(self, other: InputSignature) -> bool:
-        return self.size == other.size and self.digest == other.digest
 
 
 class Checkpoint:
@@ -279,10 +248,8 @@ class Checkpoint:
         reasks: Sequence[Reask] = (),
     ) -> None:
         """Record in one transaction: rows now in flight, finished rows (leaving flight, but
-        for those in ``keep``), and rows taken out of flight unsent.
-
-        ``reasks``: rows about to be asked again. Their answered send leaves flight here (its
-        key is spent: a re-ask is another request), and a finished row's state goes.
+        for those in ``keep``), and rows taken out of flight unsent. ``reasks``: rows about
+        to be asked again (their answered send's key is spent; a finished row's state goes).
 
         ``keep``: failed rows whose last send's outcome is unknown (a timeout): the key stays
         for the resend that --retry-failed makes. ``doubts``: rows sent again after a send
@@ -318,25 +285,13 @@ class Checkpoint:
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
 
-    def reask_states(self, below: int) -> dict[int, str]:
-        """Rows left in the middle of their re-asks (not recorded), with their state."""
-        return dict(
-            self.db.execute(
-                "SELECT position, state FROM reasks WHERE position < ?"
-                " AND position NOT IN (SELECT position FROM results)",
-                (below,),
-            )
-        )
-
-    def pending_usage(self, below: int) -> tuple[int, int]:
-        """(prompt, completion) tokens of the answers of rows left mid-re-ask: paid for,
-        not yet in any recorded row."""
-        row = self.db.execute(
-            "SELECT sum(prompt_tokens), sum(completion_tokens) FROM reasks WHERE position < ?"
-            " AND position NOT IN (SELECT position FROM results)",
+    def between_reasks(self, below: int) -> list[Reask]:
+        """Rows left between their re-asks (not recorded): position, state, tokens used."""
+        return self.db.execute(
+            "SELECT position, state, prompt_tokens, completion_tokens FROM reasks"
+            " WHERE position < ? AND position NOT IN (SELECT position FROM results)",
             (below,),
-        ).fetchone()
-        return int(row[0] or 0), int(row[1] or 0)
+        ).fetchall()
 
     def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
         """Recorded results with start <= position < stop, in position order."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.checkpoint import Checkpoint, InputSignature
+from batchrun.checkpoint import Checkpoint
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
 from batchrun.io.readers import iter_batches
+from batchrun.io.signature import InputSignature
 from batchrun.job import Job
 from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
 

@@ -270,7 +270,7 @@ class _Run:
                 worker = sender.send
                 schema = self.job.params.schema
                 if schema is not None:
-                    states = load_states(self.ckpt.reask_states(prep.total))
+                    states = load_states(self.ckpt.between_reasks(prep.total))
                     self.budget.resume(states)
                     reasking = ReaskingSender(
                         sender, AnswerCheck(schema), self.job.max_reasks, self, states

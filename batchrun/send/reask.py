@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -121,9 +121,9 @@ class ReaskState:
         )
 
 
-def load_states(texts: dict[int, str]) -> dict[int, ReaskState]:
-    """States as the driver recorded them (:meth:`ReaskState.to_json`), by row position."""
-    return {position: ReaskState.from_json(text) for position, text in texts.items()}
+def load_states(rows: Iterable[tuple[Any, ...]]) -> dict[int, ReaskState]:
+    """States as the driver recorded them: (position, :meth:`ReaskState.to_json`, …) rows."""
+    return {row[0]: ReaskState.from_json(row[1]) for row in rows}
 
 
 class ReaskingSender:
