@@ -39,6 +39,13 @@ def main() -> None:
         action="store_true",
         help="the simulator replays answers for a known key",
     )
+    ap.add_argument(
+        "--choices",
+        help="label with --choices (a forced tool): kills land between answers and re-asks too",
+    )
+    ap.add_argument(
+        "--invalid-rate", type=float, default=0.0, help="the simulator's share of invalid answers"
+    )
     opts = ap.parse_args()
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="batchrun-kill-") as d:
@@ -49,12 +56,14 @@ def main() -> None:
                 f.write(json.dumps({"id": f"r{i}", "prompt": f"prompt number {i}"}) + "\n")
         out = tmp / "out.parquet"
         extra = ["--honor-idempotency"] if opts.honor_idempotency else []
+        extra += ["--invalid-rate", str(opts.invalid_rate)]
         sim = Simulator(
             "--latency-ms", str(opts.latency_ms), "--jitter-ms", str(opts.latency_ms / 3), *extra
         )
         args = [
             sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
             "--base-url", sim.url, "--concurrency", str(opts.concurrency), "--quiet",
+            *(["--choices", opts.choices, "--max-failure-rate", "1"] if opts.choices else []),
         ]  # fmt: skip
         env = dict(os.environ, AIMLAPI_KEY="bench-key")
         kills = runs = 0
@@ -101,6 +110,12 @@ def main() -> None:
         print(
             f"bound: kills x concurrency = {kills * opts.concurrency}; rows counted as possibly charged twice: {summary['rows_possibly_charged_twice']}"
         )
+        if opts.choices:
+            attempts = sum(table.column("attempts").to_pylist())
+            print(
+                f"re-asks: {stats['followups']:,} follow-ups answered; attempts in the output "
+                f"{attempts:,}; labels: {sorted(set(table.column('label').to_pylist()) - {None})}"
+            )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -66,6 +67,9 @@ class Simulator:
         line = self.proc.stderr.readline()
         if "listening" not in line:
             raise RuntimeError(f"simulator did not start: {line}")
+        # Keep reading what it says later (a line per re-ask it answers): a full pipe would
+        # stop the simulator mid-answer.
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def stats(self) -> dict[str, Any]:
