@@ -24,25 +24,12 @@ from batchrun.pricing import Price, PriceTable
 def recorded_cost(
     ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
 ) -> float | None:
-    """Estimated USD of the rows recorded so far, priced by the model that served them.
+    """Estimated USD of the rows recorded so far, priced by the model that served them,
+    at the batch rate for rows answered through a batch (``--mode batch``).
 
     None when some used tokens belong to a model without a price.
     """
-    total = 0.0
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? GROUP BY model",
-        (below,),
-    ):
-        if not (prompt or completion):
-            continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
-            return None
-        total += cost
-    return total
+    return _priced(ckpt, prices, default_model, below)
 
 
 def recorded_spend(
@@ -55,19 +42,28 @@ def recorded_spend(
         "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
     ).fetchone()[0]
     total = float(reported or 0.0)
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? AND reported_cost_usd IS NULL GROUP BY model",
+    rest = _priced(ckpt, prices, default_model, below, "AND r.reported_cost_usd IS NULL")
+    return None if rest is None else total + rest
+
+
+def _priced(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, where: str = ""
+) -> float | None:
+    """Tokens of recorded rows at their model's price, the batch rate for rows answered
+    through a batch; None when a model has no price."""
+    total = 0.0
+    for model, batched, prompt, completion in ckpt.db.execute(
+        "SELECT r.model, b.position IS NOT NULL, sum(r.prompt_tokens), sum(r.completion_tokens)"
+        " FROM results r LEFT JOIN batch_rows b ON b.position = r.position"
+        f" WHERE r.position < ? {where} GROUP BY 1, 2",
         (below,),
     ):
         if not (prompt or completion):
             continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
+        price = prices.get(model or default_model) or prices.get(default_model)
+        if price is None:
             return None
-        total += cost
+        total += (price.batch() if batched else price).cost(prompt or 0, completion or 0)
     return total
 
 

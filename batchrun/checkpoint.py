@@ -28,23 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchjournal import BATCH_SCHEMA, forget_unanswered
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
 from batchrun.io.files import open_regular, regular_file, why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "5"
+JOURNAL_VERSION = "6"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
 #: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
-#: credits_used. 3 counts each in-flight mark once as
-#: possibly charged twice.
+#: credits_used. 3 counts each in-flight mark once as possibly charged twice. 6 adds the
+#: batch tables (made with the schema, see batchjournal): an older batchrun, which knows
+#: no batches, must refuse a journal that has some.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),
     "2": (_ADD_COUNTED,),
     "3": (),
     "4": (),
+    "5": (),
 }
 
 _SCHEMA = f"""
@@ -133,7 +136,7 @@ class Checkpoint:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + BATCH_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='journal_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
@@ -254,6 +257,7 @@ class Checkpoint:
                 )
             else:
                 cur = db.execute("DELETE FROM results WHERE status='error'")
+            forget_unanswered(db)
         return cur.rowcount
 
     def write(

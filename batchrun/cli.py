@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from batchrun import __version__
+from batchrun.cli_batch import cancel
 from batchrun.cli_common import (
     DEBUG_ENV,
     Stdout,
@@ -191,6 +192,27 @@ def main() -> None:
     default=None,
     help="Before sending, ask GET BASE_URL/models whether the model is served (exit 2 naming the closest names if not; a warning if the list cannot be had). [default: on]",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["live", "batch"]),
+    help="live: a request a row; batch: the provider's Batch API (half the price, answers "
+    "within hours; rerun the same command after any stop). [default: live]",
+)
+@click.option(
+    "--batch-api",
+    type=click.Choice(["gateway"]),
+    help="Batch API shape (the gateway's Message Batches). [default: gateway]",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Requests a batch (at most 100000; a batch also stays under 256 MB). [default: 100000]",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    help="Seconds between polls of a running batch; doubled on errors up to 300. [default: 30]",
+)
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.
@@ -243,6 +265,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     sys.exit(summary.exit_code)
 
 
+main.add_command(cancel)
 main.add_command(report)
 main.add_command(compare)
 main.add_command(simulate)

@@ -314,6 +314,47 @@ def compare(
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
+@click.option(
+    "--batch-delay",
+    "batch_delay_s",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Batch API: seconds from a batch's creation to its end.",
+)
+@click.option(
+    "--batch-errored-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Batch API: fraction of requests that end errored.",
+)
+@click.option(
+    "--batch-expired-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Batch API: fraction of requests that end expired.",
+)
+@click.option(
+    "--batch-poll-error-rate",
+    "batch_poll_500_rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Batch API: fraction of polls answered 500.",
+)
+@click.option(
+    "--batch-shuffle/--no-batch-shuffle",
+    default=True,
+    show_default=True,
+    help="Batch API: results in shuffled order.",
+)
+@click.option(
+    "--batch-stray-results",
+    is_flag=True,
+    help="Batch API: add result lines of no request, a second result for one, and a non-JSON line.",
+)
 def simulate(
     host: str,
     port: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun.batchjournal import check_mode
 from batchrun.checkpoint import Checkpoint, InputSignature
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
@@ -113,6 +114,11 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
         # made the checkpoint may not have checked the patterns of a --match regex added now.
         if job.grading is not None and job.grading.match == "regex":
             check_patterns(job, job.grading.expected_column)
+    check_mode(job.mode, ckpt)
+    if job.mode == "batch" and not ckpt.get_meta("batch_checked"):
+        if stored is not None:  # made by a live run: its scan did not check the batch shape
+            validate(job)
+        ckpt.set_meta(batch_checked=True)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     retrying = ckpt.forget_failed(job.only_error_types) if job.retry_failed else 0
     check_grading(job, scan)

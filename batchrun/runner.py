@@ -1,11 +1,10 @@
-"""The run: a short driver over the stages. ``run_job`` is the library entry point; the CLI
-is a thin layer over it.
+"""The run: a short driver over the stages; ``run_job`` is the library entry point.
 
-prepare (lock, journal, checks, scan) → send (:mod:`batchrun.send`, with the journal plugged
-into its hooks) → finalize (one Parquet file) → summarize. The producer walks the input,
-skips recorded rows and reserves the budget; the pool takes a slot before it creates each
-task; every outcome goes to the one journal writer. A failed row is a row, never an
-exception out of the pool.
+prepare (lock, journal, checks, scan) → send (:mod:`batchrun.send` with the journal plugged
+into its hooks, or :mod:`batchrun.batchmode`) → finalize (one Parquet file) → summarize. The
+producer walks the input, skips recorded rows and reserves the budget; the pool takes a slot
+before it creates each task; every outcome goes to the one journal writer. A failed row is a
+row, never an exception out of the pool.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
+from batchrun.batchmode import BatchMode
 from batchrun.budget import BudgetGate, recorded_spend
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
@@ -53,10 +53,6 @@ BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _ignore(_: Event) -> None:
-    pass
-
-
 class _Run:
     """One run of a job; it is also the send path's hooks (journal, progress, stops)."""
 
@@ -88,6 +84,7 @@ class _Run:
         # The real gate, with the price and what was spent, is made once the journal is open.
         self.gate = BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
         self._ticker: asyncio.TimerHandle | None = None
+        self.batch: BatchMode | None = None
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -104,6 +101,8 @@ class _Run:
         # a slot, a pause or a rate limit.
         self.limiter.stop()
         self.gate.settled.set()
+        if self.batch is not None:
+            self.batch.wake.set()  # a poll's wait ends
 
     def on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -119,6 +118,8 @@ class _Run:
             asyncio.get_running_loop().call_later(GRACE_S, self.pool.cancel)
         else:
             self.pool.cancel()
+        if self.batch is not None:
+            self.batch.interrupt(now=self.signals > 1, grace_s=GRACE_S)
 
     def journal_failed(self, exc: BaseException) -> None:
         """Nothing more can be recorded: stop at once rather than pay for rows that would
@@ -262,6 +263,9 @@ class _Run:
             await gate.settled.wait()
 
     async def send(self, prep: Prepared) -> None:
+        if self.job.mode == "batch":
+            self.batch = BatchMode(self, self.job, self.ckpt, prep, self.api_key)
+            return await self.batch.drive()
         async with self.client_factory(self.job, self.api_key) as client:
             if self.job.model_check:
                 fresh = not prep.resumed and not prep.inflight_keys
@@ -355,6 +359,7 @@ class _Run:
             possibly_charged_twice=self.possibly_charged_twice,
             wall_s=time.monotonic() - started,
             state="complete" if done == total else "partial",
+            batch_ignored=self.batch.ignored_total if self.batch else 0,
         )
         error = self.stop_error
         if error is not None:
@@ -385,7 +390,7 @@ async def run_job(
     the last two carry ``.summary`` and leave a resumable checkpoint.
     """
     api_key = get_api_key(job)
-    run = _Run(job, on_event or _ignore, api_key, client_factory)
+    run = _Run(job, on_event or (lambda _: None), api_key, client_factory)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if handle_signals:

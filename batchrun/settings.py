@@ -22,6 +22,7 @@ from batchrun.job import (
     DEFAULT_BASE_URL,
     DEFAULT_COST_HEADER,
     DEFAULT_MODEL,
+    BatchOptions,
     Budget,
     Grading,
     Job,
@@ -39,7 +40,8 @@ SETTING_KEYS = frozenset(
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header expected_column match group_by image_columns
-    extra_body model_check
+    extra_body model_check mode batch_api batch_size
+    poll_interval
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
@@ -102,6 +104,7 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
+    "mode", "batch_api",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
@@ -218,6 +221,12 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
+            mode=s.pop("mode", "live"),
+            batch=BatchOptions(
+                api=s.pop("batch_api", BatchOptions.api),
+                size=s.pop("batch_size", BatchOptions.size),
+                poll_interval_s=s.pop("poll_interval", BatchOptions.poll_interval_s),
+            ),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

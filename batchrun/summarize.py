@@ -3,6 +3,7 @@ latency from the output file, accuracy when graded."""
 
 from __future__ import annotations
 
+from batchrun.batchjournal import batch_summary
 from batchrun.budget import recorded_cost, recorded_spend
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Progress
@@ -23,6 +24,7 @@ def summarize(
     possibly_charged_twice: int,
     wall_s: float,
     state: str,
+    batch_ignored: int = 0,
 ) -> Summary:
     """The summary of a run over the first ``total`` rows of the output."""
     agg = ckpt.aggregate(total)
@@ -54,6 +56,11 @@ def summarize(
         credits_used=agg["credits_used"],
         spent_usd=_round(recorded_spend(ckpt, prices, job.params.model, total)),
     )
+    if job.mode == "batch" or batch_ignored:
+        summary.mode = job.mode
+        info = batch_summary(ckpt)
+        summary.batches, summary.batches_in_doubt = info["batches"], info["batches_in_doubt"]
+        summary.batch_results_ignored = batch_ignored
     grading = job.grading
     if grading is not None and output.exists():
         summary.graded_rows, summary.accuracy, summary.accuracy_by_group = accuracy(

@@ -55,6 +55,15 @@ class Summary:
     accuracy_by_group: dict[str, float] = field(default_factory=dict)
     stop_reason: str | None = None
     exit_code: int = 0
+    #: live, or batch (the provider's Batch API: the cost above is at the batch rate).
+    mode: str = "live"
+    #: Batch mode: the job's batches by state (open ones with the provider's last state).
+    batches: dict[str, int] = field(default_factory=dict)
+    #: Batch mode: chunks whose create may have been answered without its id being
+    #: recorded (a crash in that window); their rows are in rows_possibly_charged_twice.
+    batches_in_doubt: list[str] = field(default_factory=list)
+    #: Batch mode: result lines ignored (not a result, unknown or repeated custom_id).
+    batch_results_ignored: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -111,6 +120,19 @@ class Summary:
                 f"  accuracy {self.accuracy:.1%} of {self.graded_rows:,} graded rows"
                 + (f" ({groups})" if groups else "")
             )
+        if self.mode == "batch":
+            out.append(
+                "  batch mode: "
+                + (", ".join(f"{k} {v:,}" for k, v in sorted(self.batches.items())) or "no batches")
+                + ", cost at the batch rate"
+                + (
+                    f", {self.batch_results_ignored:,} result lines ignored"
+                    if self.batch_results_ignored
+                    else ""
+                )
+            )
+            for name in self.batches_in_doubt:
+                out.append(f"  possibly created twice (killed before its id was recorded): {name}")
         if self.stop_reason:
             out.append(f"  stopped: {self.stop_reason}")
         return out

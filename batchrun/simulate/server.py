@@ -22,6 +22,7 @@ from batchrun.pricing import PriceTable
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
 from batchrun.simulate.answers import Answer, answer_for
+from batchrun.simulate.batches import BatchService
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
@@ -55,6 +56,7 @@ class _Simulator:
         self.usd_total = Fraction(0)
         # Response ids: unique per simulator run, counting up.
         self.seed_id = random.Random(config.seed).getrandbits(32)
+        self.batches = BatchService(config, self.stats, self.denied)
 
     def routes(self) -> list[web.RouteDef]:
         """Every path the simulator serves: the API's, then its own under ``/_sim``."""
@@ -65,7 +67,16 @@ class _Simulator:
             web.get("/_sim/stats", self.get_stats),
             web.get("/v1/_sim/stats", self.get_stats),
             web.post("/_sim/reset", self.reset),
+            *self.batches.routes(),
         ]
+
+    def denied(self, request: web.Request) -> web.Response | None:
+        """401 for a missing or wrong key, else None."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token or (self.config.api_key is not None and token != self.config.api_key):
+            return error_response(401, "invalid or missing API key", "authentication_error")
+        return None
 
     def _counted(self, response: web.Response) -> web.Response:
         self.stats.count(response.status)
@@ -274,6 +285,7 @@ class _Simulator:
         self.replies.clear()
         self.usd_total = Fraction(0)
         self.faults.reset()
+        self.batches.reset(self.stats)
         return web.json_response({"reset": True})
 
 
