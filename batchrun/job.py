@@ -396,6 +396,11 @@ class Job:
                 "parameters (model, messages, system, max_tokens, stop_sequences, temperature, "
                 "top_k, top_p, tools, tool_choice, metadata)",
             )
+        check(
+            self.budget.max_cost_usd is None and self.budget.max_tokens_total is None,
+            "--max-cost and --max-tokens-total are not enforced in --mode batch yet (a batch is "
+            "paid for as a whole); see the dry run's batch estimate instead",
+        )
 
     @property
     def summary_path(self) -> Path:

@@ -15,6 +15,7 @@ from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input
 from batchrun.send import USER_AGENT, ChatCompletions
+from batchrun.send.batch import MAX_REQUESTS, GatewayBatches, custom_id_for
 
 PREVIEW_REQUESTS = 3
 
@@ -48,6 +49,9 @@ def dry_run(job: Job) -> str:
         f"API key: ${job.api_key_env} is {key_state}",
         "",
     ]
+    if job.mode == "batch":
+        lines += _batch_preview(job, previews, scan.total_rows)
+        previews = []
     for r in previews:
         lines.append(f"POST {url}")
         lines.append(
@@ -62,6 +66,25 @@ def dry_run(job: Job) -> str:
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)
+
+
+def _batch_preview(job: Job, previews: list[Request], rows: int) -> list[str]:
+    """The first request lines of the first batch, as the create would send them."""
+    dialect = GatewayBatches()
+    size = min(job.batch.size, MAX_REQUESTS)
+    out = [
+        f"POST {job.base_url.rstrip('/')}{dialect.path}  ({-(-rows // size):,} batches of up "
+        f"to {size:,} requests and 256 MB; polled every {job.batch.poll_interval_s:g} s)",
+        "Authorization: Bearer ***",
+        f"User-Agent: {USER_AGENT}",
+        "Idempotency-Key: <per batch>",
+        '{"requests": [',
+    ]
+    for r in previews:
+        line = json.loads(dialect.line(custom_id_for(r.position), r))
+        out.append("  " + json.dumps(line, ensure_ascii=False) + ",")
+    out += ["  ...", "]}", ""]
+    return out
 
 
 def _key_state(env_name: str) -> str:
@@ -83,8 +106,14 @@ def _cost_line(job: Job, prompt_tokens: int, max_completion_tokens: int) -> str:
         return f"estimated cost: unknown (no price for {job.params.model!r}; add one with --prices)"
     low = price.cost(prompt_tokens, 0)
     high = price.cost(prompt_tokens, max_completion_tokens)
+    batch = price.batch()
+    b_low, b_high = batch.cost(prompt_tokens, 0), batch.cost(prompt_tokens, max_completion_tokens)
+    chosen = " (this job)"
     return (
-        f"estimated cost: ${low:,.4f} for the prompts, at most ${high:,.4f} if every answer "
-        f"uses max_tokens (list prices: ${price.input_per_mtok:g} in / "
-        f"${price.output_per_mtok:g} out per million tokens)"
+        f"estimated cost: live{chosen if job.mode == 'live' else ''} ${low:,.4f} for the "
+        f"prompts, at most ${high:,.4f} if every answer uses max_tokens (list prices: "
+        f"${price.input_per_mtok:g} in / ${price.output_per_mtok:g} out per million tokens)"
+        f"\n                batch{chosen if job.mode == 'batch' else ''} ${b_low:,.4f} for the "
+        f"prompts, at most ${b_high:,.4f} (Batch API: ${batch.input_per_mtok:g} in / "
+        f"${batch.output_per_mtok:g} out; answers within 24 hours)"
     )

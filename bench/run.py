@@ -270,6 +270,8 @@ def scenario(
     )
     if stats.get("billed_twice"):
         note += f"; billed twice {stats['billed_twice']}"
+    if stats.get("batches_created"):
+        note += f"; {stats['batches_created']} batches, {stats.get('requests', 0)} chat requests"
     if run.exit_code not in (0,):
         note += f"; {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}"
     done = int(s.get("rows_ok", 0)) + int(s.get("rows_error", 0))
@@ -432,6 +434,14 @@ def main() -> None:
                 )
         if want("H"):  # images and peak memory (bench/image_bench.py)
             extra += image_bench.scenario(tmp, 2_000 if q else 10_000)
+        if want("I"):  # batch mode: the Batch API, two batches of 100,000
+            n = 50_000 if q else 200_000
+            r = scenario(
+                "I", f"--mode batch, {n:,} rows, batches of 100,000, 2 s each", tmp, n,
+                ["--batch-delay", "2"], ["--mode", "batch", "--poll-interval", "0.5"], 0.0,
+                "peak RSS ≤ 300 MB; zero chat requests",
+            )  # fmt: skip
+            table.append(r)
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
     lines = [

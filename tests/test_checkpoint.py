@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.batchjournal import open_chunks, record_chunk
+from batchrun.budget import recorded_cost
 from batchrun.checkpoint import JOURNAL_VERSION, RESULT_COLUMNS, Checkpoint
+from batchrun.pricing import PriceTable
 from batchrun.errors import CheckpointError
 from batchrun.records import RowResult
 
@@ -111,6 +114,29 @@ def test_a_version_2_journal_gains_the_counted_column(tmp_path: Path) -> None:
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
     assert again.count_possibly_charged_twice(below=10) == 1
     assert again.count_possibly_charged_twice(below=10) == 1
+    again.close()
+
+
+def test_a_version_5_journal_gains_the_batch_tables_and_is_priced_at_list_price(
+    tmp_path: Path,
+) -> None:
+    _closed_journal(
+        tmp_path,
+        "DROP TABLE batch_rows",
+        "DROP TABLE batches",
+        "UPDATE meta SET value='5' WHERE key='journal_version'",
+        "INSERT INTO results (position, status, model, prompt_tokens, completion_tokens)"
+        " VALUES (0, 'ok', 'anthropic/claude-3-opus', 1000000, 0)",
+    )
+    again = _reopen(tmp_path)
+    assert again.open() is True
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION) == 6
+    assert open_chunks(again) == 0
+    prices = PriceTable.default()
+    assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 15.0
+    # A row answered through a batch is priced at the batch rate.
+    record_chunk(again, "k", [(0, "r0")])
+    assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 7.5
     again.close()
 
 

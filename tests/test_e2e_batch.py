@@ -271,3 +271,16 @@ def test_cancel_cancels_the_open_batches_and_the_rerun_records_them_as_canceled(
     table = pq.read_table(out)
     assert set(table.column("error_type").to_pylist()) <= {"batch_canceled", None}
     assert "batch_canceled" in table.column("error_type").to_pylist()
+
+
+def test_the_dry_run_shows_the_live_and_the_batch_estimate_and_the_batch_lines(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(10))
+    proc = run_cli(*_batch_args(src, tmp_path / "o.parquet", sim.url, "--dry-run"))
+    assert proc.returncode == 0, proc.stderr
+    assert "live $" in proc.stdout and "batch (this job) $" in proc.stdout
+    assert f"POST {sim.url}/batches" in proc.stdout
+    assert '{"custom_id": "r0", "params": {"model": "anthropic/claude-3-opus"' in proc.stdout
+    assert sim.stats.batch_polls == 0 and sim.stats.batches_created == 0

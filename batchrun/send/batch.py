@@ -183,6 +183,17 @@ class GatewayBatches:
             return BatchResult(cid, None, "invalid_response", "the batch result is not a message")
 
 
+async def read_up_to(reply: Reply, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (a read may hand back less than it was asked)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        piece = await reply.read(limit - len(buf))
+        if not piece:
+            break
+        buf += piece
+    return bytes(buf)
+
+
 def _json_or_none(raw: bytes) -> Any:
     try:
         return fastjson.loads(raw, exact_ints=False)
@@ -284,7 +295,7 @@ class BatchClient:
     async def _json(self, reply: Reply) -> Any:
         if not 200 <= reply.status < 300:
             raise await self.failure(reply)
-        raw = await reply.read(ERROR_BODY_MAX)
+        raw = await read_up_to(reply, ERROR_BODY_MAX)
         try:
             return fastjson.loads(raw, exact_ints=False)
         except (ValueError, UnicodeDecodeError):
@@ -292,7 +303,7 @@ class BatchClient:
             raise RowFailed("invalid_response", f"not JSON: {shown!r}") from None
 
     async def failure(self, reply: Reply) -> SendFailed:
-        raw = await reply.read(ERROR_BODY_MAX)
+        raw = await read_up_to(reply, ERROR_BODY_MAX)
         cls = classify_status(reply.status)
         return cls(
             error_type_for_status(reply.status),
@@ -331,6 +342,8 @@ class _Poll:
         first = _json_or_none(self._head.split(b"\n", 1)[0])
         if isinstance(first, dict) and "custom_id" in first:
             return self
+        if len(self._head) < ERROR_BODY_MAX:  # a batch object, perhaps over several lines
+            self._head += await read_up_to(reply, ERROR_BODY_MAX - len(self._head))
         whole = _json_or_none(self._head[:ERROR_BODY_MAX])
         if not isinstance(whole, dict):
             shown = client.redact.clean(self._head[:TEXT_MAX].decode("utf-8", "replace"), TEXT_MAX)
