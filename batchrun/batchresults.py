@@ -18,7 +18,7 @@ from batchrun import batchjournal as bj
 from batchrun.batchjournal import Chunk
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Event
-from batchrun.records import OK, RowResult
+from batchrun.records import RowResult
 from batchrun.send.batch import BatchResult
 
 if TYPE_CHECKING:
@@ -120,10 +120,5 @@ class ResultRecorder:
         self.ckpt.write([], group)
         p = self.host.progress
         for result in group:
-            if result.status == OK:
-                p.ok += 1
-                p.prompt_tokens += result.prompt_tokens or 0
-                p.completion_tokens += result.completion_tokens or 0
-            else:
-                p.error += 1
+            p.count(result)
             self.host.emit(Event("row", p, result=result))

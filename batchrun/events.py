@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchrun.records import RowResult
+from batchrun.records import OK, RowResult
 from batchrun.send.limits import Limiter
 
 
@@ -27,6 +27,15 @@ class Progress:
     limiter: Limiter | None = None
     #: position → monotonic time its current send started, for rows in a send now.
     sending_since: dict[int, float] = field(default_factory=dict)
+
+    def count(self, result: RowResult) -> None:
+        """A row recorded: its status and tokens into the counters."""
+        if result.status == OK:
+            self.ok += 1
+            self.prompt_tokens += result.prompt_tokens or 0
+            self.completion_tokens += result.completion_tokens or 0
+        else:
+            self.error += 1
 
     @property
     def done(self) -> int:

@@ -215,12 +215,7 @@ class _Run:
                 self.writer.forget_inflight(request.position)
             return
         self.writer.record(result, keep_key=outcome.maybe_billed)
-        if result.status == OK:
-            p.ok += 1
-            p.prompt_tokens += result.prompt_tokens or 0
-            p.completion_tokens += result.completion_tokens or 0
-        else:
-            p.error += 1
+        p.count(result)
         self.emit(Event("row", p, result=result))
 
     # --- the producer -----------------------------------------------------------------------

@@ -176,7 +176,7 @@ def _poll(replies: list[_Reply]) -> tuple[Any, list[Any], int]:
 
 def test_a_running_batch_gives_its_counts_even_pretty_printed() -> None:
     pretty = json.dumps(json.loads(_batch(succeeded=4)), indent=2).encode()
-    status, results, _ = _poll([_Reply(200, pretty)])
+    status, _, _ = _poll([_Reply(200, pretty)])
     assert status.request_counts == {"processing": 1, "succeeded": 4}
 
 

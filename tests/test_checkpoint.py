@@ -11,8 +11,8 @@ import pytest
 from batchrun.batchjournal import open_chunks, record_chunk
 from batchrun.budget import recorded_cost
 from batchrun.checkpoint import JOURNAL_VERSION, RESULT_COLUMNS, Checkpoint
-from batchrun.pricing import PriceTable
 from batchrun.errors import CheckpointError
+from batchrun.pricing import PriceTable
 from batchrun.records import RowResult
 
 
