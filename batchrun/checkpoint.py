@@ -39,8 +39,7 @@ JOURNAL_VERSION = "6"
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
 #: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
 #: credits_used. 3 counts each in-flight mark once as possibly charged twice. 6 adds the
-#: batch tables (made with the schema, see batchjournal): an older batchrun, which knows
-#: no batches, must refuse a journal that has some.
+#: batch tables (see batchjournal): a batchrun that knows no batches must refuse it.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),

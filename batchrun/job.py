@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchopts import MODES, BatchOptions, check_batchable
 from batchrun.checks import check, check_base_url, is_int, is_number, template_columns
 from batchrun.errors import UsageError
 
@@ -41,13 +42,6 @@ ERROR_TYPES = (
     "batch_canceled",
     "batch_expired",
 )
-
-#: How a job is sent: request by request, or through the provider's Batch API.
-MODES = ("live", "batch")
-#: Batch API shapes: the gateway's (Anthropic Message Batches); OpenAI's is not built yet.
-BATCH_APIS = ("gateway",)
-#: The most requests one batch may hold (the gateway's limit).
-MAX_BATCH_SIZE = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,31 +237,6 @@ class Budget:
             )
 
 
-@dataclass(frozen=True, kw_only=True)
-class BatchOptions:
-    """How ``--mode batch`` chunks the job and waits for it."""
-
-    api: str = "gateway"
-    #: Requests a batch (also bounded by the API's 256 MB a batch).
-    size: int = MAX_BATCH_SIZE
-    #: Seconds between polls of a running batch; doubled on poll errors up to 5 minutes.
-    poll_interval_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        check(
-            self.api in BATCH_APIS,
-            f"batch_api must be one of {', '.join(BATCH_APIS)}, got {self.api!r}",
-        )
-        check(
-            is_int(self.size) and 1 <= self.size <= MAX_BATCH_SIZE,
-            f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {self.size!r}",
-        )
-        check(
-            is_number(self.poll_interval_s) and 0 < self.poll_interval_s <= 3600,
-            f"poll_interval must be a number of seconds from 0 to 3600, got {self.poll_interval_s!r}",
-        )
-
-
 #: How a completion is compared with the expected answer.
 MATCH_RULES = ("exact", "ignore_case", "contains", "regex")
 
@@ -331,7 +300,7 @@ class Job:
     def __post_init__(self) -> None:
         check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "batch":
-            self._check_batchable()
+            check_batchable(self.params, self.budget)
         suffix = self.input_path.suffix.lower()
         check(
             suffix in (".jsonl", ".parquet", ".ndjson"),
@@ -381,26 +350,6 @@ class Job:
                 is_int(self.limit) and self.limit >= 1,
                 f"limit must be an integer >= 1, got {self.limit!r}",
             )
-
-    def _check_batchable(self) -> None:
-        """Job-level settings a batch request cannot carry (rows are checked by the scan)."""
-        p = self.params
-        for name, bad in (
-            ("stream", p.stream),
-            ("frequency_penalty", p.frequency_penalty is not None),
-            ("system_as_message", p.system_as_message),
-        ):
-            check(
-                not bad,
-                f"--mode batch cannot send {name}: the Batch API takes Anthropic Messages "
-                "parameters (model, messages, system, max_tokens, stop_sequences, temperature, "
-                "top_k, top_p, tools, tool_choice, metadata)",
-            )
-        check(
-            self.budget.max_cost_usd is None and self.budget.max_tokens_total is None,
-            "--max-cost and --max-tokens-total are not enforced in --mode batch yet (a batch is "
-            "paid for as a whole); see the dry run's batch estimate instead",
-        )
 
     @property
     def summary_path(self) -> Path:

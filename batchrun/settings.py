@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchopts import BatchOptions
 from batchrun.checks import check
 from batchrun.errors import UsageError
 from batchrun.fastjson import encodes
@@ -22,7 +23,6 @@ from batchrun.job import (
     DEFAULT_BASE_URL,
     DEFAULT_COST_HEADER,
     DEFAULT_MODEL,
-    BatchOptions,
     Budget,
     Grading,
     Job,

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from batchrun.batchopts import BatchOptions
 from batchrun.errors import RowFailed, StopRun, UsageError
-from batchrun.job import BatchOptions, Budget, Job, RequestParams
+from batchrun.job import Budget, Job, RequestParams
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.send.batch import (
@@ -244,6 +245,7 @@ def test_batch_jobs_refuse_what_the_batch_shape_cannot_carry(tmp_path: Path) -> 
     for params, word in (
         (RequestParams(stream=True), "stream"),
         (RequestParams(frequency_penalty=0.5), "frequency_penalty"),
+        (RequestParams(extra_body={"service_tier": "x"}), "service_tier"),
     ):
         with pytest.raises(UsageError, match=word):
             _job(tmp_path, params=params)
