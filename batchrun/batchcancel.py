@@ -13,14 +13,15 @@ import sqlite3
 from pathlib import Path
 
 from batchrun.batchjournal import OPEN, PENDING
+from batchrun.batchmode import make_client
 from batchrun.checks import check_base_url
 from batchrun.errors import CheckpointError, SendFailed, UsageError
-from batchrun.send.batch import BatchClient
 from batchrun.send.transport import HttpTransport
 
 
-def open_batches(output: Path) -> tuple[str, list[tuple[str, str | None, str]]]:
-    """(base URL, [(chunk name, batch id, state)]) of the job writing ``output``."""
+def open_batches(output: Path) -> tuple[str, str, list[tuple[str, str | None, str]]]:
+    """(base URL, batch API shape, [(chunk name, batch id, state)]) of the job writing
+    ``output``."""
     journal = output.with_suffix(".checkpoint") / "journal.sqlite"
     if not journal.is_file():
         raise UsageError(
@@ -31,6 +32,7 @@ def open_batches(output: Path) -> tuple[str, list[tuple[str, str | None, str]]]:
         db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
         try:
             row = db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+            api = db.execute("SELECT value FROM meta WHERE key='batch_api'").fetchone()
             rows = db.execute(
                 "SELECT chunk, first_position, last_position, batch_id, state FROM batches"
                 " WHERE state IN (?, ?) ORDER BY chunk",
@@ -43,21 +45,25 @@ def open_batches(output: Path) -> tuple[str, list[tuple[str, str | None, str]]]:
     if row is None:
         raise CheckpointError(f"checkpoint {journal} holds no job")
     base_url = str(json.loads(row[0])["base_url"])
-    return base_url, [(f"chunk {c} (rows {a}-{b})", bid, state) for c, a, b, bid, state in rows]
+    return (
+        base_url,
+        json.loads(api[0]) if api else "gateway",
+        [(f"chunk {c} (rows {a}-{b})", bid, state) for c, a, b, bid, state in rows],
+    )
 
 
 async def cancel_batches(
     output: Path, api_key: str, *, base_url: str | None = None, api_key_env: str = ""
 ) -> list[str]:
     """Cancel the open batches of the job writing ``output``; one line of news each."""
-    recorded_url, batches = open_batches(output)
+    recorded_url, api, batches = open_batches(output)
     url = base_url or recorded_url
     check_base_url(url, api_key_env)
     if not batches:
         return ["no open batches"]
     lines: list[str] = []
     async with HttpTransport(url, api_key, concurrency=2, timeout_s=120.0) as transport:
-        client = BatchClient(transport, api_key)
+        client = make_client(api, transport, api_key)
         for name, bid, _state in batches:
             if bid is None:
                 lines.append(

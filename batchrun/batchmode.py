@@ -29,20 +29,31 @@ from batchrun.batchjournal import Chunk
 from batchrun.batchresults import ResultRecorder, crash_point, failed
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
-from batchrun.errors import BatchrunError, Retryable, RowFailed, RunStopped, SendFailed, StopRun
+from batchrun.errors import (
+    BatchrunError,
+    CheckpointError,
+    Retryable,
+    RowFailed,
+    RunStopped,
+    SendFailed,
+    StopRun,
+)
 from batchrun.events import Event, Progress
 from batchrun.io.readers import iter_batches
 from batchrun.job import Job
 from batchrun.prepare import Prepared
 from batchrun.records import Request
+from batchrun.send import batch_openai as openai
 from batchrun.send.attempt import new_key
 from batchrun.send.batch import (
     ENVELOPE_BYTES,
+    MAX_BYTES,
+    MAX_REQUESTS,
     BatchClient,
     GatewayBatches,
-    chunk_limits,
     custom_id_for,
 )
+from batchrun.send.batch_openai import OpenAIBatchClient, OpenAIBatches
 from batchrun.send.transport import HttpTransport
 
 #: Longest wait between polls, and between create attempts, after errors.
@@ -73,15 +84,20 @@ class BatchMode:
         self.host, self.job, self.ckpt, self.prep = host, job, ckpt, prep
         host.progress.limiter = None  # no live requests: the progress line shows batches
         self.api_key = api_key
-        self.dialect = GatewayBatches()
+        self.dialect: GatewayBatches | OpenAIBatches
+        if job.batch.api == "openai":
+            self.dialect = OpenAIBatches(system_as_message=job.params.system_as_message)
+            room = (openai.MAX_REQUESTS, openai.MAX_BYTES - openai.ENVELOPE_BYTES)
+        else:
+            self.dialect = GatewayBatches()
+            room = (MAX_REQUESTS, MAX_BYTES - ENVELOPE_BYTES)
+        self.max_requests, self.max_bytes = min(job.batch.size, room[0]), room[1]
         self.client: BatchClient | None = None
         self._task: asyncio.Task[None] | None = None
         self.builder = RequestBuilder(job, str(job.input_path))
         scan = prep.scan
         self.builder.mode, self.builder.column = scan.mode, scan.column
         self.builder.id_column = scan.id_column
-        limits = chunk_limits(job.batch.size)
-        self.max_requests, self.max_bytes = limits["requests"], limits["bytes"] - ENVELOPE_BYTES
         #: "create" while batches are being made, "poll" while waiting for them.
         self.phase = "create"
         self.wake = asyncio.Event()
@@ -90,7 +106,7 @@ class BatchMode:
     async def drive(self) -> None:
         """The whole stage, over one session; an interruption ends it (see interrupt)."""
         async with batch_transport(self.job, self.api_key) as transport:
-            self.client = BatchClient(transport, self.api_key, self.dialect)
+            self.client = make_client(self.job.batch.api, transport, self.api_key)
             self._task = asyncio.ensure_future(self.run())
             try:
                 await self._task
@@ -118,6 +134,13 @@ class BatchMode:
         self.host.emit(Event("notice", self.host.progress, message=message))
 
     async def run(self) -> None:
+        recorded = self.ckpt.get_meta("batch_api")
+        if bj.open_chunks(self.ckpt) and recorded not in (None, self.job.batch.api):
+            raise CheckpointError(
+                f"the open batches of {self.ckpt.dir} were made with --batch-api {recorded}",
+                hint=f"rerun with --batch-api {recorded} to collect them",
+            )
+        self.ckpt.set_meta(batch_api=self.job.batch.api)
         for chunk in bj.chunks(self.ckpt, [bj.PENDING]):
             if self.host.stopping():
                 return
@@ -301,6 +324,13 @@ class BatchMode:
             await self.results.record(chunk, answer.results())
             self.results.ignored["not_a_result"] += answer.bad_lines
         return True
+
+
+def make_client(api: str, transport: HttpTransport, api_key: str) -> BatchClient:
+    """The client of a Batch API shape (``--batch-api``)."""
+    if api == "openai":
+        return OpenAIBatchClient(transport, api_key)
+    return BatchClient(transport, api_key)
 
 
 def batch_transport(job: Job, api_key: str) -> HttpTransport:

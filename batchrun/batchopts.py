@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 #: How a job is sent: request by request, or through the provider's Batch API.
 MODES = ("live", "batch")
-#: Batch API shapes: the gateway's (Anthropic Message Batches); OpenAI's is not built yet.
-BATCH_APIS = ("gateway",)
+#: Batch API shapes: the gateway's (Anthropic Message Batches), and OpenAI's (JSONL files).
+BATCH_APIS = ("gateway", "openai")
 #: The most requests one batch may hold (the gateway's limit).
 MAX_BATCH_SIZE = 100_000
 
@@ -44,10 +44,17 @@ class BatchOptions:
         )
 
 
-def check_batchable(p: RequestParams, budget: Budget) -> None:
+def check_batchable(p: RequestParams, budget: Budget, api: str) -> None:
     """Job-level settings a batch request cannot carry (rows are checked by the scan)."""
+    check(not p.stream, "--mode batch cannot stream answers (--stream)")
+    check(
+        budget.max_cost_usd is None and budget.max_tokens_total is None,
+        "--max-cost and --max-tokens-total are not enforced in --mode batch yet (a batch is "
+        "paid for as a whole); see the dry run's batch estimate instead",
+    )
+    if api != "gateway":
+        return  # the OpenAI shape's bodies are the live endpoint's
     for name, bad in (
-        ("stream", p.stream),
         ("frequency_penalty", p.frequency_penalty is not None),
         ("system_as_message", p.system_as_message),
     ):
@@ -64,9 +71,4 @@ def check_batchable(p: RequestParams, budget: Budget) -> None:
     check(
         not extra,
         f"--mode batch cannot send extra_body field {extra[0]!r}" if extra else "",
-    )
-    check(
-        budget.max_cost_usd is None and budget.max_tokens_total is None,
-        "--max-cost and --max-tokens-total are not enforced in --mode batch yet (a batch is "
-        "paid for as a whole); see the dry run's batch estimate instead",
     )

@@ -200,8 +200,9 @@ def main() -> None:
 )
 @click.option(
     "--batch-api",
-    type=click.Choice(["gateway"]),
-    help="Batch API shape (the gateway's Message Batches). [default: gateway]",
+    type=click.Choice(["gateway", "openai"]),
+    help="Batch API shape: the gateway's Message Batches, or OpenAI's (JSONL files; OpenAI, "
+    "vLLM, LiteLLM). [default: gateway]",
 )
 @click.option(
     "--batch-size",

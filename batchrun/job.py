@@ -300,7 +300,7 @@ class Job:
     def __post_init__(self) -> None:
         check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "batch":
-            check_batchable(self.params, self.budget)
+            check_batchable(self.params, self.budget, self.batch.api)
         suffix = self.input_path.suffix.lower()
         check(
             suffix in (".jsonl", ".parquet", ".ndjson"),

@@ -15,7 +15,9 @@ from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import scan_input
 from batchrun.send import USER_AGENT, ChatCompletions
+from batchrun.send import batch_openai as openai
 from batchrun.send.batch import MAX_REQUESTS, GatewayBatches, custom_id_for
+from batchrun.send.batch_openai import OpenAIBatches
 
 PREVIEW_REQUESTS = 3
 
@@ -70,20 +72,34 @@ def dry_run(job: Job) -> str:
 
 def _batch_preview(job: Job, previews: list[Request], rows: int) -> list[str]:
     """The first request lines of the first batch, as the create would send them."""
-    dialect = GatewayBatches()
-    size = min(job.batch.size, MAX_REQUESTS)
+    base = job.base_url.rstrip("/")
+    if job.batch.api == "openai":
+        dialect: GatewayBatches | OpenAIBatches = OpenAIBatches(
+            system_as_message=job.params.system_as_message
+        )
+        size, head, tail = min(job.batch.size, openai.MAX_REQUESTS), "batch.jsonl:", []
+        post = f"POST {base}/files (purpose=batch), then POST {base}/batches"
+        limit = "200 MB"
+    else:
+        dialect, size, head, tail = (
+            GatewayBatches(),
+            min(job.batch.size, MAX_REQUESTS),
+            '{"requests": [',
+            ["]}"],
+        )
+        post, limit = f"POST {base}{GatewayBatches.path}", "256 MB"
     out = [
-        f"POST {job.base_url.rstrip('/')}{dialect.path}  ({-(-rows // size):,} batches of up "
-        f"to {size:,} requests and 256 MB; polled every {job.batch.poll_interval_s:g} s)",
+        f"{post}  ({-(-rows // size):,} batches of up to {size:,} requests and {limit}; "
+        f"polled every {job.batch.poll_interval_s:g} s)",
         "Authorization: Bearer ***",
         f"User-Agent: {USER_AGENT}",
         "Idempotency-Key: <per batch>",
-        '{"requests": [',
+        head,
     ]
     for r in previews:
         line = json.loads(dialect.line(custom_id_for(r.position), r))
-        out.append("  " + json.dumps(line, ensure_ascii=False) + ",")
-    out += ["  ...", "]}", ""]
+        out.append("  " + json.dumps(line, ensure_ascii=False) + ("," if tail else ""))
+    out += ["  ...", *tail, ""]
     return out
 
 

@@ -115,10 +115,11 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
         if job.grading is not None and job.grading.match == "regex":
             check_patterns(job, job.grading.expected_column)
     check_mode(job.mode, ckpt)
-    if job.mode == "batch" and not ckpt.get_meta("batch_checked"):
-        if stored is not None:  # made by a live run: its scan did not check the batch shape
+    checked = ckpt.get_meta("batch_checked") or []
+    if job.mode == "batch" and job.batch.api not in checked:
+        if stored is not None:  # made by a run that did not check this batch shape
             validate(job)
-        ckpt.set_meta(batch_checked=True)
+        ckpt.set_meta(batch_checked=[*checked, job.batch.api])
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     retrying = ckpt.forget_failed(job.only_error_types) if job.retry_failed else 0
     check_grading(job, scan)

@@ -137,7 +137,10 @@ def scan_input(
             except InputError as e:
                 add(e)
                 continue
-            if job.mode == "batch" and (problem := batch_problem(request)) is not None:
+            if (
+                job.mode == "batch"
+                and (problem := batch_problem(request, job.batch.api)) is not None
+            ):
                 add(InputError(problem, file=file, column=builder.column, **where))
                 continue
             if builder.id_column is not None:

@@ -24,6 +24,8 @@ from batchrun.send.batch import (
     batch_problem,
     custom_id_for,
 )
+from batchrun.send.batch_openai import OpenAIBatches
+from batchrun.send.redact import Redactor
 
 KEY = "sk-canary-0123456789abcdefghij"
 
@@ -255,3 +257,46 @@ def test_batch_jobs_refuse_what_the_batch_shape_cannot_carry(tmp_path: Path) -> 
         _job(tmp_path, batch=BatchOptions(size=100_001))
     with pytest.raises(UsageError, match="mode"):
         Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet", mode="fast")
+
+
+def test_openai_result_lines_become_rows_or_error_rows() -> None:
+    shape = OpenAIBatches()
+    redact = Redactor([KEY])
+    chat = {
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "yes"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }  # fmt: skip
+    ok = shape.result(
+        json.dumps({"custom_id": "r1", "response": {"status_code": 200, "body": chat}}).encode(),
+        redact,
+    )
+    assert ok.completion is not None and ok.completion.text == "yes"
+    assert ok.completion.total_tokens == 4
+    expired = shape.result(
+        json.dumps(
+            {"custom_id": "r2", "error": {"code": "batch_expired", "message": KEY}}
+        ).encode(),
+        redact,
+    )
+    assert expired.error_type == "batch_expired" and KEY not in (expired.error or "")
+    failed = shape.result(
+        json.dumps(
+            {
+                "custom_id": "r3",
+                "response": {"status_code": 400, "body": {"error": {"message": "bad"}}},
+            }
+        ).encode(),
+        redact,
+    )
+    assert failed.error_type == "batch_errored" and "bad" in (failed.error or "")
+    line = json.loads(shape.line("r4", _request(4)))
+    assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
+    assert line["body"]["messages"] == [{"role": "user", "content": "q4"}]
+    status, files = shape.status(
+        {"id": "batch_1", "status": "completed", "request_counts": {"total": 2, "completed": 2},
+         "output_file_id": "file-1", "error_file_id": "../x"},
+        redact,
+    )  # fmt: skip
+    assert status.ended and files == {"output_file_id": "file-1"}  # a path is no file id

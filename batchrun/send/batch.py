@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -62,12 +62,17 @@ MAX_LINE = 16 * 1024 * 1024
 _READ = 1 << 20
 
 
-def batch_problem(request: Request) -> str | None:
-    """Why a request cannot go in a batch (None if it can): the gateway documents one
-    ``user`` message with string content, and no images."""
+def batch_problem(request: Request, api: str = "gateway") -> str | None:
+    """Why a request cannot go in a batch (None if it can): no images in either shape (the
+    gateway documents none; the OpenAI shape's file would hold every image's bytes), and
+    the gateway's one ``user`` message with string content."""
+    if request.images:
+        return "images are not sent in batch mode (use --mode live for rows with images)"
+    if api != "gateway":
+        return None
     messages = request.messages
     if len(messages) != 1:
-        return f"a batch request holds one user message, this row has {len(messages)} (multi-turn rows need --mode live)"
+        return f"a batch request holds one user message, this row has {len(messages)} (multi-turn rows need --mode live or --batch-api openai)"
     m = messages[0]
     if m.get("role") != "user":
         return f"a batch request holds one user message, this row's is {m.get('role')!r}"
@@ -359,14 +364,14 @@ class _Poll:
         """The results, line by line as they arrive (bad lines counted in ``bad_lines``)."""
         assert self._reply is not None and self.status is None
         dialect, redact = self._client.dialect, self._client.redact
-        async for raw in _lines(self._head, self._reply):
+        async for raw in split_lines(self._head, self._reply):
             try:
                 yield dialect.result(raw, redact)
             except BadLine:
                 self.bad_lines += 1
 
 
-async def _lines(head: bytes, reply: Reply) -> AsyncIterator[bytes]:
+async def split_lines(head: bytes, reply: Reply) -> AsyncIterator[bytes]:
     """Non-empty lines of ``head`` + the rest of the body; an overlong line is skipped
     whole (yielded as an empty line, which is no result)."""
     buf = bytearray(head)
@@ -392,8 +397,3 @@ async def _lines(head: bytes, reply: Reply) -> AsyncIterator[bytes]:
         yield tail
     elif skipping:
         yield b"-"
-
-
-def chunk_limits(size: int) -> Mapping[str, int]:
-    """The bounds a chunk is cut at: requests, and bytes of the body."""
-    return {"requests": min(size, MAX_REQUESTS), "bytes": MAX_BYTES}

@@ -9,6 +9,9 @@
   move on with time), then the results as JSONL, in shuffled order.
 - ``POST /v1/batches/cancel/ID``: the requests not yet processed end ``canceled``.
 
+The OpenAI shape (files, ``/v1/batches/{id}``) is served over the same batches
+(``batches_openai.py``).
+
 A batch ends ``batch_delay_s`` after it was created (the time scale: seconds, not hours).
 Faults: a share of requests ``errored`` or ``expired``, a share of polls answered 500, and
 (``batch_stray_results``) result lines that belong to no request, a second result for one
@@ -30,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from batchrun.simulate.answers import answer_for
+from batchrun.simulate.batches_openai import OpenAIBatches
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.validate import validate
 from batchrun.simulate.wire import JSON, error_response
@@ -179,7 +183,8 @@ class BatchService:
     ) -> None:
         self.config = config
         self.stats = stats
-        self._authorized = authorized
+        self.authorized = authorized
+        self.openai = OpenAIBatches(self)
         self.batches: dict[str, _Batch] = {}
         self.by_key: dict[str, str] = {}
         self.rng = random.Random(config.seed)
@@ -192,7 +197,7 @@ class BatchService:
                 web.get(f"{prefix}/batches", self.get),
                 web.post(f"{prefix}/batches/cancel/{{batch_id}}", self.cancel),
             ]
-        return out
+        return out + self.openai.routes()
 
     def reset(self, stats: SimStats) -> None:
         self.stats = stats
@@ -200,7 +205,7 @@ class BatchService:
         self.by_key.clear()
 
     async def create(self, request: web.Request) -> web.Response:
-        denied = self._authorized(request)
+        denied = self.authorized(request)
         if denied is not None:
             return denied
         raw = bytearray()
@@ -213,6 +218,8 @@ class BatchService:
         except orjson.JSONDecodeError:
             return batch_error("request body is not valid JSON")
         del raw
+        if isinstance(body, dict) and "input_file_id" in body:  # the OpenAI shape
+            return await self.openai.create(request, body)
         reqs = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(reqs, list) or not 1 <= len(reqs) <= MAX_REQUESTS:
             return batch_error(f"requests must be a list of 1 to {MAX_REQUESTS} requests")
@@ -227,11 +234,14 @@ class BatchService:
             problem = check_params(i, r.get("params"))
             if problem is not None:
                 return batch_error(problem)
-        key = request.headers.get("Idempotency-Key")
-        now = time.monotonic()
+        batch = self.make(reqs, request.headers.get("Idempotency-Key"))
+        return self._object(batch, time.monotonic())
+
+    def make(self, reqs: list[dict[str, Any]], key: str | None) -> _Batch:
+        """A new batch of validated requests, or the one a repeated key already made."""
         if self.config.honor_idempotency and key and key in self.by_key:
             self.stats.batch_creates_replayed += 1
-            return self._object(self.batches[self.by_key[key]], now)
+            return self.batches[self.by_key[key]]
         cfg = self.config
         entries = []
         for r in reqs:
@@ -245,11 +255,21 @@ class BatchService:
         self.stats.batches_created += 1
         self.stats.batch_requests += len(entries)
         bid = f"msgbatch_{self.rng.getrandbits(64):016x}{self.stats.batches_created:04d}"
-        batch = _Batch(bid, now, entries, cfg.batch_delay_s)
+        batch = _Batch(bid, time.monotonic(), entries, cfg.batch_delay_s)
         self.batches[bid] = batch
         if key:
             self.by_key[key] = bid
-        return self._object(batch, now)
+        return batch
+
+    def cancel_batch(self, batch: _Batch) -> bool:
+        """Cancel a running batch; False if it had ended already."""
+        now = time.monotonic()
+        if batch.ended(now):
+            return False
+        batch.processed_at_cancel = batch.processed(now)
+        batch.canceled_at = now
+        self.stats.batch_cancels += 1
+        return True
 
     def _object(self, batch: _Batch, now: float) -> web.Response:
         return web.Response(status=200, body=orjson.dumps(batch.as_object(now)), content_type=JSON)
@@ -261,7 +281,7 @@ class BatchService:
         return batch
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        denied = self._authorized(request)
+        denied = self.authorized(request)
         if denied is not None:
             return denied
         self.stats.batch_polls += 1
@@ -305,18 +325,14 @@ class BatchService:
         return resp
 
     async def cancel(self, request: web.Request) -> web.Response:
-        denied = self._authorized(request)
+        denied = self.authorized(request)
         if denied is not None:
             return denied
         found = self._find(request.match_info["batch_id"])
         if isinstance(found, web.Response):
             return found
-        now = time.monotonic()
-        if not found.ended(now):
-            found.processed_at_cancel = found.processed(now)
-            found.canceled_at = now
-            self.stats.batch_cancels += 1
-        obj = found.as_object(now)
-        if obj["processing_status"] == "ended" and found.canceled_at == now:
+        canceled = self.cancel_batch(found)
+        obj = found.as_object(time.monotonic())
+        if canceled:  # the answer to the cancel itself: its end is on the way
             obj["processing_status"] = "canceling"
         return web.Response(status=200, body=orjson.dumps(obj), content_type=JSON)
