@@ -11,23 +11,26 @@ from __future__ import annotations
 
 import asyncio
 
-from batchrun.checkpoint import Checkpoint
+from batchrun.checkpoint import PAID, Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
 
 
 def recorded_cost(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
 ) -> float | None:
-    """Estimated USD of the rows recorded so far, priced by the model that served them.
+    """Estimated USD of the rows recorded so far that paid for their answers, priced by the
+    model that served them; ``saved``: of the rows served by dedupe or the cache instead
+    (what they would have cost).
 
     None when some used tokens belong to a model without a price.
     """
     total = 0.0
+    which = f"NOT ({PAID})" if saved else PAID
     for model, prompt, completion in ckpt.db.execute(
         "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? GROUP BY model",
+        f" WHERE position < ? AND {which} GROUP BY model",
         (below,),
     ):
         if not (prompt or completion):

@@ -176,6 +176,24 @@ def main() -> None:
     help="How --expected-column is compared. [default: exact]",
 )
 @click.option("--group-by", help="With --expected-column: accuracy per value of this column too.")
+@click.option(
+    "--dedupe/--no-dedupe",
+    default=None,
+    help="Send a request repeated in the input once and write its answer to every such row "
+    "(served_by names the row that paid). [default: on when --temperature is 0, else off]",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Response cache folder shared across runs: an identical request (same base URL and "
+    "body) already answered is served from it at no cost (the `cached` column).",
+)
+@click.option(
+    "--cache-mode",
+    type=click.Choice(["read-write", "read-only", "refresh"]),
+    help="read-write: use and fill the cache; read-only: use it, add nothing; refresh: send "
+    "every request and replace what it holds. [default: read-write]",
+)
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.

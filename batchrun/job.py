@@ -220,6 +220,9 @@ class Budget:
             )
 
 
+#: How ``--cache`` is used (see ``Job.cache_mode``).
+CACHE_MODES = ("read-write", "read-only", "refresh")
+
 #: How a completion is compared with the expected answer.
 MATCH_RULES = ("exact", "ignore_case", "contains", "regex")
 
@@ -272,6 +275,14 @@ class Job:
     prices_path: Path | None = None
     #: Response header carrying the cost the server charged, in USD (None: read none).
     cost_header: str | None = DEFAULT_COST_HEADER
+    #: Send a request repeated within the input once and give every such row its answer.
+    #: None: on when the job is deterministic (temperature 0), off otherwise (repeats at a
+    #: higher temperature may be wanted as separate samples).
+    dedupe: bool | None = None
+    #: A response cache shared across runs (a folder holding one SQLite file); None: none.
+    cache_dir: Path | None = None
+    #: read-write (use and fill), read-only (use, never add), refresh (never use, replace).
+    cache_mode: str = "read-write"
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
@@ -319,6 +330,21 @@ class Job:
                 is_int(self.limit) and self.limit >= 1,
                 f"limit must be an integer >= 1, got {self.limit!r}",
             )
+        check(
+            self.dedupe is None or isinstance(self.dedupe, bool),
+            f"dedupe must be true or false, got {self.dedupe!r}",
+        )
+        check(
+            self.cache_mode in CACHE_MODES,
+            f"cache_mode must be one of {', '.join(CACHE_MODES)}, got {self.cache_mode!r}",
+        )
+
+    @property
+    def dedupe_enabled(self) -> bool:
+        """Whether identical requests are sent once (see ``dedupe``)."""
+        if self.dedupe is not None:
+            return self.dedupe
+        return self.params.temperature == 0
 
     @property
     def summary_path(self) -> Path:

@@ -8,6 +8,8 @@ journal version bump (new columns are added to older journals automatically).
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -124,6 +126,17 @@ class RowResult:
     reasoning_content: str | None = column(
         pa.string(), "the model's reasoning, where the answer carries it"
     )
+    served_by: int | None = column(
+        pa.int64(),
+        "0-based input position of the row whose request paid for this answer (dedupe); "
+        "null for a row that paid itself",
+    )
+    cached: bool = column(
+        pa.bool_(),
+        "the answer came from the response cache (--cache): nothing was paid "
+        "(null in rows recorded before the column existed)",
+        default=False,
+    )
 
     @classmethod
     def success(
@@ -168,6 +181,22 @@ class RowResult:
             error_type=error_type,
             error=error,
             finished_at=finished_at,
+        )
+
+
+    def served(self, position: int, *, leader: int) -> RowResult:
+        """This answer written to a row whose request is the same as this one's (dedupe):
+        nothing was sent for it, nothing paid (its usage columns say what the answer used,
+        ``served_by`` says which row paid)."""
+        return dataclasses.replace(
+            self,
+            position=position,
+            served_by=leader,
+            cached=False,
+            attempts=0,
+            latency_ms=None,
+            reported_cost_usd=None,
+            finished_at=time.time(),
         )
 
 

@@ -38,11 +38,11 @@ SETTING_KEYS = frozenset(
     max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
-    max_tokens_total prices cost_header expected_column match group_by
+    max_tokens_total prices cost_header expected_column match group_by dedupe cache cache_mode
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
-_PATH_KEYS = ("input", "output", "prices")
+_PATH_KEYS = ("input", "output", "prices", "cache")
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -101,9 +101,12 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
+    "cache", "cache_mode",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
-_FLAG_KEYS = ("system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet")
+_FLAG_KEYS = (
+    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "dedupe",
+)  # fmt: skip
 
 
 def _check_kinds(s: dict[str, Any]) -> None:
@@ -201,6 +204,9 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
             cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
+            dedupe=s.pop("dedupe", None),
+            cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
+            cache_mode=s.pop("cache_mode", "read-write"),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

@@ -41,14 +41,17 @@ def _reopen(tmp_path: Path) -> Checkpoint:
 
 def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     # What batchrun 1 left: no reported_cost_usd column, version 1, one finished row.
-    cols = ("position", *RESULT_COLUMNS[:-2])
+    cols = ("position", *RESULT_COLUMNS[: RESULT_COLUMNS.index("reported_cost_usd")])
     values = (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0)
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
+        "ALTER TABLE results DROP COLUMN cached",
+        "ALTER TABLE results DROP COLUMN served_by",
         "ALTER TABLE results DROP COLUMN reasoning_content",
         "ALTER TABLE results DROP COLUMN reported_cost_usd",
         "ALTER TABLE inflight DROP COLUMN counted",
+        "DROP TABLE followers",
         "INSERT INTO inflight VALUES (5, 'key-5')",
         "UPDATE meta SET value='1' WHERE key='journal_version'",
         (f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values),
@@ -57,7 +60,7 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert again.open() is True
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
     rows = again.results_between(0, 10)
-    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-2:] == (None, None)
+    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-4:] == (None,) * 4
     # New rows go in with the new columns.
     again.write(
         [],
@@ -72,7 +75,7 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
             )
         ],
     )
-    assert again.results_between(1, 2)[0][-2:] == (0.5, "because")
+    assert again.results_between(1, 2)[0][-4:] == (0.5, "because", None, 0)
     assert again.aggregate(10)["rows"] == 2
     assert again.inflight_keys() == {5: "key-5"}
     assert again.count_possibly_charged_twice(below=10) == 1

@@ -100,7 +100,7 @@ def test_2000_rows_in_order_with_the_simulators_answers(
     )
     assert proc.returncode == 0, proc.stderr
     table = _check_output(out, rows)
-    assert table.schema.metadata[b"batchrun.schema_version"] == b"3"
+    assert table.schema.metadata[b"batchrun.schema_version"] == b"4"
     # The simulator's default share of answers carries reasoning: each row keeps its own.
     reasoning = table.column("reasoning_content").to_pylist()
     assert reasoning == [_expected_reasoning(r["prompt"], 0.25) for r in rows]

@@ -39,7 +39,7 @@ def result_row(i: int, rng: random.Random, *, ok: bool, model: str, at: datetime
     """One output row, with every result column set the way a run would set it."""
     p, c = rng.randint(20, 900), rng.randint(1, 60)
     row: dict[str, Any] = {f.name: None for f in RESULT_FIELDS}
-    row |= {"id": i, "prompt": f"prompt {i}", "attempts": rng.randint(1, 3), "finished_at": at}
+    row |= {"cached": False, "id": i, "prompt": f"prompt {i}", "attempts": rng.randint(1, 3), "finished_at": at}
     row["latency_ms"] = round(rng.uniform(40.0, 4000.0), 3)
     if ok:
         finish = rng.choice([("end_turn", "stop"), ("max_tokens", "length"), ("stop", "stop")])
@@ -210,7 +210,7 @@ def test_counts_tokens_cost_latency(full: tuple[Path, list[dict[str, Any]]]) -> 
     assert 0 < len(reported) < len(ok)
     assert report.reported_cost_usd == pytest.approx(sum(reported))
     assert report.rows_cost_reported == len(reported)
-    assert report.schema_version == "3"
+    assert report.schema_version == "4"
     assert report.first_finished_at == rows[0]["finished_at"]
     assert report.last_finished_at == rows[-1]["finished_at"]
     span = (rows[-1]["finished_at"] - rows[0]["finished_at"]).total_seconds()
@@ -306,7 +306,7 @@ def test_render_html_numbers_match_the_file(full: tuple[Path, list[dict[str, Any
     assert float(parsed.value("latency-p50")) == pytest.approx(percentile(latencies, 50))
     assert float(parsed.value("latency-p99")) == pytest.approx(percentile(latencies, 99))
     assert float(parsed.value("latency-max")) == max(latencies)
-    assert parsed.value("schema-version") == "3"
+    assert parsed.value("schema-version") == "4"
     reported = [r["reported_cost_usd"] for r in ok if r["reported_cost_usd"] is not None]
     assert float(parsed.value("cost-reported")) == pytest.approx(sum(reported))
     assert int(parsed.value("cost-reported-rows")) == len(reported)
