@@ -87,9 +87,7 @@ class CacheStats:
             f"  oldest {when(self.oldest)}, newest {when(self.newest)}",
         ]
         if self.by_model:
-            out.append(
-                "  models: " + ", ".join(f"{m} {n:,}" for m, n in self.by_model.items())
-            )
+            out.append("  models: " + ", ".join(f"{m} {n:,}" for m, n in self.by_model.items()))
         return out
 
 
@@ -136,9 +134,7 @@ class ResponseCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,)
-            )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('cache_version', ?)", (CACHE_VERSION,))
             version = db.execute("SELECT value FROM meta WHERE key='cache_version'").fetchone()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise UsageError(

@@ -20,6 +20,7 @@ from batchrun.cli_common import (
     say,
     use_system_allocator,
 )
+from batchrun.cli_cache import cache
 from batchrun.cli_tools import compare, report, simulate
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.job import (
@@ -248,6 +249,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
 main.add_command(report)
 main.add_command(compare)
 main.add_command(simulate)
+main.add_command(cache)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -183,7 +183,6 @@ class RowResult:
             finished_at=finished_at,
         )
 
-
     def served(self, position: int, *, leader: int) -> RowResult:
         """This answer written to a row whose request is the same as this one's (dedupe):
         nothing was sent for it, nothing paid (its usage columns say what the answer used,
