@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from batchrun import __version__
+from batchrun.cli_cache import cache
 from batchrun.cli_common import (
     DEBUG_ENV,
     Stdout,
@@ -20,7 +21,6 @@ from batchrun.cli_common import (
     say,
     use_system_allocator,
 )
-from batchrun.cli_cache import cache
 from batchrun.cli_tools import compare, report, simulate
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.job import (

@@ -34,10 +34,10 @@ from batchrun.finalize import write_output
 from batchrun.job import Budget, Job
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
+from batchrun.produce import Producer
 from batchrun.records import OK, Request, RowResult
 from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
-from batchrun.produce import Producer
 from batchrun.serve import Shortcuts, open_shortcuts
 from batchrun.sink import JournalWriter
 from batchrun.summarize import summarize

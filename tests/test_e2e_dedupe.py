@@ -150,7 +150,9 @@ def test_a_second_run_with_the_cache_sends_nothing_and_max_tokens_changes_the_ke
     first = run(src, tmp_path / "one.parquet", sim.url, "--temperature", "0", "--cache", str(cache))
     assert first.returncode == 0, first.stderr
     assert sim.stats.requests == distinct
-    second = run(src, tmp_path / "two.parquet", sim.url, "--temperature", "0", "--cache", str(cache))
+    second = run(
+        src, tmp_path / "two.parquet", sim.url, "--temperature", "0", "--cache", str(cache)
+    )
     assert second.returncode == 0, second.stderr
     assert sim.stats.requests == distinct  # zero requests
     one = pq.read_table(tmp_path / "one.parquet").to_pylist()
@@ -190,7 +192,9 @@ def test_read_only_adds_nothing_and_refresh_sends_everything(
     rows = [{"id": i, "prompt": f"p{i}"} for i in range(50)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     cache = tmp_path / "cache"
-    ro = run(src, tmp_path / "a.parquet", sim.url, "--cache", str(cache), "--cache-mode", "read-only")
+    ro = run(
+        src, tmp_path / "a.parquet", sim.url, "--cache", str(cache), "--cache-mode", "read-only"
+    )
     assert ro.returncode == 0, ro.stderr
     stats = run_cli("cache", "stats", str(cache))
     assert stats.returncode == 0 and "0 answers" in stats.stdout
@@ -200,7 +204,9 @@ def test_read_only_adds_nothing_and_refresh_sends_everything(
                   "--cache-mode", "refresh")  # fmt: skip
     assert refresh.returncode == 0 and sim.stats.requests == 150
     assert "50 answers" in run_cli("cache", "stats", str(cache)).stdout
-    hit = run(src, tmp_path / "d.parquet", sim.url, "--cache", str(cache), "--cache-mode", "read-only")
+    hit = run(
+        src, tmp_path / "d.parquet", sim.url, "--cache", str(cache), "--cache-mode", "read-only"
+    )
     assert hit.returncode == 0 and sim.stats.requests == 150
 
 
@@ -262,7 +268,10 @@ def test_followers_of_a_recorded_leader_are_completed_from_the_journal_with_no_r
     # A checkpoint made without dedupe gets its plan on the rerun that turns it on: the
     # rows left (beyond --limit) that repeat a recorded row are served by it.
     out2 = tmp_path / "limited.parquet"
-    assert run(src, out2, sim.url, "--temperature", "0", "--no-dedupe", "--limit", "100").returncode == 0
+    assert (
+        run(src, out2, sim.url, "--temperature", "0", "--no-dedupe", "--limit", "100").returncode
+        == 0
+    )
     sent = sim.stats.requests
     rest = run(src, out2, sim.url, "--temperature", "0")
     assert rest.returncode == 0, rest.stderr

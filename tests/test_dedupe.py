@@ -1,0 +1,92 @@
+"""Dedupe's pieces: the compared body, the plan (follower → leader), the bookkeeping."""
+
+from __future__ import annotations
+
+import random
+
+from batchrun.dedupe import Followers, digest, find_followers, request_body
+from batchrun.records import Request, RowResult
+from batchrun.send import ChatCompletions
+
+
+def _request(content: str, **params: object) -> Request:
+    return Request(
+        position=0,
+        messages=[{"role": "user", "content": content}],
+        params={"model": "m", "max_tokens": 8, **params},
+        max_tokens=8,
+        prompt_tokens=3,
+    )
+
+
+def test_the_body_compared_is_the_wire_body_with_sorted_keys_and_no_stream_flag() -> None:
+    dialect = ChatCompletions()
+    plain = request_body(dialect, _request("hi", temperature=0))
+    assert request_body(dialect, _request("hi", temperature=0, stream=True)) == plain
+    reordered = Request(0, [{"content": "hi", "role": "user"}],
+                        {"temperature": 0, "max_tokens": 8, "model": "m"}, 8, 3)  # fmt: skip
+    assert request_body(dialect, reordered) == plain
+    # Every parameter, and the message, is part of it.
+    for other in (
+        _request("hi", temperature=0.5),
+        _request("hi", temperature=0, top_p=0.9),
+        _request("hi!", temperature=0),
+        Request(
+            0,
+            [{"role": "user", "content": "hi"}],
+            {"model": "m", "max_tokens": 9, "temperature": 0},
+            9,
+            3,
+        ),
+    ):
+        assert digest(request_body(dialect, other)) != digest(plain)
+    # A system prompt sent as a message is the body that goes.
+    as_message = request_body(ChatCompletions(system_as_message=True), _request("hi", system="s"))
+    assert b'"role":"system"' in as_message and b'"system":"s"' not in as_message
+    # Integers beyond 64 bits are written by the standard library, not refused.
+    assert b"18446744073709551616" in request_body(dialect, _request("hi", metadata={"n": 2**64}))
+
+
+def test_followers_are_every_later_row_with_a_digest_and_their_leader_the_first() -> None:
+    rng = random.Random(4)
+    keys = [rng.randrange(50) for _ in range(1_000)]
+    digests = b"".join(digest(str(k).encode()) for k in keys)
+    followers, leaders = find_followers(digests, len(keys))
+    first: dict[int, int] = {}
+    expected = []
+    for i, k in enumerate(keys):
+        if k in first:
+            expected.append((i, first[k]))
+        else:
+            first[k] = i
+    assert list(zip(followers, leaders, strict=True)) == expected
+    distinct = b"".join(digest(str(i).encode()) for i in range(100))
+    assert find_followers(distinct, 100) == ([], [])
+    assert find_followers(digest(b"x"), 1) == ([], [])
+
+
+def _ok(position: int, text: str) -> RowResult:
+    return RowResult(position=position, status="ok", completion=text, attempts=1, latency_ms=5.0,
+                     prompt_tokens=3, completion_tokens=2, total_tokens=5, reported_cost_usd=0.1)  # fmt: skip
+
+
+def test_followers_wait_for_a_leader_in_flight_and_its_answer_is_kept_only_while_needed() -> None:
+    f = Followers({2: 0, 3: 0, 5: 0, 4: 1})
+    f.sending(0)
+    assert f.wait_for(2, 0) and f.wait_for(3, 0)
+    served = f.finished(0, _ok(0, "yes"))
+    assert [(r.position, r.served_by, r.completion) for r in served] == [
+        (2, 0, "yes"),
+        (3, 0, "yes"),
+    ]
+    assert all(
+        r.attempts == 0 and r.latency_ms is None and r.reported_cost_usd is None for r in served
+    )
+    assert all(r.total_tokens == 5 for r in served)  # the answer's usage, not billed again
+    assert f.answer_of(0) is not None  # row 5 is still to come
+    late = f.serve(5, 0, f.answers[0])
+    assert late.served_by == 0 and f.answer_of(0) is None
+    # A leader left for the next run leaves its followers too.
+    f.sending(1)
+    assert f.wait_for(4, 1)
+    assert f.finished(1, None) == [] and 1 in f.left
