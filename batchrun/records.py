@@ -183,6 +183,21 @@ class RowResult:
             finished_at=finished_at,
         )
 
+    def answer(self) -> Completion:
+        """The answer of an ok row, as the client made it (what the response cache keeps)."""
+        return Completion(
+            text=self.completion,
+            finish_reason=self.finish_reason,
+            tool_calls=self.tool_calls,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+            model=self.model,
+            response_id=self.response_id,
+            reported_cost_usd=self.reported_cost_usd,
+            reasoning_content=self.reasoning_content,
+        )
+
     def served(self, position: int, *, leader: int) -> RowResult:
         """This answer written to a row whose request is the same as this one's (dedupe):
         nothing was sent for it, nothing paid (its usage columns say what the answer used,

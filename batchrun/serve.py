@@ -17,7 +17,7 @@ from batchrun.cache import ResponseCache, cache_key
 from batchrun.checkpoint import Checkpoint
 from batchrun.dedupe import Followers, request_body
 from batchrun.job import Job
-from batchrun.records import OK, Completion, Request, RowResult
+from batchrun.records import OK, Request, RowResult
 from batchrun.send import ChatCompletions
 
 
@@ -100,7 +100,7 @@ class Shortcuts:
         if key is not None and result is not None and result.status == OK and not result.cached:
             assert self.cache is not None
             try:
-                self.cache.put(key, _completion(result))
+                self.cache.put(key, result.answer())
             except sqlite3.Error as exc:
                 self._cache_failed(exc)
         if not self.followers.is_leader(position) and position not in self.followers.waiting:
@@ -122,20 +122,6 @@ class Shortcuts:
         if self.cache is not None:
             cache, self.cache = self.cache, None
             cache.discard()
-
-
-def _completion(result: RowResult) -> Completion:
-    return Completion(
-        text=result.completion,
-        finish_reason=result.finish_reason,
-        tool_calls=result.tool_calls,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.total_tokens,
-        model=result.model,
-        response_id=result.response_id,
-        reasoning_content=result.reasoning_content,
-    )
 
 
 def open_shortcuts(

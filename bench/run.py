@@ -7,6 +7,7 @@ Markdown table and saved under ``bench/``.
     python -m bench.run            # every scenario, full size
     python -m bench.run --quick    # smaller inputs, for day-to-day work
     python -m bench.run --only A,C # some scenarios
+    python -m bench.run --quick --only H   # dedupe on (no repeats) against dedupe off
 """
 
 from __future__ import annotations
@@ -430,6 +431,39 @@ def main() -> None:
                     f"- E {n:,} rows: rerun of the finished output: exit {rerun.exit_code}, "
                     f"{rerun.wall_s:.2f} s wall, requests the simulator received: {served}."
                 )
+        if want("H"):  # dedupe's cost where it saves nothing: A with no repeated prompt
+            n = 5_000 if q else 20_000
+            rates: dict[str, list[Row]] = {"on": [], "off": []}
+            for i in range(3):  # alternated, so that drift on a shared machine hits both
+                for mode, flags in (("on", []), ("off", ["--no-dedupe"])):
+                    rates[mode].append(
+                        scenario(
+                            f"H{mode}{i}",
+                            "",
+                            tmp,
+                            n,
+                            [],
+                            ["--concurrency", "64", "--temperature", "0", *flags],
+                            0.0,
+                            "",
+                        )
+                    )
+            on, off = (
+                sorted(rates[m], key=lambda r: r.rows_per_s)[1] for m in ("on", "off")
+            )  # the median of three
+            on.scenario, on.setup, on.ideal = (
+                "H",
+                "as A at temperature 0, dedupe on, no repeats",
+                off.rows_per_s,
+            )
+            on.target = "≥ 95 % of dedupe off"
+            table.append(on)
+            extra.append(
+                f"- H: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
+                f"({on.sending_rows_per_s:,.0f} while sending) against dedupe off "
+                f"{off.rows_per_s:,.0f} ({off.sending_rows_per_s:,.0f}): ratio "
+                f"{on.rows_per_s / off.rows_per_s:.3f} (medians of three runs each, alternated)."
+            )
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
     lines = [

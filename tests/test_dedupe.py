@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+
+import pytest
 
 from batchrun.dedupe import Followers, digest, find_followers, request_body
+from batchrun.errors import UsageError
 from batchrun.records import Request, RowResult
 from batchrun.send import ChatCompletions
+from batchrun.settings import job_from_settings, resolve_settings
 
 
 def _request(content: str, **params: object) -> Request:
@@ -90,3 +95,23 @@ def test_followers_wait_for_a_leader_in_flight_and_its_answer_is_kept_only_while
     f.sending(1)
     assert f.wait_for(4, 1)
     assert f.finished(1, None) == [] and 1 in f.left
+
+
+def test_dedupe_is_on_at_temperature_0_unless_told_and_the_settings_are_checked(
+    tmp_path: Path,
+) -> None:
+    base = {"input": str(tmp_path / "in.jsonl")}
+    assert job_from_settings({**base, "temperature": 0}).dedupe_enabled
+    assert not job_from_settings({**base, "temperature": 0.7}).dedupe_enabled
+    assert not job_from_settings(base).dedupe_enabled  # the server's default temperature
+    assert job_from_settings({**base, "temperature": 0.7, "dedupe": True}).dedupe_enabled
+    assert not job_from_settings({**base, "temperature": 0, "dedupe": False}).dedupe_enabled
+    with pytest.raises(UsageError, match="dedupe must be true or false"):
+        job_from_settings({**base, "dedupe": "yes"})
+    with pytest.raises(UsageError, match="cache_mode must be one of"):
+        job_from_settings({**base, "cache": "c", "cache_mode": "write-only"})
+    job_file = tmp_path / "jobs" / "j.toml"
+    job_file.parent.mkdir()
+    job_file.write_text('input = "in.jsonl"\ncache = "../cache"\ncache_mode = "read-only"\n')
+    job = job_from_settings(resolve_settings(job_file, {}))
+    assert job.cache_dir == tmp_path / "cache" and job.cache_mode == "read-only"

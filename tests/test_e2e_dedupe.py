@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.simulate import completion_for
-from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.conftest import kill_at_random_moments, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -298,17 +296,8 @@ def test_kill_9_during_a_deduped_run_loses_no_row_and_pays_no_leader_twice(
         "--base-url", sim.url, "--concurrency", "16", "--temperature", "0", "--quiet",
     ]  # fmt: skip
     rng = random.Random(13)
-    kills = 0
     env = {"AIMLAPI_KEY": "test-key", "PATH": "/usr/bin:/bin"}
-    for _ in range(4):
-        proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.8, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(10)
+    kills = kill_at_random_moments(args, env, rng)
     assert kills >= 2
     final = run_cli(*args[3:])
     assert final.returncode == 0, final.stderr
