@@ -462,7 +462,8 @@ def main() -> None:
                 f"- H: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
                 f"({on.sending_rows_per_s:,.0f} while sending) against dedupe off "
                 f"{off.rows_per_s:,.0f} ({off.sending_rows_per_s:,.0f}): ratio "
-                f"{on.rows_per_s / off.rows_per_s:.3f} (medians of three runs each, alternated)."
+                f"{on.rows_per_s / off.rows_per_s:.3f}; client CPU-s / 1k rows {on.cpu_per_1k:.3f} "
+                f"against {off.cpu_per_1k:.3f} (medians of three runs each, alternated)."
             )
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
