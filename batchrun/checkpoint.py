@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import operator
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
-from batchrun.io.files import open_regular, regular_file, why_unwritable
+from batchrun.io.files import why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
 JOURNAL_VERSION = "5"
@@ -67,33 +65,6 @@ CREATE TABLE IF NOT EXISTS followers (position INTEGER PRIMARY KEY, leader INTEG
 #: Rows that paid for their own answer (not served by dedupe or the cache). ``cached`` is
 #: null in rows recorded before journal version 5.
 PAID = "served_by IS NULL AND NOT coalesce(cached, 0)"
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path, "input file") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class InputSignature:
-    """What identifies the input: size and content digest (mtime only as a shortcut)."""
-
-    size: int
-    mtime_ns: int
-    digest: str
-
-    @classmethod
-    def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
-        st = regular_file(path, "input file")
-        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-            return known  # unchanged file: skip re-reading it
-        return cls(st.st_size, st.st_mtime_ns, file_digest(path))
-
-    def same_content(self, other: InputSignature) -> bool:
-        return self.size == other.size and self.digest == other.digest
 
 
 class Checkpoint:
@@ -354,28 +325,6 @@ class Checkpoint:
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }
-
-    # --- dedupe ------------------------------------------------------------------------------
-
-    def set_followers(self, pairs: Iterable[tuple[int, int]], count: int) -> None:
-        """Store the dedupe plan (follower position, leader position), once a checkpoint."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM followers")
-            db.executemany("INSERT INTO followers VALUES (?, ?)", pairs)
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('dedupe_plan', ?)",
-                (json.dumps({"followers": count}),),
-            )
-
-    def followers(self, below: int) -> dict[int, int]:
-        """Followers below ``below`` not recorded yet → their leaders."""
-        return dict(
-            self.db.execute(
-                "SELECT position, leader FROM followers WHERE position < ?"
-                " AND position NOT IN (SELECT position FROM results)",
-                (below,),
-            )
-        )
 
     def result_at(self, position: int) -> RowResult | None:
         """The recorded result of one row, or None."""

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrun.builder import RequestBuilder
+from batchrun.checkpoint import Checkpoint
 from batchrun.io.readers import iter_batches
 from batchrun.job import Job
 from batchrun.records import Request, RowResult
@@ -95,6 +96,25 @@ def find_followers(digests: bytes | bytearray, rows: int) -> tuple[list[int], li
     return (
         pc.take(followers, ranked).to_pylist(),
         pc.take(their_leaders, ranked).to_pylist(),
+    )
+
+
+def store_followers(ckpt: Checkpoint, followers: list[int], leaders: list[int]) -> None:
+    """Keep the plan in the journal (its ``followers`` table), once a checkpoint."""
+    with ckpt.transaction() as db:
+        db.execute("DELETE FROM followers")
+        db.executemany("INSERT INTO followers VALUES (?, ?)", zip(followers, leaders, strict=True))
+    ckpt.set_meta(dedupe_plan={"followers": len(followers)})
+
+
+def unrecorded_followers(ckpt: Checkpoint, below: int) -> dict[int, int]:
+    """Followers below ``below`` not recorded yet → their leaders."""
+    return dict(
+        ckpt.db.execute(
+            "SELECT position, leader FROM followers WHERE position < ?"
+            " AND position NOT IN (SELECT position FROM results)",
+            (below,),
+        )
     )
 
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrun.checkpoint import Checkpoint, InputSignature
-from batchrun.dedupe import DigestCollector, collect_digests, find_followers
+from batchrun.checkpoint import Checkpoint
+from batchrun.dedupe import (
+    DigestCollector,
+    collect_digests,
+    find_followers,
+    store_followers,
+    unrecorded_followers,
+)
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
 from batchrun.io.readers import iter_batches
+from batchrun.io.signature import InputSignature
 from batchrun.job import Job
 from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
 
@@ -133,14 +140,14 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
         possibly_charged_twice=ckpt.count_possibly_charged_twice(below=total),
         retrying=retrying,
         finished_marker={"rows": total, "grading": repr(job.grading)},
-        followers=ckpt.followers(below=total) if job.dedupe_enabled else {},
+        followers=unrecorded_followers(ckpt, below=total) if job.dedupe_enabled else {},
     )
 
 
 def store_plan(ckpt: Checkpoint, collector: DigestCollector) -> None:
     """Work out which rows repeat an earlier row's request and store it in the journal."""
     followers, leaders = find_followers(collector.digests, collector.rows)
-    ckpt.set_followers(zip(followers, leaders, strict=True), len(followers))
+    store_followers(ckpt, followers, leaders)
 
 
 def validate(job: Job, collector: DigestCollector | None = None) -> Scan:

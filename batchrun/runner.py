@@ -286,6 +286,11 @@ class _Run:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
             self.possibly_charged_twice = prep.possibly_charged_twice
             self.shortcuts = open_shortcuts(job, ckpt, prep.followers, self.notice)
+            if prep.followers:
+                self.notice(
+                    f"dedupe: {len(prep.followers):,} rows repeat an earlier row's request "
+                    "and get its answer without a request"
+                )
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
             self.gate = BudgetGate(
                 job.budget,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrun.simulate import completion_for
-from tests.conftest import kill_at_random_moments, run_cli, write_jsonl
+from tests.conftest import ROOT, kill_at_random_moments, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -310,3 +310,58 @@ def test_kill_9_during_a_deduped_run_loses_no_row_and_pays_no_leader_twice(
     assert set(keys) == {r["prompt"] for r in rows}
     assert all(len(k) == 1 for k in keys.values()), [p for p, k in keys.items() if len(k) > 1]
     assert sim.stats.billed_twice == 0
+
+
+def test_two_runs_filling_one_cache_at_once_both_finish_and_share_it(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=5)
+    cache = tmp_path / "cache"
+    procs = []
+    for name, start in (("a", 0), ("b", 200)):  # prompts 200..399 are in both inputs
+        rows = [{"id": i, "prompt": f"p{start + i}"} for i in range(400)]
+        src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "batchrun",
+                    "run",
+                    "--input",
+                    str(src),
+                    "--output",
+                    str(tmp_path / f"{name}.parquet"),
+                    "--base-url",
+                    sim.url,
+                    "--cache",
+                    str(cache),
+                    "--concurrency",
+                    "8",
+                    "--quiet",
+                ],
+                cwd=ROOT,
+                env={"AIMLAPI_KEY": "k", "PATH": "/usr/bin:/bin"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    stats = run_cli("cache", "stats", str(cache))
+    assert "600 answers" in stats.stdout, stats.stdout
+    # Every prompt of both is now answered from the cache.
+    again = run(tmp_path / "b.jsonl", tmp_path / "b2.parquet", sim.url, "--cache", str(cache))
+    assert again.returncode == 0 and summary_of(tmp_path / "b2.parquet")["requests_sent"] == 0
+
+
+def test_a_dry_run_makes_no_cache(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": "same"} for i in range(5)])
+    cache = tmp_path / "cache"
+    dry = run_cli("run", "--input", str(src), "--temperature", "0", "--cache", str(cache),
+                  "--dry-run")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "dedupe: on; 4 rows repeat an earlier row's request" in dry.stdout
+    assert "empty (made by the first run)" in dry.stdout and not cache.exists()
