@@ -1,5 +1,9 @@
 """Spending caps: ``--max-cost`` (USD) and ``--max-tokens-total``, over the whole output.
 
+Spend is what the API reported for a row where it did (the gateway's cost headers or its
+stream's ``meta.usage``), the estimate from tokens and list prices otherwise; a request in
+flight is held at its estimated worst case.
+
 Before a request starts, its worst case (prompt estimate + ``max_tokens``) is reserved; the
 request is not started if spent + reserved + worst case would cross a cap. When the row
 finishes, its reservation is replaced by what it really used. So the run stops *before* a
@@ -17,17 +21,12 @@ from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
 
 
-def recorded_cost(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
+def _estimate(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, which: str
 ) -> float | None:
-    """Estimated USD of the rows recorded so far that paid for their answers, priced by the
-    model that served them; ``saved``: of the rows served by dedupe or the cache instead
-    (what they would have cost).
-
-    None when some used tokens belong to a model without a price.
-    """
+    """Estimated USD from the tokens of the recorded rows matching ``which`` (SQL), priced
+    by the model that served them; None when some of them belong to a model without a price."""
     total = 0.0
-    which = f"NOT ({PAID})" if saved else PAID
     for model, prompt, completion in ckpt.db.execute(
         "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
         f" WHERE position < ? AND {which} GROUP BY model",
@@ -42,6 +41,29 @@ def recorded_cost(
             return None
         total += cost
     return total
+
+
+def recorded_cost(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
+) -> float | None:
+    """Estimated USD of the rows recorded so far that paid for their answers; ``saved``: of
+    the rows served by dedupe or the cache instead (what they would have cost)."""
+    return _estimate(ckpt, prices, default_model, below, f"NOT ({PAID})" if saved else PAID)
+
+
+def recorded_spend(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+) -> float | None:
+    """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
+    reported where it did, the estimate from tokens for the other rows that paid (a row
+    served by dedupe or the cache paid nothing). None when such a row's model has no price."""
+    reported = ckpt.db.execute(
+        "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
+    ).fetchone()[0]
+    estimate = _estimate(
+        ckpt, prices, default_model, below, f"reported_cost_usd IS NULL AND {PAID}"
+    )
+    return None if estimate is None else float(reported or 0.0) + estimate
 
 
 class BudgetGate:
@@ -115,10 +137,12 @@ class BudgetGate:
         answered: bool,
         prompt_tokens: int | None,
         completion_tokens: int | None,
+        reported_usd: float | None = None,
     ) -> None:
         """Replace a reservation by what the request really used: nothing if it failed,
         the reported usage if answered, the worst case if answered without usage (an
-        answer was paid for, and nothing says how much)."""
+        answer was paid for, and nothing says how much). The cost is the one the API
+        reported (``reported_usd``) when it did, else the estimate from the tokens."""
         usd, tokens = self._worst(prompt_estimate, max_tokens)
         self.reserved_usd -= usd
         self.reserved_tokens -= tokens
@@ -129,5 +153,7 @@ class BudgetGate:
         else:
             p, c = prompt_tokens or 0, completion_tokens or 0
         self.spent_tokens += p + c
-        if self.price is not None:
+        if reported_usd is not None:
+            self.spent_usd += reported_usd
+        elif self.price is not None:
             self.spent_usd += self.price.cost(p, c)

@@ -8,9 +8,11 @@ from typing import Any
 from batchrun import fastjson
 from batchrun.checks import template_columns
 from batchrun.errors import InputError, UsageError
+from batchrun.images import ImageProblem, check_ref, max_image_bytes, refs_of
 from batchrun.io.readers import MAX_NESTING, Where
 from batchrun.job import Job, RequestParams
 from batchrun.records import Request
+from batchrun.send.tracing import client_request_id, job_tag
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -59,6 +61,8 @@ def request_params(params: RequestParams) -> dict[str, Any]:
         out["tool_choice"] = params.tool_choice
     if params.metadata is not None:
         out["metadata"] = params.metadata
+    if params.extra_body is not None:
+        out.update(params.extra_body)  # on purpose: the user's fields win
     return out
 
 
@@ -81,6 +85,11 @@ class RequestBuilder:
         elif job.prompt_column:
             self.mode, self.column = "prompt", job.prompt_column
         self.id_column: str | None = job.id_column
+        self._image_columns = job.image_columns
+        self._image_dir = job.input_path.parent
+        self._image_limit = max_image_bytes(job.params.model)
+        #: Names the job in every row's X-Client-Request-Id (stable across resumes).
+        self.trace_tag = job_tag(job.fingerprint_fields(), str(job.output_path.resolve()))
 
     def resolve(self, columns: list[str]) -> None:
         """Fix the prompt source and id column from the input's columns (first row or schema)."""
@@ -103,6 +112,11 @@ class RequestBuilder:
         if missing:
             raise UsageError(
                 f"{self.file}: template column {missing[0]!r} not found; columns are: {', '.join(columns)}"
+            )
+        missing = [c for c in self._image_columns if c not in columns]
+        if missing:
+            raise UsageError(
+                f"{self.file}: image column {missing[0]!r} not found; columns are: {', '.join(columns)}"
             )
         if self.id_column is None:
             self.id_column = "id" if "id" in columns else None
@@ -155,13 +169,35 @@ class RequestBuilder:
         else:
             assert self.column is not None
             messages, chars = self._messages(row.get(self.column), where)
+        images, image_tokens = self._images(row, where) if self._image_columns else ((), 0)
         return Request(
             position=position,
             messages=messages,
             params=self._params,
             max_tokens=self.job.params.max_tokens,
-            prompt_tokens=estimate_prompt_tokens(chars + self._system_chars),
+            prompt_tokens=estimate_prompt_tokens(chars + self._system_chars) + image_tokens,
+            images=images,
+            client_request_id=client_request_id(self.trace_tag, self.row_id(row, position, where)),
         )
+
+    def _images(self, row: dict[str, Any], where: Where) -> tuple[tuple[Any, ...], int]:
+        """The row's images by reference, each checked (a file's head only: exists, is a
+        JPEG/PNG/GIF/WebP by its bytes, within the model's size limit), and their tokens."""
+        refs = []
+        tokens = 0
+        for col in self._image_columns:
+            try:
+                found = refs_of(row.get(col), self._image_dir)
+                for k, ref in enumerate(found):
+                    try:
+                        tokens += check_ref(ref, self._image_limit)
+                    except ImageProblem as exc:
+                        at = f"image {k + 1} of {len(found)}: " if len(found) > 1 else ""
+                        raise ImageProblem(at + str(exc)) from None
+            except ImageProblem as exc:
+                raise InputError(str(exc), file=self.file, column=col, **where) from None
+            refs.extend(found)
+        return tuple(refs), tokens
 
     def _messages(self, value: Any, where: Where) -> tuple[list[Any], int]:
         col = self.column

@@ -33,19 +33,20 @@ from batchrun.errors import BatchrunError, CheckpointError, UsageError
 from batchrun.io.files import why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "5"
+JOURNAL_VERSION = "6"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
-#: added reported_cost_usd, 4 reasoning_content, 5 served_by and cached (and the followers
-#: table, made by the schema script). 3 counts each in-flight mark once as possibly charged
-#: twice.
+#: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
+#: credits_used, 6 served_by and cached (and the followers table, made by the schema
+#: script). 3 counts each in-flight mark once as possibly charged twice.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),
     "2": (_ADD_COUNTED,),
     "3": (),
     "4": (),
+    "5": (),
 }
 
 _SCHEMA = f"""
@@ -291,7 +292,7 @@ class Checkpoint:
             f" sum(CASE WHEN {PAID} THEN completion_tokens END),"
             f" sum(CASE WHEN {PAID} THEN total_tokens END),"
             " sum(attempts), sum(reported_cost_usd), count(reported_cost_usd),"
-            " count(served_by), sum(served_by IS NULL AND coalesce(cached, 0)),"
+            " sum(credits_used), count(served_by), sum(served_by IS NULL AND coalesce(cached, 0)),"
             f" sum(CASE WHEN NOT ({PAID}) THEN total_tokens END)"
             " FROM results WHERE position < ?",
             (below,),
@@ -319,9 +320,10 @@ class Checkpoint:
             "attempts": row[6] or 0,
             "reported_cost_usd": row[7],
             "rows_cost_reported": row[8] or 0,
-            "rows_served_by_dedupe": row[9] or 0,
-            "rows_served_by_cache": row[10] or 0,
-            "tokens_saved": row[11] or 0,
+            "credits_used": row[9],
+            "rows_served_by_dedupe": row[10] or 0,
+            "rows_served_by_cache": row[11] or 0,
+            "tokens_saved": row[12] or 0,
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }

@@ -165,7 +165,7 @@ def main() -> None:
 )
 @click.option(
     "--cost-header",
-    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. [default: {DEFAULT_COST_HEADER}]",
+    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. The gateway's credits header and a stream's meta.usage are read too. LiteLLM: x-litellm-response-cost. [default: {DEFAULT_COST_HEADER}]",
 )
 @click.option(
     "--expected-column",
@@ -195,6 +195,21 @@ def main() -> None:
     help="read-write: use and fill the cache; read-only: use it, add nothing; refresh: send "
     "every request and replace what it holds. [default: read-write]",
 )
+@click.option(
+    "--image-column",
+    "image_columns",
+    multiple=True,
+    help="Column with the row's images (repeatable): a path relative to the input file, an http(s) or data: URL, bytes, or a list of these. Claude models get base64 image blocks (URLs fetched by batchrun), others image_url parts.",
+)
+@click.option(
+    "--extra-body",
+    help="JSON object merged into every request body on purpose (batchrun sends only the model's documented fields).",
+)
+@click.option(
+    "--model-check/--no-model-check",
+    default=None,
+    help="Before sending, ask GET BASE_URL/models whether the model is served (exit 2 naming the closest names if not; a warning if the list cannot be had). [default: on]",
+)
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.
@@ -206,6 +221,7 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """
     flags["input"] = input_
     flags["stop"] = flags["stop"] or None
+    flags["image_columns"] = flags["image_columns"] or None
     dry = bool(flags.get("dry_run"))
     use_system_allocator()
     job: Job | None = None

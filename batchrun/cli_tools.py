@@ -22,8 +22,9 @@ from batchrun.job import (
     DEFAULT_COST_HEADER,
 )
 from batchrun.pricing import PriceTable
-from batchrun.report import build_report
-from batchrun.report_render import render_html, render_text
+from batchrun.report import build_report, recorded_group_by
+from batchrun.report_html import render_html
+from batchrun.report_render import render_text
 
 
 @click.command()
@@ -34,7 +35,10 @@ from batchrun.report_render import render_html, render_text
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write a self-contained HTML page with charts.",
 )
-@click.option("--group-by", help="Accuracy per value of this column (graded outputs).")
+@click.option(
+    "--group-by",
+    help="Accuracy per value of this column (graded outputs). [default: the job's group]",
+)
 @click.option(
     "--prices",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -45,6 +49,8 @@ def report(output: Path, html_path: Path | None, group_by: str | None, prices: P
     out = Stdout()
     try:
         table = PriceTable.load(prices) if prices else PriceTable.default()
+        if group_by is None:  # the job graded by a group: show it, as `compare` does
+            group_by = recorded_group_by(output)
         rep = build_report(output, prices=table, group_by=group_by)
         out.echo(render_text(rep))
         if html_path is not None:
@@ -261,6 +267,25 @@ def compare(
     f"e.g. {DEFAULT_COST_HEADER}.",
 )
 @click.option(
+    "--gateway-cost/--no-gateway-cost",
+    default=True,
+    show_default=True,
+    help="Report spend as the gateway does: x-aimlapi-usd-spent and x-aimlapi-credits-used "
+    "headers, a final meta.usage event on streams.",
+)
+@click.option(
+    "--strict/--no-strict",
+    default=True,
+    show_default=True,
+    help="Refuse body fields a Claude model's schema lacks (400 Body validation error!).",
+)
+@click.option(
+    "--models",
+    "models_list",
+    help="Comma-separated names GET /v1/models lists ('' answers 404). [default: the seed's "
+    "four claude-3-opus aliases and a few others]",
+)
+@click.option(
     "--reasoning-rate",
     default=0.25,
     show_default=True,
@@ -290,7 +315,12 @@ def compare(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
 def simulate(
-    host: str, port: int, require_key_env: str | None, rpm_limit: int | None, **options: Any
+    host: str,
+    port: int,
+    require_key_env: str | None,
+    rpm_limit: int | None,
+    models_list: str | None,
+    **options: Any,
 ) -> None:
     """Serve a local OpenAI-compatible simulator of the API on a loopback address.
 
@@ -305,6 +335,9 @@ def simulate(
     if require_key_env and not api_key:
         click.echo(f"batchrun: error: environment variable {require_key_env} is not set", err=True)
         sys.exit(2)
+    if models_list is not None:
+        names = tuple(m.strip() for m in models_list.split(",") if m.strip())
+        options["models"] = names or None
     try:
         config = SimConfig(api_key=api_key, rpm_limit=rpm_limit, **options)
         serve(

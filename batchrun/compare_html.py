@@ -15,12 +15,11 @@ from batchrun.compare_render import (
     tallies,
     verdict,
 )
-from batchrun.report_render import CSS as REPORT_CSS
-from batchrun.report_render import esc
+from batchrun.htmlkit import BASE_CSS, esc
 
 #: Characters of a prompt or answer shown in a cell (the rest is cut, with an ellipsis).
 CELL_TEXT_MAX = 600
-_CSS = REPORT_CSS + (
+_CSS = BASE_CSS + (
     "body{max-width:80em}.bad{color:#b3261e}.good{color:#1b7f3b}"
     ".verdict{padding:.5em .8em;border-radius:4px;display:inline-block;font-weight:bold}"
     ".verdict.pass{background:#e6f4ea}.verdict.fail{background:#fce8e6}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from typing import Any
 
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
+from batchrun.images import ImageRef
 from batchrun.io.readers import iter_batches
 from batchrun.job import Job
 from batchrun.records import Request, RowResult
@@ -41,10 +43,30 @@ def request_body(dialect: ChatCompletions, request: Request) -> bytes:
     body: dict[str, Any] = dialect.encode(request)
     if "stream" in body:
         body = {k: v for k, v in body.items() if k != "stream"}
+    if request.images:
+        # The images are read only when the row is sent, so the encoded body lacks them:
+        # two rows with the same text and other images must not share an answer.
+        body = dict(body, **{"\x00images": [image_identity(ref) for ref in request.images]})
     try:
         return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits: the standard library writes it
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def image_identity(ref: ImageRef) -> list[Any]:
+    """What tells one image from another without reading it: bytes and data URLs by a
+    digest, a file by its path, size and modification time (an edited file is another
+    image, for the cache across runs too), a URL by itself."""
+    if isinstance(ref.value, bytes) or ref.kind == "data":
+        raw = ref.value if isinstance(ref.value, bytes) else ref.value.encode()
+        return [ref.kind, hashlib.blake2b(raw, digest_size=DIGEST_BYTES).hexdigest()]
+    if ref.kind == "path":
+        try:
+            st = os.stat(ref.value)
+        except OSError:
+            return [ref.kind, ref.value]  # sending it will fail and say so
+        return [ref.kind, ref.value, st.st_size, st.st_mtime_ns]
+    return [ref.kind, ref.value]
 
 
 def digest(body: bytes) -> bytes:

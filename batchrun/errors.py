@@ -166,6 +166,8 @@ class SendFailed(BatchrunError):
         self.sent = sent
         #: The server's id for the failed request, where its error body names one.
         self.request_id = request_id
+        #: The gateway's ``x-inference-id`` of the answer, where one came.
+        self.inference_id: str | None = None
 
 
 class Retryable(SendFailed):

@@ -43,7 +43,8 @@ class Progress:
 class Event:
     """Something the presentation layer may show.
 
-    ``kind``: start, row, notice, tick (a periodic heartbeat while sending), finalizing."""
+    ``kind``: start, row, notice, warning (shown even with --quiet), tick (a periodic
+    heartbeat while sending), finalizing."""
 
     kind: str
     progress: Progress

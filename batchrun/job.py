@@ -15,8 +15,9 @@ from batchrun.errors import UsageError
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
 DEFAULT_API_KEY_ENV = "AIMLAPI_KEY"
-#: Response header read for the cost the server charged (LiteLLM-based gateways send it).
-DEFAULT_COST_HEADER = "x-litellm-response-cost"
+#: Response header read for the cost the server charged, in USD: the AI/ML API gateway's
+#: (LiteLLM-based gateways send ``x-litellm-response-cost``, given with --cost-header).
+DEFAULT_COST_HEADER = "x-aimlapi-usd-spent"
 
 #: Error types a failed row can carry (the ``error_type`` column); ``--only`` takes these.
 ERROR_TYPES = (
@@ -33,6 +34,7 @@ ERROR_TYPES = (
     "authentication",
     "permission_denied",
     "redirect",
+    "invalid_image",
     "internal_error",
 )
 
@@ -56,6 +58,10 @@ class RequestParams:
     tools: tuple[dict[str, Any], ...] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    #: Fields merged into every body on purpose (``--extra-body``): batchrun itself sends
+    #: only what the model's documented schema has (the gateway refuses other fields of
+    #: Claude models).
+    extra_body: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check(
@@ -119,7 +125,13 @@ class RequestParams:
             )
         if self.metadata is not None:
             check(isinstance(self.metadata, dict), "metadata must be an object")
-        for name in ("tools", "tool_choice", "metadata"):
+        if self.extra_body is not None:
+            check(isinstance(self.extra_body, dict), "extra_body must be a JSON object")
+            check(
+                "messages" not in self.extra_body,
+                "extra_body must not hold messages (they come from the rows)",
+            )
+        for name in ("tools", "tool_choice", "metadata", "extra_body"):
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -283,6 +295,10 @@ class Job:
     cache_dir: Path | None = None
     #: read-write (use and fill), read-only (use, never add), refresh (never use, replace).
     cache_mode: str = "read-write"
+    #: Columns holding each row's images (paths relative to the input, URLs, bytes).
+    image_columns: tuple[str, ...] = ()
+    #: Ask ``GET {base_url}/models`` whether the model is served before sending.
+    model_check: bool = True
 
     def __post_init__(self) -> None:
         suffix = self.input_path.suffix.lower()
@@ -325,6 +341,10 @@ class Job:
             or (isinstance(self.cost_header, str) and bool(self.cost_header)),
             f"cost_header must be a header name, got {self.cost_header!r}",
         )
+        check(
+            all(isinstance(c, str) and c for c in self.image_columns),
+            "image columns must be non-empty column names",
+        )
         if self.limit is not None:
             check(
                 is_int(self.limit) and self.limit >= 1,
@@ -356,7 +376,7 @@ class Job:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What makes two runs the same job: how rows become requests, and where they go."""
-        return {
+        fields = {
             "base_url": self.base_url.rstrip("/"),
             "prompt_column": self.prompt_column,
             "messages_column": self.messages_column,
@@ -364,6 +384,9 @@ class Job:
             "id_column": self.id_column,
             "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
         }
+        if self.image_columns:  # absent otherwise: older checkpoints resume as they were
+            fields["image_columns"] = list(self.image_columns)
+        return fields
 
     def identity(self) -> dict[str, Any]:
         """What an output records of the job that wrote it, so that ``batchrun compare`` can

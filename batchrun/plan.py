@@ -62,8 +62,13 @@ def dry_run(job: Job) -> str:
         lines.append(f"POST {url}")
         lines.append(
             f"Authorization: Bearer ***\nUser-Agent: {USER_AGENT}\nIdempotency-Key: <per row>"
+            f"\nX-Client-Request-Id: {r.client_request_id}"
         )
         lines.append(json.dumps(dialect.encode(r), ensure_ascii=False, indent=2))
+        if r.images:
+            # The bytes are read when the row is sent: the preview names them.
+            shown = ", ".join(i.label for i in r.images)
+            lines.append(f"+ {len(r.images)} image(s) first in the last user message: {shown}")
         lines.append("")
     lines.append("nothing was sent")
     return "\n".join(lines)

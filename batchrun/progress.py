@@ -44,6 +44,9 @@ class ProgressView:
         self._started = time.monotonic()
 
     def __call__(self, event: Event) -> None:
+        if event.kind == "warning" and event.message:
+            print(f"batchrun: {event.message}", file=self.stream, flush=True)
+            return  # --quiet hides progress, not what went wrong
         if self.quiet:
             return
         p = event.progress

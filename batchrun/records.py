@@ -56,6 +56,13 @@ class Request:
     max_tokens: int
     #: Estimated prompt tokens (text and any images) for budgets, --tpm and the dry run.
     prompt_tokens: int
+    #: Sent as ``X-Client-Request-Id`` (see :mod:`batchrun.send.tracing`): the row's name in
+    #: the gateway's logs, the same on every attempt and every resume.
+    client_request_id: str | None = None
+    #: Images to send with the last user message, as references (path, URL, bytes, data
+    #: URL): read when the row is sent, never held for the whole input
+    #: (see :mod:`batchrun.images`).
+    images: tuple[Any, ...] = ()
 
     @property
     def estimated_tokens(self) -> int:
@@ -79,6 +86,10 @@ class Completion:
     reported_cost_usd: float | None = None
     #: The model's reasoning, where the answer carries it (null when absent or empty).
     reasoning_content: str | None = None
+    #: The id the gateway recorded the charge under (``x-inference-id``).
+    inference_id: str | None = None
+    #: Credits the gateway reported for the request ($1 = 2,000,000 credits).
+    credits_used: int | None = None
 
 
 def column(
@@ -126,6 +137,15 @@ class RowResult:
     reasoning_content: str | None = column(
         pa.string(), "the model's reasoning, where the answer carries it"
     )
+    client_request_id: str | None = column(
+        pa.string(), "X-Client-Request-Id sent for the row (its name in the gateway's logs)"
+    )
+    inference_id: str | None = column(
+        pa.string(), "the gateway's id of the answer the row keeps (x-inference-id)"
+    )
+    credits_used: int | None = column(
+        pa.int64(), "credits the gateway reported for the row ($1 = 2,000,000)"
+    )
     served_by: int | None = column(
         pa.int64(),
         "0-based input position of the row whose request paid for this answer (dedupe); "
@@ -140,7 +160,14 @@ class RowResult:
 
     @classmethod
     def success(
-        cls, position: int, c: Completion, *, attempts: int, latency_ms: float, finished_at: float
+        cls,
+        position: int,
+        c: Completion,
+        *,
+        attempts: int,
+        latency_ms: float,
+        finished_at: float,
+        client_request_id: str | None = None,
     ) -> RowResult:
         return cls(
             position=position,
@@ -159,6 +186,9 @@ class RowResult:
             finished_at=finished_at,
             reported_cost_usd=c.reported_cost_usd,
             reasoning_content=c.reasoning_content,
+            client_request_id=client_request_id,
+            inference_id=c.inference_id,
+            credits_used=c.credits_used,
         )
 
     @classmethod
@@ -171,6 +201,8 @@ class RowResult:
         attempts: int,
         latency_ms: float | None,
         finished_at: float,
+        client_request_id: str | None = None,
+        inference_id: str | None = None,
     ) -> RowResult:
         return cls(
             position=position,
@@ -181,6 +213,8 @@ class RowResult:
             error_type=error_type,
             error=error,
             finished_at=finished_at,
+            client_request_id=client_request_id,
+            inference_id=inference_id,
         )
 
     def answer(self) -> Completion:
@@ -210,6 +244,11 @@ class RowResult:
             attempts=0,
             latency_ms=None,
             reported_cost_usd=None,
+            # No request went out for this row: no id of its own, no charge of its own
+            # (the leader's row holds both).
+            client_request_id=None,
+            inference_id=None,
+            credits_used=None,
             finished_at=time.time(),
         )
 

@@ -1,9 +1,9 @@
 """A report on one output file: counts, tokens, estimated cost, latency, throughput, accuracy.
 
-Built from the output alone, so it works on a partial output and on last month's file, and
-rendered as aligned terminal text or as one self-contained HTML page: inline CSS and SVG,
-no scripts, nothing fetched, and every number also in a table cell with an ``id`` or a
-``data-value`` holding the raw value, so a script can read the page back.
+Built from the output (what ``report_read`` reads of it), so it works on a partial output
+and on last month's file; the run figures only a summary holds (wall time, 429s, rows
+possibly charged twice) come from the summary beside it when there is one. Rendered by
+``report_render`` (terminal text) and ``report_html`` (one self-contained page).
 """
 
 from __future__ import annotations
@@ -17,32 +17,17 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from batchrun.errors import UsageError
-from batchrun.io.files import regular_file
 from batchrun.pricing import PriceTable
+from batchrun.report_read import RunFacts, non_null, read_columns, recorded_group_by, run_facts
+from batchrun.scales import clock_step, nice_step
 
-VERSION_KEY = b"batchrun.schema_version"
+__all__ = ["Report", "build_report", "recorded_group_by"]
+
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
-_COLUMNS = {
-    "status": pa.string(),
-    "finish_reason_normalized": pa.string(),
-    "error_type": pa.string(),
-    "prompt_tokens": pa.int64(),
-    "completion_tokens": pa.int64(),
-    "total_tokens": pa.int64(),
-    "model": pa.string(),
-    "latency_ms": pa.float64(),
-    "finished_at": pa.timestamp("ms", tz="UTC"),
-    "reported_cost_usd": pa.float64(),
-    "served_by": pa.int64(),
-    "cached": pa.bool_(),
-}
-# Throughput bucket widths above one second that a reader of clocks recognises (ms).
-_DAY_MS = 86_400_000
-_CLOCK_STEPS_MS = tuple(1000 * s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800))
-_CLOCK_STEPS_MS += tuple(3_600_000 * h for h in (1, 2, 3, 6, 12, 24))
+#: Distinct (error type, message) pairs the report lists, the most frequent first.
+TOP_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -68,6 +53,15 @@ class GroupStats:
         return self.correct / self.graded if self.graded else None
 
 
+@dataclass(frozen=True)
+class ErrorKind:
+    """Rows that failed with one error type and message."""
+
+    error_type: str
+    message: str
+    rows: int
+
+
 @dataclass
 class Report:
     """Everything ``batchrun report`` shows. Latency in ms, times in UTC, cost in USD."""
@@ -87,17 +81,27 @@ class Report:
     #: Sum of the costs the server reported; None when no row has one.
     reported_cost_usd: float | None
     rows_cost_reported: int
+    #: Credits the gateway reported (schema 4); None when no row has them.
+    credits_used: int | None
     #: Rows whose answer carried the model's reasoning (schema 3; 0 in older files).
     rows_with_reasoning: int
-    #: Rows answered without a request (schema 4; 0 in older files): by a row with the same
+    #: Rows answered without a request (schema 5; 0 in older files): by a row with the same
     #: request (dedupe), by the response cache; the tokens of their answers and what those
     #: would have cost. Tokens and costs above count only the rows that paid.
     rows_served_by_dedupe: int
     rows_served_by_cache: int
     tokens_saved: int
     estimated_cost_saved_usd: float | None
-    latency_ms: dict[str, float | None]  # p50 p90 p95 p99 (linear interpolation) and max
-    latency_histogram: Histogram  # edges in ms
+    #: Of ok rows: p50 p90 p95 p99 (linear interpolation) and max. Error answers are often
+    #: instant (a 500 in 1 ms) and would drag the percentiles of real answers down.
+    latency_ms: dict[str, float | None]
+    latency_histogram: Histogram  # ok rows; edges in ms
+    #: Of error rows with a latency: p50 and max (``rows``: how many had one).
+    error_latency_ms: dict[str, float | None]
+    #: Requests made for the rows (the ``attempts`` column) and those beyond each row's first.
+    requests: int
+    retries: int
+    top_errors: list[ErrorKind]
     throughput: Histogram  # rows finished per bucket; edges in ms since the Unix epoch
     first_finished_at: datetime | None
     last_finished_at: datetime | None
@@ -105,6 +109,7 @@ class Report:
     group_by: str | None = None
     groups: dict[str, GroupStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    run: RunFacts | None = None
 
     @property
     def wall_span_s(self) -> float | None:
@@ -119,47 +124,33 @@ class Report:
         span = self.wall_span_s
         return sum(self.throughput.counts) / span if span else None
 
+    def throughput_rates(self) -> dict[int, float]:
+        """Rows finished per second in each throughput bucket, by bucket index.
 
-def _read(path: Path, group_by: str | None) -> tuple[pa.Table, str]:
-    try:
-        regular_file(path, "output file")  # pyarrow would block on a FIFO
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as e:
-        raise UsageError(f"{path}: not a Parquet file ({e})") from e
-    version = (schema.metadata or {}).get(VERSION_KEY)
-    if "status" not in schema.names or version is None:
-        raise UsageError(
-            f"{path}: not a batchrun output (no `status` column or no batchrun.schema_version)",
-            hint="give the OUTPUT file that `batchrun run` wrote",
+        The first and last buckets are only partly inside the run: their rate is over the
+        part they cover, and a bucket less than half covered is left out (a row or two over
+        a sliver of time would spike; over the whole bucket, the run would seem to start
+        and end slowly).
+        """
+        tp = self.throughput
+        if not tp.counts:
+            return {}
+        width = tp.edges[1] - tp.edges[0]
+        if len(tp.counts) == 1:  # the whole run inside one bucket: over the bucket
+            return {0: tp.counts[0] * 1000 / width}
+        first, last = (
+            edge if at is None else at.timestamp() * 1000
+            for edge, at in (
+                (tp.edges[0], self.first_finished_at),
+                (tp.edges[-1], self.last_finished_at),
+            )
         )
-    if group_by is not None and group_by not in schema.names:
-        raise UsageError(
-            f"{path}: no column {group_by!r} to group by",
-            hint=f"columns are: {', '.join(schema.names)}",
-        )
-    # Only the columns the report needs: the text columns of a labeled dataset can be huge.
-    wanted = dict.fromkeys([*_COLUMNS, "correct", *([group_by] if group_by else [])])
-    try:
-        table = pq.read_table(path, columns=[c for c in wanted if c in schema.names])
-    except (OSError, pa.ArrowException) as e:  # a damaged page past an intact footer
-        raise UsageError(f"{path}: not a readable Parquet file ({e})") from e
-    # A column absent from the file (reported_cost_usd before schema 2) reads as all null,
-    # not as a crash.
-    for name, type_ in _COLUMNS.items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, type_))
-    return table, version.decode()
-
-
-def _non_null(path: Path, column: str) -> int:
-    """Non-null values of a column, read batch by batch (reasoning texts can be long); 0 if
-    the file has no such column (older schema versions)."""
-    f = pq.ParquetFile(path)
-    if column not in f.schema_arrow.names:
-        return 0
-    return sum(
-        len(b) - b.column(0).null_count for b in f.iter_batches(columns=[column], batch_size=65536)
-    )
+        rates = {}
+        for k, (lo, hi) in enumerate(itertools.pairwise(tp.edges)):
+            covered = min(hi, last) - max(lo, first)
+            if covered >= width / 2:
+                rates[k] = tp.counts[k] * 1000 / covered
+        return rates
 
 
 def _tally(col: Any, null_label: str | None) -> dict[str, int]:
@@ -178,12 +169,7 @@ def _sum(col: Any) -> int:
 def _step(span: float, buckets: int, floor: float, clock: bool = False) -> float:
     """A round bucket width giving about ``buckets`` buckets over ``span`` (at least ``floor``)."""
     raw = max(span / buckets, floor)
-    if clock and raw > 1000:  # values in ms
-        return float(
-            next((s for s in _CLOCK_STEPS_MS if s >= raw), _DAY_MS * math.ceil(raw / _DAY_MS))
-        )
-    base = 10.0 ** math.floor(math.log10(raw))
-    return next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    return clock_step(raw) if clock else nice_step(raw)
 
 
 def _histogram(values: Any, buckets: int, floor: float, clock: bool = False) -> Histogram:
@@ -244,6 +230,33 @@ def _accuracy(
     return overall, groups
 
 
+def _percentiles(values: Any, qs: tuple[float, ...]) -> dict[str, float | None]:
+    """``p50``… (linear interpolation) and ``max`` of non-null values; None without any."""
+    found = pc.quantile(values, q=list(qs)).to_pylist() if len(values) else []
+    out: dict[str, float | None] = {f"p{round(q * 100)}": None for q in qs}
+    out.update(zip(out, found, strict=False))
+    out["max"] = pc.max(values).as_py() if len(values) else None
+    return out
+
+
+def _top_errors(table: pa.Table) -> list[ErrorKind]:
+    """The most frequent (error type, message) pairs of the error rows."""
+    failed = table.filter(pc.equal(table.column("status"), "error"))
+    if failed.num_rows == 0:
+        return []
+    counts = (
+        failed.select(["error_type", "error", "status"])
+        .group_by(["error_type", "error"])
+        .aggregate([("status", "count")])
+        .to_pylist()
+    )
+    counts.sort(key=lambda r: (-r["status_count"], str(r["error_type"]), str(r["error"])))
+    return [
+        ErrorKind(str(r["error_type"] or "unknown"), str(r["error"] or ""), r["status_count"])
+        for r in counts[:TOP_ERRORS]
+    ]
+
+
 def build_report(
     path: Path, *, prices: PriceTable | None = None, group_by: str | None = None
 ) -> Report:
@@ -252,7 +265,7 @@ def build_report(
     ``prices`` defaults to the bundled table; ``group_by`` names a column to break
     row counts and accuracy down by.
     """
-    table, version = _read(path, group_by)
+    table, version = read_columns(path, group_by)
     notes: list[str] = []
     prices = prices if prices is not None else PriceTable.default()
     served = pc.is_valid(table.column("served_by"))
@@ -267,11 +280,10 @@ def build_report(
     if unpriced := [k for k, v in costs.items() if v is None]:
         notes.append(f"no price known for {', '.join(unpriced)}; left out of the estimated cost")
     reported = pc.drop_null(table.column("reported_cost_usd"))
-    latency = pc.drop_null(table.column("latency_ms"))
-    quantiles = pc.quantile(latency, q=list(PERCENTILES)).to_pylist() if len(latency) else []
-    lat: dict[str, float | None] = {f"p{round(q * 100)}": None for q in PERCENTILES}
-    lat.update(zip(lat, quantiles, strict=False))
-    lat["max"] = pc.max(latency).as_py()
+    ok = pc.equal(table.column("status"), "ok")
+    latency = pc.drop_null(pc.filter(table.column("latency_ms"), ok))
+    failed = pc.drop_null(pc.filter(table.column("latency_ms"), pc.invert(ok)))
+    attempts = pc.drop_null(table.column("attempts"))
     finished_ms = pc.cast(table.column("finished_at"), pa.int64())
     first, last = (s.as_py() for s in pc.min_max(finished_ms).values())
     accuracy, groups = _accuracy(table, group_by, notes)
@@ -293,13 +305,21 @@ def build_report(
         cost_by_model=costs,
         reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
         rows_cost_reported=len(reported),
-        rows_with_reasoning=_non_null(Path(path), "reasoning_content"),
+        credits_used=_sum(table.column("credits_used"))
+        if table.column("credits_used").null_count < table.num_rows
+        else None,
+        rows_with_reasoning=non_null(Path(path), "reasoning_content"),
         rows_served_by_dedupe=_sum(served),
         rows_served_by_cache=_sum(cached),
         tokens_saved=_sum(saved.column("total_tokens")),
         estimated_cost_saved_usd=math.fsum(v for v in saved_costs.values() if v is not None),
-        latency_ms=lat,
+        latency_ms=_percentiles(latency, PERCENTILES),
         latency_histogram=_histogram(latency, 20, 0.1),
+        error_latency_ms=_percentiles(failed, (0.5,)),
+        requests=_sum(attempts),
+        # A row's attempts beyond its first; rows never sent (attempts 0) add nothing.
+        retries=_sum(pc.max_element_wise(pc.subtract(attempts, 1), 0)) if len(attempts) else 0,
+        top_errors=_top_errors(table),
         # Timestamps have ms resolution: no bucket narrower than 1 ms.
         throughput=_histogram(finished_ms, 60, 1.0, clock=True),
         first_finished_at=when(first),
@@ -308,4 +328,5 @@ def build_report(
         group_by=group_by,
         groups=groups,
         notes=notes,
+        run=run_facts(path, table.num_rows, notes),
     )

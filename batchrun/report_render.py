@@ -1,238 +1,218 @@
-"""Rendering a report: the terminal text and one self-contained HTML page."""
+"""A report's tables, shared by both renderers, and its terminal text.
+
+Every figure is a cell (name, raw value, text): the text renderer aligns the texts, the
+HTML page puts the raw value in ``data-value``. A table with no rows is not drawn, and a
+table that only says "no errors" is not made.
+"""
 
 from __future__ import annotations
 
-import html
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from batchrun.report import Histogram, Report
+from batchrun.htmlkit import clean
+from batchrun.report import Report
+from batchrun.scales import format_usd
 
 #: A table cell: (id or class, raw value for ``data-value``, text shown).
-_Cell = tuple[str, object, str]
+Cell = tuple[str, object, str]
+#: Characters of an error message shown (error messages are bounded, not short).
+MESSAGE_MAX = 120
 
 
 @dataclass(frozen=True)
-class _Section:
-    """One table of the report, drawn by both renderers; ``ids``: cell names are page ids."""
+class Section:
+    """One table of the report; ``ids``: cell names are page ids (one value a row)."""
 
     title: str
     ident: str
     head: list[str]
-    rows: Sequence[tuple[str, Sequence[_Cell]]]
+    rows: Sequence[tuple[str, Sequence[Cell]]]
     ids: bool = False
-    chart: Histogram | None = None  # drawn as SVG in HTML; too long for a terminal
-    label: Callable[[float], str] = str
 
 
-def _num(value: float | None, spec: str = ",.1f") -> str:
+def num(value: float | None, spec: str = ",.1f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _int(name: str, value: int) -> _Cell:
+def count(name: str, value: int) -> Cell:
     return (name, value, f"{value:,}")
 
 
-def _share(name: str, part: int, whole: int) -> _Cell:
+def share(name: str, part: int, whole: int) -> Cell:
     return (name, part / whole if whole else None, f"{100 * part / whole:.1f}%" if whole else "n/a")
 
 
-def _usd(name: str, value: float | None) -> _Cell:
-    return (name, value, "n/a" if value is None else f"${value:,.4f}")
+def usd(name: str, value: float | None) -> Cell:
+    return (name, value, format_usd(value))
 
 
-def _when(name: str, value: datetime | None) -> _Cell:
+def when(name: str, value: datetime | None) -> Cell:
     text = "n/a" if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     return (name, None if value is None else value.isoformat(), text)
 
 
-def _clock(ms: float) -> str:
-    """UTC time of day of an epoch-ms instant (milliseconds shown only when not whole)."""
-    frac = int(ms) % 1000
-    text = datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
-    return f"{text}.{frac:03d}" if frac else text
+def run_figure(r: Report, key: str) -> float | None:
+    """A figure of the summary beside the output; None without one."""
+    return None if r.run is None else r.run.figures.get(key)
 
 
-def _bucket_rows(hist: Histogram, label: Callable[[float], str]) -> list[tuple[str, list[_Cell]]]:
-    pairs = zip(hist.edges, hist.edges[1:], hist.counts, strict=False)
-    return [
-        (label(lo), [("lo", lo, label(lo)), ("hi", hi, label(hi)), _int("count", c)])
-        for lo, hi, c in pairs
-    ]
+def _tally(r: Report, title: str, ident: str, what: str, counts: dict[str, int]) -> Section:
+    rows = [(k, [count("count", v), share("share", v, r.rows)]) for k, v in counts.items()]
+    return Section(title, ident, [what, "rows", "share"], rows)
 
 
-def _sections(r: Report) -> list[_Section]:
-    """The report as tables, in page order; both renderers draw these."""
-
-    def tally(title: str, ident: str, what: str, counts: dict[str, int]) -> _Section:
-        rows = [(k, [_int("count", v), _share("share", v, r.rows)]) for k, v in counts.items()]
-        return _Section(title, ident, [what, "rows", "share"], rows)
-
+def overview(r: Report) -> Section:
+    """The one-value figures, in reading order; the HTML page shows them as cards."""
     tokens = {"prompt": r.prompt_tokens, "completion": r.completion_tokens, "total": r.total_tokens}
-    overview: list[tuple[str, list[_Cell]]] = [
-        ("rows", [_int("rows-total", r.rows)]),
-        *[(k, [_int(f"rows-{k}", r.by_status[k])]) for k in ("ok", "error")],
-        *[(f"{k} tokens", [_int(f"tokens-{k}", v)]) for k, v in tokens.items()],
-        ("estimated cost (USD, list prices)", [_usd("cost-total", r.estimated_cost_usd)]),
-        ("cost reported by the API (USD)", [_usd("cost-reported", r.reported_cost_usd)]),
-        ("rows with a reported cost", [_int("cost-reported-rows", r.rows_cost_reported)]),
-        ("rows with reasoning", [_int("rows-reasoning", r.rows_with_reasoning)]),
-        ("rows served by dedupe (no request)", [_int("rows-dedupe", r.rows_served_by_dedupe)]),
-        ("rows served by the cache (no request)", [_int("rows-cached", r.rows_served_by_cache)]),
-        ("tokens saved", [_int("tokens-saved", r.tokens_saved)]),
-        ("estimated cost saved (USD)", [_usd("cost-saved", r.estimated_cost_saved_usd)]),
-        ("first finished (UTC)", [_when("wall-first", r.first_finished_at)]),
-        ("last finished (UTC)", [_when("wall-last", r.last_finished_at)]),
-        ("wall span (s)", [("wall-span-s", r.wall_span_s, _num(r.wall_span_s, ",.3f"))]),
-        ("rows per second", [("rows-per-s", r.rows_per_s, _num(r.rows_per_s))]),
+    rows: list[tuple[str, list[Cell]]] = [
+        ("rows", [count("rows-total", r.rows)]),
+        *[(k, [count(f"rows-{k}", r.by_status[k])]) for k in ("ok", "error")],
+        *[(f"{k} tokens", [count(f"tokens-{k}", v)]) for k, v in tokens.items()],
+        ("estimated cost (USD, list prices)", [usd("cost-total", r.estimated_cost_usd)]),
+        ("cost reported by the API (USD)", [usd("cost-reported", r.reported_cost_usd)]),
+        ("rows with a reported cost", [count("cost-reported-rows", r.rows_cost_reported)]),
+        (
+            "credits reported by the API",
+            [("credits-reported", r.credits_used, num(r.credits_used, ",d"))],
+        ),
+        # Outputs before schema 3 cannot say which answers carried reasoning.
+        *(
+            [("rows with reasoning", [count("rows-reasoning", r.rows_with_reasoning)])]
+            if r.schema_version not in ("1", "2")
+            else []
+        ),
+        # Only where dedupe or the cache served rows (and in schema 5 outputs at all).
+        *(
+            [
+                (
+                    "rows served by dedupe (no request)",
+                    [count("rows-dedupe", r.rows_served_by_dedupe)],
+                ),
+                (
+                    "rows served by the cache (no request)",
+                    [count("rows-cached", r.rows_served_by_cache)],
+                ),
+                ("tokens saved", [count("tokens-saved", r.tokens_saved)]),
+                ("estimated cost saved (USD)", [usd("cost-saved", r.estimated_cost_saved_usd)]),
+            ]
+            if r.rows_served_by_dedupe or r.rows_served_by_cache
+            else []
+        ),
+        ("requests (attempts of the rows)", [count("requests", r.requests)]),
+        ("retries (attempts beyond the first)", [count("retries", r.retries)]),
+        ("first finished (UTC)", [when("wall-first", r.first_finished_at)]),
+        ("last finished (UTC)", [when("wall-last", r.last_finished_at)]),
+        ("wall span (s)", [("wall-span-s", r.wall_span_s, num(r.wall_span_s, ",.3f"))]),
+        ("rows per second", [("rows-per-s", r.rows_per_s, num(r.rows_per_s))]),
         ("schema version", [("schema-version", r.schema_version, r.schema_version)]),
     ]
+    if r.run is not None:
+        for label, key, spec in (
+            ("wall time of the last run (s)", "wall_time_s", ",.1f"),
+            ("429 answers in the last run", "rate_limited", ",.0f"),
+            ("rows possibly charged twice", "rows_possibly_charged_twice", ",.0f"),
+            ("rows resumed from earlier runs", "rows_resumed", ",.0f"),
+        ):
+            value = run_figure(r, key)
+            rows.append((label, [(f"run-{key.replace('_', '-')}", value, num(value, spec))]))
     if (a := r.accuracy) is not None:
-        overview += [("accuracy", [_share("accuracy-overall", a.correct, a.graded)])]
-        overview += [("graded rows", [_int("accuracy-graded", a.graded)])]
-        overview += [("correct rows", [_int("accuracy-correct", a.correct)])]
-    costs = [(m, [_usd("cost", c)]) for m, c in r.cost_by_model.items()]
-    latency = [(k, [(f"latency-{k}", v, _num(v))]) for k, v in r.latency_ms.items()]
-    fmt, hist, tp = "{:,.4g}".format, r.latency_histogram, r.throughput
-    sections = [
-        _Section("Overview", "overview", ["", "value"], overview, ids=True),
-        tally("Status", "by-status", "status", r.by_status),
-        tally("Finish reasons", "by-finish-reason", "reason", r.by_finish_reason),
-        tally("Errors", "by-error-type", "error type", r.by_error_type),
-        _Section("Estimated cost by model", "cost-by-model", ["model", "USD"], costs),
-        _Section("Latency (ms)", "latency", ["", "ms"], latency, ids=True),
-        _Section(
-            "Latency histogram (ms)",
-            "latency-histogram",
-            ["bucket", "from", "to", "rows"],
-            _bucket_rows(hist, fmt),
-            chart=hist,
-            label=fmt,
-        ),
-        _Section(
-            "Rows finished over time (UTC)",
-            "throughput",
-            ["bucket", "from", "to", "rows"],
-            _bucket_rows(tp, _clock),
-            chart=tp,
-            label=_clock,
-        ),
+        rows += [("accuracy", [share("accuracy-overall", a.correct, a.graded)])]
+        rows += [("graded rows", [count("accuracy-graded", a.graded)])]
+        rows += [("correct rows", [count("accuracy-correct", a.correct)])]
+    return Section("Overview", "overview", ["", "value"], rows, ids=True)
+
+
+def latency(r: Report) -> Section:
+    """Percentiles of ok rows; of error rows beside them when some error has a latency."""
+    errors = r.error_latency_ms if r.error_latency_ms.get("max") is not None else {}
+    head = ["", "ok rows (ms)", *(["error rows (ms)"] if errors else [])]
+    rows = []
+    for k, v in r.latency_ms.items():
+        cells: list[Cell] = [(f"latency-{k}", v, num(v))]
+        if errors:
+            e = errors.get(k)
+            cells.append((f"error-latency-{k}", e, num(e) if k in errors else ""))
+        rows.append((k, cells))
+    return Section("Latency", "latency", head, rows, ids=True)
+
+
+def outcomes(r: Report) -> list[Section]:
+    """Status and finish reasons; error types and the commonest messages when rows failed."""
+    out = [
+        _tally(r, "Status", "by-status", "status", r.by_status),
+        _tally(r, "Finish reasons", "by-finish-reason", "reason", r.by_finish_reason),
     ]
-    if r.group_by is not None:
-        fields = ("rows", "ok", "graded", "correct")
-        rows = [
-            (
-                k,
-                [
-                    *(_int(f, getattr(g, f)) for f in fields),
-                    _share("accuracy", g.correct, g.graded),
-                ],
-            )
-            for k, g in r.groups.items()
-        ]
-        sections.append(
-            _Section(f"By {r.group_by}", "groups", [r.group_by, *fields, "accuracy"], rows)
+    if r.by_error_type:
+        out.append(_tally(r, "Errors", "by-error-type", "error type", r.by_error_type))
+    return out
+
+
+def error_messages(r: Report) -> Section | None:
+    if not r.top_errors:
+        return None
+    rows = [
+        (
+            e.error_type,
+            [("message", e.message, clean(e.message, limit=MESSAGE_MAX)), count("count", e.rows)],
         )
-    return sections
+        for e in r.top_errors
+    ]
+    return Section(
+        "Commonest error messages", "error-messages", ["error type", "message", "rows"], rows
+    )
+
+
+def costs(r: Report) -> Section | None:
+    if not r.cost_by_model:
+        return None
+    rows = [(m, [usd("cost", c)]) for m, c in r.cost_by_model.items()]
+    return Section("Estimated cost by model", "cost-by-model", ["model", "USD"], rows)
+
+
+def groups(r: Report) -> Section | None:
+    if r.group_by is None:
+        return None
+    fields = ("rows", "ok", "graded", "correct")
+    rows = [
+        (k, [*(count(f, getattr(g, f)) for f in fields), share("accuracy", g.correct, g.graded)])
+        for k, g in r.groups.items()
+    ]
+    return Section(f"By {r.group_by}", "groups", [r.group_by, *fields, "accuracy"], rows)
+
+
+def sections(r: Report) -> list[Section]:
+    """Every table of the report, in page order, none empty."""
+    found = [overview(r), *outcomes(r), error_messages(r), costs(r), latency(r), groups(r)]
+    return [s for s in found if s is not None and s.rows]
 
 
 def render_text(report: Report) -> str:
-    """A terminal summary: one block per table, labels left, numbers right-aligned."""
-    sections = [s for s in _sections(report) if s.rows and s.chart is None]
-    width = max(len(key) for s in sections for key, _ in s.rows)
-    lines = [f"batchrun report: {report.path}"]
-    for s in sections:
+    """A terminal summary: one block per table, labels left, numbers right-aligned.
+
+    Every label and value is cleaned of control characters: a model name or an error message
+    from a server must not move the cursor or recolour the terminal.
+    """
+    blocks = [
+        (s, [(clean(k), [clean(c[2]) for c in cells]) for k, cells in s.rows])
+        for s in sections(report)
+    ]
+    width = max(len(key) for _, rows in blocks for key, _ in rows)
+    lines = [f"batchrun report: {clean(report.path)}"]
+    for s, rows in blocks:
         cols = [
-            max(len(t) for t in [h, *(cells[i][2] for _, cells in s.rows)])
+            max(len(t) for t in [h, *(texts[i] for _, texts in rows)])
             for i, h in enumerate(s.head[1:])
         ]
+        title = clean(s.title)
+        head = "  ".join(f"{h:>{w}}" for h, w in zip(s.head[1:], cols, strict=True))
+        lines += ["", f"{title:<{width + 4}}{clean(head)}".rstrip()]
         lines += [
-            "",
-            f"{s.title:<{width + 2}}"
-            + "  ".join(f"{h:>{w}}" for h, w in zip(s.head[1:], cols, strict=True)).rstrip(),
+            (
+                f"  {key:<{width}}  "
+                + "  ".join(f"{t:>{w}}" for t, w in zip(texts, cols, strict=True))
+            ).rstrip()
+            for key, texts in rows
         ]
-        lines += [
-            f"  {key:<{width}}"
-            + "  ".join(f"{c[2]:>{w}}" for c, w in zip(cells, cols, strict=True))
-            for key, cells in s.rows
-        ]
-    return "\n".join(lines + [f"note: {n}" for n in report.notes]) + "\n"
-
-
-CSS = (
-    "body{font:14px system-ui,sans-serif;color:#222;margin:2em;max-width:60em}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{padding:.15em .8em;"
-    "border-bottom:1px solid #e3e3e3}th{text-align:left;font-weight:normal}"
-    "td{text-align:right;font-variant-numeric:tabular-nums}thead th{font-weight:bold}"
-    ".bar{fill:#4a78c2}.axis{font-size:11px;fill:#555}.note{color:#8a5a00}"
-)
-
-
-def esc(value: object) -> str:
-    # A URL in the data (a model name, a group value) stays inert text: the page holds no
-    # "://" at all, so nothing in it can be mistaken for a fetch.
-    return html.escape(str(value)).replace("://", "&#58;//")
-
-
-def _svg(s: _Section, hist: Histogram) -> str:
-    """A bar chart of a histogram, in px; one ``<rect class="bar" data-value>`` per bucket."""
-    w, h, left, top, bottom = 640, 180, 48, 10, 22
-    plot_h, bars = h - top - bottom, []
-    texts = [(w / 2, h / 2, "middle", "no data")]
-    if hist.counts:
-        peak, bar_w = max(hist.counts) or 1, (w - left) / len(hist.counts)
-        for i, count in enumerate(hist.counts):
-            bar_h = plot_h * count / peak
-            tip = f"{s.label(hist.edges[i])} to {s.label(hist.edges[i + 1])}: {count:,}"
-            bars.append(
-                f'<rect class="bar" data-value="{count}" x="{left + i * bar_w:.1f}" '
-                f'y="{top + plot_h - bar_h:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
-                f'height="{bar_h:.1f}"><title>{esc(tip)}</title></rect>'
-            )
-        texts = [(left - 4, top + 8, "end", f"{peak:,}"), (left - 4, top + plot_h, "end", "0")]
-        texts += [
-            (left, h - 6, "start", s.label(hist.edges[0])),
-            (w, h - 6, "end", s.label(hist.edges[-1])),
-        ]
-    labels = "".join(
-        f'<text class="axis" x="{x}" y="{y}" text-anchor="{a}">{esc(t)}</text>'
-        for x, y, a, t in texts
-    )
-    return (
-        f'<svg id="chart-{s.ident}" role="img" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
-        f"<title>{esc(s.title)}</title>{''.join(bars)}{labels}</svg>"
-    )
-
-
-def _table(s: _Section) -> str:
-    """Keyed rows (``<tr data-key>``); each cell has an id or a class, and ``data-value``."""
-    attr = "id" if s.ids else "class"
-    rows = "".join(
-        f'<tr data-key="{esc(key)}"><th>{esc(key)}</th>'
-        + "".join(
-            f'<td {attr}="{n}" data-value="{esc("" if v is None else v)}">{esc(t)}</td>'
-            for n, v, t in cells
-        )
-        + "</tr>"
-        for key, cells in s.rows
-    )
-    head = "".join(f"<th>{esc(h)}</th>" for h in s.head)
-    return f'<table id="{s.ident}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
-
-
-def render_html(report: Report) -> str:
-    """One self-contained HTML page: inline CSS and SVG, no script, no external reference."""
-    body = [f"<h1>batchrun report</h1><p>{esc(report.path)}</p>"]
-    body += [f'<p class="note">{esc(n)}</p>' for n in report.notes]
-    for s in _sections(report):
-        body += [
-            f"<h2>{esc(s.title)}</h2>",
-            "" if s.chart is None else _svg(s, s.chart),
-            _table(s),
-        ]
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>batchrun report: {esc(report.path)}</title><style>{CSS}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
-    )
+    return "\n".join(lines + [f"note: {clean(n)}" for n in report.notes]) + "\n"

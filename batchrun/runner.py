@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import time
 
-from batchrun.budget import BudgetGate, recorded_cost
+from batchrun.budget import BudgetGate, recorded_spend
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
 from batchrun.errors import (
@@ -32,6 +32,7 @@ from batchrun.errors import (
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.job import Budget, Job
+from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.produce import Producer
@@ -200,6 +201,7 @@ class _Run:
                 answered,
                 result.prompt_tokens if result else None,
                 result.completion_tokens if result else None,
+                result.reported_cost_usd if result else None,
             )
         if outcome.stop is not None:
             self.stop(
@@ -240,11 +242,15 @@ class _Run:
         self.emit(Event("row", p, result=result))
 
     async def send(self, prep: Prepared) -> None:
-        self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
-        writer.start()
-        self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
-        try:
-            async with self.client_factory(self.job, self.api_key) as client:
+        async with self.client_factory(self.job, self.api_key) as client:
+            if self.job.model_check:
+                fresh = not prep.resumed and not prep.inflight_keys
+                if warning := await check_model_before_send(self.job, client, self.ckpt, fresh):
+                    self.emit(Event("warning", self.progress, message=warning))
+            self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
+            writer.start()
+            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
+            try:
                 sender = RowSender(client, self.limiter, self.job.retry, self, prep.inflight_keys)
                 producer = Producer(
                     self.job,
@@ -258,16 +264,15 @@ class _Run:
                 )
                 async with contextlib.aclosing(producer.requests()) as requests:
                     await self.pool.run(requests, sender.send, self.on_outcome)
-        finally:
-            if self._ticker is not None:
-                self._ticker.cancel()
-            if self.shortcuts is not None:
-                self.shortcuts.close()
-            await writer.close()
+            finally:
+                if self._ticker is not None:
+                    self._ticker.cancel()
+                if self.shortcuts is not None:
+                    self.shortcuts.close()
+                await writer.close()
 
     def tick(self) -> None:
-        """A heartbeat while sending, so a display off a terminal shows a run whose
-        answers do not come (what is in flight, and for how long)."""
+        """A heartbeat while sending (a display off a terminal shows stalled answers)."""
         self.emit(Event("tick", self.progress))
         self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
 
@@ -296,7 +301,7 @@ class _Run:
                 job.budget,
                 self.prices.get(job.params.model),
                 model=job.params.model,
-                spent_usd=recorded_cost(ckpt, self.prices, job.params.model, total) or 0.0,
+                spent_usd=recorded_spend(ckpt, self.prices, job.params.model, total) or 0.0,
                 spent_tokens=ckpt.aggregate(total)["total_tokens"],
             )
             if (

@@ -38,7 +38,8 @@ SETTING_KEYS = frozenset(
     max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
-    max_tokens_total prices cost_header expected_column match group_by dedupe cache cache_mode
+    max_tokens_total prices cost_header expected_column match group_by image_columns
+    extra_body model_check dedupe cache cache_mode
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
@@ -106,6 +107,7 @@ _TEXT_KEYS = (
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
     "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "dedupe",
+    "model_check",
 )  # fmt: skip
 
 
@@ -122,10 +124,21 @@ def _check_kinds(s: dict[str, Any]) -> None:
         check(
             value is None or isinstance(value, bool), f"{key} must be true or false, got {value!r}"
         )
+    images = s.get("image_columns")
+    check(
+        images is None
+        or isinstance(images, str)
+        or (isinstance(images, list | tuple) and all(isinstance(c, str) for c in images)),
+        f"image_columns must be a list of column names, got {images!r}",
+    )
     stop = s.get("stop")
     for item in (stop,) if isinstance(stop, str) else stop or ():
         check(isinstance(item, str), f"stop sequences must be strings, got {item!r}")
         check(encodes(item), f"stop sequence {item!r} is not UTF-8 text")
+
+
+def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def job_from_settings(settings: dict[str, Any]) -> Job:
@@ -160,6 +173,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             tools=tools,
             tool_choice=_parse_json_setting("tool_choice", s.pop("tool_choice", None)),
             metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
+            extra_body=_parse_json_setting("extra_body", s.pop("extra_body", None)),
         )
         limits = Limits(
             concurrency=s.pop("concurrency", Limits.concurrency),
@@ -207,6 +221,8 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             dedupe=s.pop("dedupe", None),
             cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
             cache_mode=s.pop("cache_mode", "read-write"),
+            image_columns=_names(s.pop("image_columns", ())),
+            model_check=s.pop("model_check", True),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

@@ -3,7 +3,7 @@ latency from the output file, accuracy when graded."""
 
 from __future__ import annotations
 
-from batchrun.budget import recorded_cost
+from batchrun.budget import recorded_cost, recorded_spend
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Progress
 from batchrun.grading import accuracy
@@ -57,6 +57,8 @@ def summarize(
         estimated_cost_saved_usd=_round(
             recorded_cost(ckpt, prices, job.params.model, total, saved=True)
         ),
+        credits_used=agg["credits_used"],
+        spent_usd=_round(recorded_spend(ckpt, prices, job.params.model, total)),
     )
     grading = job.grading
     if grading is not None and output.exists():

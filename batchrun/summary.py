@@ -44,9 +44,14 @@ class Summary:
     rows_served_by_cache: int = 0
     tokens_saved: int = 0
     estimated_cost_saved_usd: float | None = None
-    #: The sum of the costs the server reported (--cost-header), over the rows it reported.
+    #: The sum of the costs the server reported (the gateway's cost headers or stream
+    #: meta, or --cost-header), over the rows it reported.
     reported_cost_usd: float | None = None
     rows_cost_reported: int = 0
+    #: The credits the gateway reported ($1 = 2,000,000), over the rows it reported.
+    credits_used: int | None = None
+    #: What --max-cost counts: reported where reported, estimated for the other rows.
+    spent_usd: float | None = None
     wall_time_s: float = 0.0
     rows_per_s: float = 0.0
     latency_ms: dict[str, float | None] = field(default_factory=dict)
@@ -65,6 +70,19 @@ class Summary:
     def write(self, path: Path) -> None:
         write_text_atomically(path, self.to_json())
 
+    def _cost_line(self) -> str:
+        """Reported and estimated spend side by side."""
+        est = (
+            f"${self.estimated_cost_usd:,.4f}" if self.estimated_cost_usd is not None else "unknown"
+        )
+        if self.reported_cost_usd is None:
+            return f"  cost: estimated {est} (the API reported none)"
+        credits = f", {self.credits_used:,} credits" if self.credits_used is not None else ""
+        return (
+            f"  cost: reported ${self.reported_cost_usd:,.4f} ({self.rows_cost_reported:,} of "
+            f"{self.rows_ok + self.rows_error:,} rows{credits}), estimated {est}"
+        )
+
     def lines(self) -> list[str]:
         """A short human summary."""
         lat = self.latency_ms
@@ -74,17 +92,8 @@ class Summary:
             + f" of {self.rows_total:,} rows → {self.output}",
             f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,})"
             f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
-            f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}"
-            + (
-                f", est. cost ${self.estimated_cost_usd:,.4f}"
-                if self.estimated_cost_usd is not None
-                else ""
-            )
-            + (
-                f", reported cost ${self.reported_cost_usd:,.4f} ({self.rows_cost_reported:,} rows)"
-                if self.reported_cost_usd is not None
-                else ""
-            ),
+            f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}",
+            self._cost_line(),
             f"  wall {self.wall_time_s:.1f} s, {self.rows_per_s:,.1f} rows/s"
             + (
                 f", latency p50 {lat['p50']:.0f} ms p95 {lat['p95']:.0f} ms p99 {lat['p99']:.0f} ms"

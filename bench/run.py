@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench import compare_bench
+from bench import compare_bench, image_bench
 
 HERE = Path(__file__).resolve().parent
 TWO_CORES = (os.cpu_count() or 1) >= 2
@@ -431,14 +431,16 @@ def main() -> None:
                     f"- E {n:,} rows: rerun of the finished output: exit {rerun.exit_code}, "
                     f"{rerun.wall_s:.2f} s wall, requests the simulator received: {served}."
                 )
-        if want("H"):  # dedupe's cost where it saves nothing: A with no repeated prompt
+        if want("H"):  # images and peak memory (bench/image_bench.py)
+            extra += image_bench.scenario(tmp, 2_000 if q else 10_000)
+        if want("I"):  # dedupe's cost where it saves nothing: A with no repeated prompt
             n = 5_000 if q else 20_000
             rates: dict[str, list[Row]] = {"on": [], "off": []}
             for i in range(3):  # alternated, so that drift on a shared machine hits both
                 for mode, flags in (("on", []), ("off", ["--no-dedupe"])):
                     rates[mode].append(
                         scenario(
-                            f"H{mode}{i}",
+                            f"I{mode}{i}",
                             "",
                             tmp,
                             n,
@@ -452,14 +454,14 @@ def main() -> None:
                 sorted(rates[m], key=lambda r: r.rows_per_s)[1] for m in ("on", "off")
             )  # the median of three
             on.scenario, on.setup, on.ideal = (
-                "H",
+                "I",
                 "as A at temperature 0, dedupe on, no repeats",
                 off.rows_per_s,
             )
             on.target = "≥ 95 % of dedupe off"
             table.append(on)
             extra.append(
-                f"- H: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
+                f"- I: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
                 f"({on.sending_rows_per_s:,.0f} while sending) against dedupe off "
                 f"{off.rows_per_s:,.0f} ({off.sending_rows_per_s:,.0f}): ratio "
                 f"{on.rows_per_s / off.rows_per_s:.3f}; client CPU-s / 1k rows {on.cpu_per_1k:.3f} "

@@ -41,13 +41,17 @@ def _reopen(tmp_path: Path) -> Checkpoint:
 
 def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     # What batchrun 1 left: no reported_cost_usd column, version 1, one finished row.
-    cols = ("position", *RESULT_COLUMNS[: RESULT_COLUMNS.index("reported_cost_usd")])
+    cols = ("position", *RESULT_COLUMNS[: RESULT_COLUMNS.index("finished_at") + 1])
+    later = RESULT_COLUMNS[len(cols) - 1 :]
     values = (0, "ok", "yes", "stop", "stop", None, 3, 1, 4, "m", "r0", 1, 5.0, None, None, 1.0)
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
         "ALTER TABLE results DROP COLUMN cached",
         "ALTER TABLE results DROP COLUMN served_by",
+        "ALTER TABLE results DROP COLUMN credits_used",
+        "ALTER TABLE results DROP COLUMN inference_id",
+        "ALTER TABLE results DROP COLUMN client_request_id",
         "ALTER TABLE results DROP COLUMN reasoning_content",
         "ALTER TABLE results DROP COLUMN reported_cost_usd",
         "ALTER TABLE inflight DROP COLUMN counted",
@@ -60,7 +64,8 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert again.open() is True
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
     rows = again.results_between(0, 10)
-    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes") and rows[0][-4:] == (None,) * 4
+    assert len(rows) == 1 and rows[0][:3] == (0, "ok", "yes")
+    assert rows[0][len(cols) :] == (None,) * len(later)
     # New rows go in with the new columns.
     again.write(
         [],
@@ -72,10 +77,14 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
                 finished_at=2.0,
                 reported_cost_usd=0.5,
                 reasoning_content="because",
+                inference_id="inf-1",
+                credits_used=1000,
             )
         ],
     )
-    assert again.results_between(1, 2)[0][-4:] == (0.5, "because", None, 0)
+    new = dict(zip(RESULT_COLUMNS, again.results_between(1, 2)[0][1:], strict=True))
+    assert (new["reported_cost_usd"], new["reasoning_content"]) == (0.5, "because")
+    assert (new["inference_id"], new["credits_used"]) == ("inf-1", 1000)
     assert again.aggregate(10)["rows"] == 2
     assert again.inflight_keys() == {5: "key-5"}
     assert again.count_possibly_charged_twice(below=10) == 1

@@ -4,6 +4,7 @@ in these tests (no server exists at the base URL they name)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,10 @@ def test_dry_run_shows_requests_redacts_key_and_sends_nothing(
     assert "secret-key-123" not in out
     assert "Bearer ***" in out
     assert "5 rows, all valid" in out
-    first_body = out.split("Idempotency-Key: <per row>\n", 1)[1]
+    cid, first_body = out.split("Idempotency-Key: <per row>\nX-Client-Request-Id: ", 1)[1].split(
+        "\n", 1
+    )
+    assert re.fullmatch(r"br:[0-9a-f]{12}:sr0", cid)  # the row id "r0", safe as it is
     body = json.loads(first_body[: first_body.index("\n}\n") + 2])
     assert body == {
         "model": "anthropic/claude-3-opus",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from batchrun.dedupe import Followers, digest, find_followers, request_body
 from batchrun.errors import UsageError
+from batchrun.images import ImageRef
 from batchrun.records import Request, RowResult
 from batchrun.send import ChatCompletions
 from batchrun.settings import job_from_settings, resolve_settings
@@ -115,3 +117,34 @@ def test_dedupe_is_on_at_temperature_0_unless_told_and_the_settings_are_checked(
     job_file.write_text('input = "in.jsonl"\ncache = "../cache"\ncache_mode = "read-only"\n')
     job = job_from_settings(resolve_settings(job_file, {}))
     assert job.cache_dir == tmp_path / "cache" and job.cache_mode == "read-only"
+
+
+def test_rows_with_the_same_text_and_other_images_are_other_requests(tmp_path: Path) -> None:
+    # The images are read only when a row is sent, so the encoded body lacks them: the
+    # compared body must still tell them apart (else one row's answer goes to another's).
+    dialect = ChatCompletions()
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(png + b"a")
+    b.write_bytes(png + b"b")
+
+    def with_images(*refs: ImageRef) -> bytes:
+        request = _request("what is in the picture?", temperature=0)
+        return digest(request_body(dialect, dataclasses.replace(request, images=refs)))
+
+    text_only = with_images()
+    by_path = {p: with_images(ImageRef("path", str(p), p.name)) for p in (a, b)}
+    assert len({text_only, *by_path.values()}) == 3
+    assert with_images(ImageRef("path", str(a), "a.png")) == by_path[a]  # the same file
+    # Bytes (a Parquet binary column) and data URLs by their content.
+    assert with_images(ImageRef("bytes", png, "")) == with_images(ImageRef("bytes", png, "x"))
+    assert with_images(ImageRef("bytes", png, "")) != with_images(ImageRef("bytes", png + b"!", ""))
+    url = "data:image/png;base64,AAAA"
+    assert with_images(ImageRef("data", url, "")) != with_images(ImageRef("data", url + "BB", ""))
+    assert with_images(ImageRef("url", "https://x/1.png", "")) != with_images(
+        ImageRef("url", "https://x/2.png", "")
+    )
+    # A file edited between runs is another image (the cache must miss).
+    before = by_path[a]
+    a.write_bytes(png + b"edited")
+    assert with_images(ImageRef("path", str(a), "a.png")) != before

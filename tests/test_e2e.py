@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.io.writers import SCHEMA_VERSION
 from batchrun.simulate import completion_for, reasoning_for, usage_for
 from tests.conftest import ROOT, kill_at_random_moments, run_cli, write_jsonl
 
@@ -100,7 +101,7 @@ def test_2000_rows_in_order_with_the_simulators_answers(
     )
     assert proc.returncode == 0, proc.stderr
     table = _check_output(out, rows)
-    assert table.schema.metadata[b"batchrun.schema_version"] == b"4"
+    assert table.schema.metadata[b"batchrun.schema_version"] == SCHEMA_VERSION.encode()
     # The simulator's default share of answers carries reasoning: each row keeps its own.
     reasoning = table.column("reasoning_content").to_pylist()
     assert reasoning == [_expected_reasoning(r["prompt"], 0.25) for r in rows]

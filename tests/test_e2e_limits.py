@@ -139,6 +139,7 @@ def test_unknown_model_stops_the_run_instead_of_failing_every_row(
     proc = run_cli(
         "run", "--input", str(_src(tmp_path, 500)), "--output", str(tmp_path / "o.parquet"),
         "--base-url", sim.url, "--model", "nonexistent-model", "--concurrency", "4",
+        "--no-model-check",  # the check would stop it before any row (test_gateway.py)
     )  # fmt: skip
     assert proc.returncode == 4
     assert "same error" in proc.stderr and "--retry-failed" in proc.stderr

@@ -166,11 +166,11 @@ def test_costs_reported_in_a_header_are_recorded_per_row_and_totalled(
     assert sum(costs) == pytest.approx(sim.stats.reported_cost_usd)
     # The simulator prices at the bundled list prices, so the estimate agrees here.
     assert summary["estimated_cost_usd"] == pytest.approx(summary["reported_cost_usd"], rel=1e-4)
-    assert "reported cost $" in proc.stdout
+    assert "cost: reported $" in proc.stdout
 
 
 def test_without_a_cost_header_the_column_is_null(tmp_path: Path, sim_factory: Any) -> None:
-    sim = sim_factory()
+    sim = sim_factory(gateway_cost=False)
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}"} for i in range(20)])
     out = tmp_path / "out.parquet"
     proc = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url)

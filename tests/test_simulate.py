@@ -63,7 +63,7 @@ def _reasoning(status: int, raw: bytes) -> str | None:
         assert message.get("reasoning_content", "absent") is not None  # absent, never null
         return message.get("reasoning_content")
     assert status == 200
-    deltas = [e["choices"][0]["delta"] for e in _events(raw) if e["choices"]]
+    deltas = [e["choices"][0]["delta"] for e in _events(raw) if e.get("choices")]
     pieces = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
     if not pieces:
         return None
@@ -96,7 +96,7 @@ def test_the_same_prompt_gets_the_same_reasoning_streamed_or_not_and_on_a_rerun(
     # the stream splits the text, sometimes into one piece, sometimes more
     counts = set()
     for _, raw in streamed_raw:
-        deltas = [e["choices"][0]["delta"] for e in _events(raw) if e["choices"]]
+        deltas = [e["choices"][0]["delta"] for e in _events(raw) if e.get("choices")]
         counts.add(sum("reasoning_content" in d for d in deltas))
     assert len(counts - {0}) > 1
 
@@ -167,7 +167,7 @@ def test_answer_key_answers_the_chosen_share_right_and_the_rest_wrong(tmp_path: 
             assert a in (f"a{r['id']}", f"c{r['id']}")
     # Streamed answers are the same; a prompt not in the key gets the usual answer.
     streamed = _ask(config, [{**bodies[0], "stream": True}])[0][1]
-    deltas = [e["choices"][0]["delta"] for e in _events(streamed) if e["choices"]]
+    deltas = [e["choices"][0]["delta"] for e in _events(streamed) if e.get("choices")]
     assert "".join(d.get("content") or "" for d in deltas) == answers[0]
     unkeyed = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello?"}]}
     assert _content(_ask(config, [unkeyed])[0][1]) == completion_for(unkeyed)[0]

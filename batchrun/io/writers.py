@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from batchrun import __version__
 from batchrun.records import RESULT_COLUMNS, RESULT_FIELDS
 
-#: 2 added reported_cost_usd, 3 reasoning_content, 4 served_by and cached (readers take
-#: older files by column name).
-SCHEMA_VERSION = "4"
+#: 2 added reported_cost_usd, 3 reasoning_content, 4 client_request_id, inference_id and
+#: credits_used, 5 served_by and cached (readers take older files by column name).
+SCHEMA_VERSION = "5"
 
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.

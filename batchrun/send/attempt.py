@@ -141,6 +141,7 @@ class RowSender:
                 attempts=row.attempts,
                 latency_ms=row.latency_ms,
                 finished_at=time.time(),
+                client_request_id=request.client_request_id,
             )
         finally:
             row.release()
@@ -161,6 +162,8 @@ class RowSender:
         except (Retryable, RowFailed) as exc:
             n = row.attempts
             message = exc.message if n < 2 else f"{exc.message} (after {n} attempts)"
+            if exc.request_id is not None:  # what the gateway's support asks for
+                message += f" (requestId {exc.request_id})"
             self.hooks.failed_for_good(exc.error_type, exc.message)
             return RowResult.failure(
                 request.position,
@@ -169,6 +172,8 @@ class RowSender:
                 attempts=n,
                 latency_ms=row.latency_ms,
                 finished_at=time.time(),
+                client_request_id=request.client_request_id,
+                inference_id=exc.inference_id,
             )
         self.limiter.after_send(request.estimated_tokens, completion.total_tokens)
         self.limiter.on_success()
@@ -179,6 +184,7 @@ class RowSender:
             attempts=row.attempts,
             latency_ms=row.latency_ms or 0.0,
             finished_at=time.time(),
+            client_request_id=request.client_request_id,
         )
 
     def on_failure(self, exc: SendFailed) -> None:

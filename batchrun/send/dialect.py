@@ -8,13 +8,18 @@ finish reasons, ``reasoning_content`` beside the content, a ``system`` field.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from batchrun import fastjson
 from batchrun.errors import Retryable, RowFailed
+from batchrun.images import is_claude
 from batchrun.records import Completion, Request
+from batchrun.send import spend
+from batchrun.send.images import LoadedImage
+from batchrun.send.tracing import server_id
 
 #: Characters of a server's text quoted in an error message.
 TEXT_MAX = 300
@@ -23,6 +28,16 @@ ERROR_BODY_MAX = 64 * 1024
 
 #: What a success body of the wrong shape raises while it is taken apart.
 SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+
+class EmbeddedError(Exception):
+    """A success status whose body is the gateway's error body (``statusCode`` inside)."""
+
+    def __init__(self, status: int, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.request_id = request_id
 
 
 class ChatCompletions:
@@ -38,15 +53,19 @@ class ChatCompletions:
     def __repr__(self) -> str:
         return f"ChatCompletions(system_as_message={self.system_as_message})"
 
-    def encode(self, request: Request) -> dict[str, Any]:
-        """The request body, in a stable key order (params first, then messages)."""
+    def encode(self, request: Request, images: Sequence[LoadedImage] = ()) -> dict[str, Any]:
+        """The request body, in a stable key order (params first, then messages); a row's
+        images go first in its last user message, as the model's blocks."""
         params = request.params
+        messages = request.messages
+        if images:
+            messages = _with_images(messages, images, is_claude(str(params.get("model", ""))))
         if self.system_as_message and "system" in params:
             body = {k: v for k, v in params.items() if k != "system"}
-            body["messages"] = [{"role": "system", "content": params["system"]}, *request.messages]
+            body["messages"] = [{"role": "system", "content": params["system"]}, *messages]
             return body
         body = dict(params)
-        body["messages"] = request.messages
+        body["messages"] = messages
         return body
 
     # --- answers ----------------------------------------------------------------------------
@@ -55,6 +74,10 @@ class ChatCompletions:
         """A non-streamed success body; RowFailed(invalid_response) if it is not one."""
         try:
             payload = fastjson.loads(raw, exact_ints=False)
+            if isinstance(payload, dict) and "choices" not in payload:
+                embedded = _embedded_error(payload)
+                if embedded is not None:
+                    raise embedded
             choice = payload["choices"][0]
             message = choice.get("message") or {}
             usage = payload.get("usage") or {}
@@ -100,6 +123,9 @@ class ChatCompletions:
                         "server_error", f"error inside the stream: {self.error_message(data)}"
                     )
                 if isinstance(chunk, dict):
+                    if "meta" in chunk:
+                        # The gateway's last event: what the streamed answer cost.
+                        state.spend = spend.from_meta(chunk) or state.spend
                     state.feed(chunk)
         except SHAPE_ERRORS as exc:
             # A chunk of the wrong shape: the server answered (and billed), but not in a
@@ -113,22 +139,74 @@ class ChatCompletions:
         return state.result()
 
     def error_message(self, raw: bytes) -> str:
-        """The message of an error body (OpenAI's ``{"error": {...}}``, the gateway's
-        ``{"message", "requestId", …}``, or text). Not cut: the caller redacts, then cuts."""
+        """The message of an error body (see :meth:`error_info`)."""
+        return self.error_info(raw)[0]
+
+    def error_info(self, raw: bytes) -> tuple[str, str | None]:
+        """The message and the server's request id of an error body: OpenAI's
+        ``{"error": {...}}``, the gateway's ``{"message", "path", "requestId", "statusCode",
+        "timestamp"}``, or text. Not cut: the caller redacts, then cuts."""
         try:
             # fastjson refuses what the journal could not store (a lone surrogate) and
             # nesting past the stack: such a body is quoted as text.
             payload = fastjson.loads(raw, exact_ints=False)
         except (ValueError, UnicodeDecodeError):
-            return raw.decode("utf-8", "replace").strip() or "(empty body)"
+            return raw.decode("utf-8", "replace").strip() or "(empty body)", None
         if isinstance(payload, dict):
+            request_id = server_id(payload.get("requestId"))
             err = payload.get("error", payload)
             if isinstance(err, dict):
+                request_id = request_id or server_id(err.get("requestId"))
                 msg = err.get("message") or err.get("detail") or json.dumps(err)
-                return msg if isinstance(msg, str) else json.dumps(msg)
+                return (msg if isinstance(msg, str) else json.dumps(msg)), request_id
             if isinstance(err, str):
-                return err
-        return json.dumps(payload)
+                return err, request_id
+        return json.dumps(payload), None
+
+
+def image_block(image: LoadedImage, claude: bool) -> dict[str, Any]:
+    """Claude models through the gateway: an Anthropic base64 image block only. Others:
+    an OpenAI ``image_url`` part (a data URL, or the http(s) URL passed on)."""
+    if image.data is None:
+        assert image.url is not None and not claude
+        return {"type": "image_url", "image_url": {"url": image.url}}
+    data = base64.b64encode(image.data).decode("ascii")
+    if claude:
+        source = {"type": "base64", "media_type": image.media_type, "data": data}
+        return {"type": "image", "source": source}
+    return {"type": "image_url", "image_url": {"url": f"data:{image.media_type};base64,{data}"}}
+
+
+def _with_images(
+    messages: list[dict[str, Any]], images: Sequence[LoadedImage], claude: bool
+) -> list[dict[str, Any]]:
+    """A copy of ``messages`` whose last user message starts with the images (the
+    request's own messages stay as they are: a retry encodes them again)."""
+    blocks = [image_block(i, claude) for i in images]
+    out = list(messages)
+    at = next((k for k in range(len(out) - 1, -1, -1) if out[k].get("role") == "user"), None)
+    if at is None:
+        return [*out, {"role": "user", "content": blocks}]
+    content = out[at].get("content")
+    if isinstance(content, str):
+        parts: list[Any] = [{"type": "text", "text": content}]
+    else:
+        parts = list(content or ())
+    out[at] = {**out[at], "content": [*blocks, *parts]}
+    return out
+
+
+def _embedded_error(payload: dict[str, Any]) -> EmbeddedError | None:
+    """The gateway's error body sent with a success status: ``statusCode`` (a number or a
+    numeric string) and a ``message``."""
+    code = payload.get("statusCode")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code.strip())
+    if not (isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599):
+        return None
+    msg = payload.get("message")
+    text = msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False)
+    return EmbeddedError(code, text, server_id(payload.get("requestId")))
 
 
 def _content_text(content: Any) -> str | None:
@@ -167,6 +245,7 @@ class _StreamState:
         self.usage: dict[str, Any] = {}
         self.model: str | None = None
         self.response_id: str | None = None
+        self.spend: spend.Spend | None = None
         self.done = False
 
     def feed(self, chunk: dict[str, Any]) -> None:
@@ -208,4 +287,6 @@ class _StreamState:
             model=self.model,
             response_id=self.response_id,
             reasoning_content="".join(self.reasoning) or None,
+            reported_cost_usd=self.spend.usd if self.spend else None,
+            credits_used=self.spend.credits if self.spend else None,
         )

@@ -197,6 +197,20 @@ class HttpTransport:
                 definite=False,
             ) from None
 
+    async def get(self, path: str, limit: int) -> tuple[int, bytes]:
+        """GET ``base_url + path`` (no redirects followed): status and at most ``limit``
+        bytes of the body. Connection failures raise :class:`Retryable`."""
+        assert self._session is not None, "use HttpTransport as an async context manager"
+        try:
+            async with self._session.get(self.base_url + path, allow_redirects=False) as resp:
+                return resp.status, await resp.content.read(limit)
+        except TimeoutError:
+            raise Retryable("timeout", "no answer in time", sent=False) from None
+        except (aiohttp.ClientError, HttpProcessingError) as exc:
+            raise Retryable(
+                "connection_error", self._clean(str(exc)) or type(exc).__name__, sent=False
+            ) from None
+
     def _redirect_target(self, url: str, resp: aiohttp.ClientResponse) -> str:
         """Where a 307/308 to the same origin leads; any other redirect fails the row."""
         location = resp.headers.get("Location")

@@ -5,8 +5,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The seed model's names: one model, four aliases.
+CLAUDE_3_OPUS_ALIASES = (
+    "anthropic/claude-3-opus",
+    "claude-3-opus",
+    "claude-3-opus-20240229",
+    "claude-3-opus-latest",
+)
 #: The models ``GET /v1/models`` lists (others with a provider prefix are served too).
-MODELS = ("anthropic/claude-3-opus", "anthropic/claude-3-haiku", "gpt-4o-mini", "gpt-4o")
+MODELS = (
+    *CLAUDE_3_OPUS_ALIASES,
+    "anthropic/claude-3-haiku",
+    "anthropic/claude-3-5-sonnet",
+    "claude-3-5-haiku-20241022",
+    "gpt-4o-mini",
+    "gpt-4o",
+)
 
 _RATES = (
     "error_500_rate",
@@ -41,6 +55,13 @@ class SimConfig:
     stream_stall_rate: float = 0.0
     #: Send each answer's cost (bundled list prices, USD) in this response header.
     cost_header: str | None = None
+    #: Report spend as the gateway does: ``x-aimlapi-usd-spent`` / ``x-aimlapi-credits-used``
+    #: on non-streamed answers, a final ``meta.usage`` event on streams.
+    gateway_cost: bool = True
+    #: Reject body fields a Claude model's schema lacks (``additionalProperties: false``).
+    strict: bool = True
+    #: What ``GET /v1/models`` lists (None: the endpoint answers 404).
+    models: tuple[str, ...] | None = MODELS
     #: Share of answers that carry ``reasoning_content`` (which ones: a digest of the prompt).
     reasoning_rate: float = 0.25
     #: An answer key (JSONL or Parquet with prompts and ``answers_column``): keyed prompts
@@ -85,6 +106,15 @@ class SimStats:
     rate_limited: int = 0
     #: The costs sent in the cost header, summed over fresh answers (replays not again).
     reported_cost_usd: float = 0.0
+    #: The gateway's spend reported (headers or meta.usage), over fresh answers: USD (the
+    #: exactly rounded sum of the values sent) and credits.
+    usd_spent: float = 0.0
+    credits_used: int = 0
+    #: X-Client-Request-Id headers received: valid ones (echoed and logged), others.
+    client_request_ids: int = 0
+    client_request_ids_invalid: int = 0
+    #: GET /v1/models requests.
+    model_lists: int = 0
     bodies: list[dict[str, Any]] | None = None
 
     def count(self, status: int) -> None:

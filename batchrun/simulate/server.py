@@ -10,19 +10,26 @@ import json
 import random
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from batchrun.pricing import PriceTable
+from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
+from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
 from batchrun.simulate.answers import Answer, answer_for
-from batchrun.simulate.config import MODELS, SimConfig, SimStats
+from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
-from batchrun.simulate.validate import known_model, validate
-from batchrun.simulate.wire import JSON, completion_body, error_response, sse_events
+from batchrun.simulate.validate import content_problem, known_model, strict_problem, validate
+from batchrun.simulate.wire import JSON, completion_body, error_body, error_response, sse_events
+
+#: Where the simulator keeps a request's tracing headers while it is answered.
+_TRACE = "batchrun.trace"
 
 
 class _Simulator:
@@ -44,6 +51,8 @@ class _Simulator:
         self.twice_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.prices = PriceTable.default()
+        #: The exact sum of the USD amounts reported (stats.usd_spent is it, rounded once).
+        self.usd_total = Fraction(0)
         # Response ids: unique per simulator run, counting up.
         self.seed_id = random.Random(config.seed).getrandbits(32)
 
@@ -67,11 +76,27 @@ class _Simulator:
         st.requests += 1
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        request[_TRACE] = self._trace_headers(request)
         try:
             response = await self._handle(request)
         finally:
             st.in_flight -= 1
+        if not response.prepared:
+            response.headers.update(request[_TRACE])
         return response
+
+    def _trace_headers(self, request: web.Request) -> dict[str, str]:
+        """``x-inference-id`` on every answer; the client's request id echoed only when
+        the gateway would keep it (1-128 of A-Z a-z 0-9 . _ : -), else dropped silently."""
+        headers = {INFERENCE_ID_HEADER: str(uuid.uuid4())}
+        cid = request.headers.get(CLIENT_REQUEST_ID_HEADER)
+        if cid is not None:
+            if is_valid_id(cid):
+                self.stats.client_request_ids += 1
+                headers[CLIENT_REQUEST_ID_HEADER.lower()] = cid
+            else:
+                self.stats.client_request_ids_invalid += 1
+        return headers
 
     def _record(self, request: web.Request, body: Any) -> None:
         if self.stats.bodies is None:
@@ -80,6 +105,7 @@ class _Simulator:
             "Authorization": "Bearer ***",
             "Idempotency-Key": request.headers.get("Idempotency-Key"),
             "User-Agent": request.headers.get("User-Agent"),
+            "X-Client-Request-Id": request.headers.get(CLIENT_REQUEST_ID_HEADER),
         }
         self.stats.bodies.append({"body": body, "headers": headers})
 
@@ -107,6 +133,9 @@ class _Simulator:
             return self._counted(
                 error_response(400, problem[1], "invalid_request_error", problem[0])
             )
+        refusal = (strict_problem(body) if cfg.strict else None) or content_problem(body)
+        if refusal is not None:
+            return self._counted(error_response(400, refusal, "invalid_request_error"))
         if not known_model(body["model"]):
             message = f"model {body['model']!r} not found"
             return self._counted(error_response(404, message, "model_not_found", "model"))
@@ -154,11 +183,16 @@ class _Simulator:
         created = int(time.time())
         # The cost header belongs to the answer (a replay repeats it); rate-limit headers
         # describe the moment.
+        streamed = bool(body.get("stream"))
+        spent = self._gateway_spend(answer)
         cost_headers = self._cost_headers(answer)
+        if spent is not None and not streamed:
+            cost_headers[GATEWAY_USD_HEADER] = repr(spent[0])
+            cost_headers[GATEWAY_CREDITS_HEADER] = str(spent[1])
         headers = self.faults.ratelimit_headers() | cost_headers
-        if body.get("stream"):
+        if streamed:
             st.count(200)
-            return await self._stream(request, answer, rid, created, headers)
+            return await self._stream(request, answer, rid, created, headers, spent)
         payload = completion_body(answer, rid, created)
         if self.config.honor_idempotency and key:
             self.replies[key] = (201, payload, cost_headers)
@@ -177,6 +211,22 @@ class _Simulator:
         self.stats.reported_cost_usd += cost
         return {name: repr(cost)}
 
+    def _gateway_spend(self, answer: Answer) -> tuple[float, int] | None:
+        """(USD, credits) the gateway reports for an answer: list price in credits ($1 =
+        2,000,000, at least 1), the USD those credits are; counted once per fresh answer."""
+        if not self.config.gateway_cost:
+            return None
+        usage = answer.usage
+        cost = self.prices.cost(answer.model, usage["prompt_tokens"], usage["completion_tokens"])
+        if cost is None:
+            cost = 0.0
+        credits = max(1, round(cost * CREDITS_PER_USD))
+        usd = credits / CREDITS_PER_USD
+        self.stats.credits_used += credits
+        self.usd_total += Fraction(usd)
+        self.stats.usd_spent = float(self.usd_total)
+        return usd, credits
+
     async def _stream(
         self,
         request: web.Request,
@@ -184,13 +234,19 @@ class _Simulator:
         rid: str,
         created: int,
         headers: dict[str, str],
+        spent: tuple[float, int] | None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers},
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **headers,
+                **request[_TRACE],
+            },
         )
         await resp.prepare(request)
-        for i, event in enumerate(sse_events(answer, rid, created)):
+        for i, event in enumerate(sse_events(answer, rid, created, spent)):
             await resp.write(event)
             if i == 0 and self.faults.stalls():
                 await asyncio.sleep(3600)  # stalls until the client gives up and disconnects
@@ -198,7 +254,13 @@ class _Simulator:
         return resp
 
     async def models(self, request: web.Request) -> web.Response:
-        data = {"object": "list", "data": [{"id": m, "object": "model"} for m in MODELS]}
+        self.stats.model_lists += 1
+        listed = self.config.models
+        if listed is None:
+            return web.json_response(
+                error_body(404, "Cannot GET /v1/models", "/v1/models"), status=404
+            )
+        data = {"object": "list", "data": [{"id": m, "object": "model"} for m in listed]}
         return web.json_response(data)
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -210,6 +272,7 @@ class _Simulator:
         self.billed_keys.clear()
         self.twice_keys.clear()
         self.replies.clear()
+        self.usd_total = Fraction(0)
         self.faults.reset()
         return web.json_response({"reset": True})
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Callable
 from typing import Any
 
+from batchrun.images import MEDIA_TYPES, sniff
 from batchrun.simulate.config import MODELS
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -67,3 +70,88 @@ def validate(body: Any) -> tuple[str, str] | None:
 def known_model(model: str) -> bool:
     """Whether the gateway serves this model (else 404)."""
     return model in MODELS or "/" in model or model.startswith(("gpt-", "claude"))
+
+
+#: The body fields of the gateway's schema for Claude models (``additionalProperties: false``).
+CLAUDE_FIELDS = frozenset(
+    """model messages max_tokens stream stop_sequences frequency_penalty top_k top_p
+    temperature system tools tool_choice metadata""".split()  # noqa: SIM905
+)
+#: What the gateway says of a body its schema refuses.
+BODY_VALIDATION = "Body validation error!"
+
+
+def is_claude(model: str) -> bool:
+    return model.startswith(("anthropic/", "claude"))
+
+
+def strict_problem(body: dict[str, Any]) -> str | None:
+    """The gateway's refusal of a field a Claude model's schema lacks."""
+    if not is_claude(str(body.get("model", ""))):
+        return None
+    unknown = sorted(set(body) - CLAUDE_FIELDS)
+    if unknown:
+        return f"{BODY_VALIDATION} property {unknown[0]!r} should not exist"
+    return None
+
+
+def content_problem(body: dict[str, Any]) -> str | None:
+    """The first bad content part: Claude models take text and base64 image blocks of
+    jpeg/png/gif/webp whose bytes are what they claim; others text and image_url parts."""
+    claude = is_claude(str(body.get("model", "")))
+    for i, m in enumerate(body.get("messages") or ()):
+        parts = m.get("content")
+        if not isinstance(parts, list):
+            continue
+        for j, part in enumerate(parts):
+            where = f"messages[{i}].content[{j}]"
+            problem = _part_problem(part, claude)
+            if problem is not None:
+                return f"{BODY_VALIDATION} {where}: {problem}"
+    return None
+
+
+def _part_problem(part: Any, claude: bool) -> str | None:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return None if isinstance(part.get("text"), str) else "text must be a string"
+    if claude:
+        if kind != "image":
+            return f"type {kind!r} is not one of text, image"
+        source = part.get("source")
+        if not isinstance(source, dict) or source.get("type") != "base64":
+            return "image source must be {type: base64, media_type, data}"
+        media = source.get("media_type")
+        if media not in MEDIA_TYPES:
+            return f"media_type {media!r} is not one of {', '.join(MEDIA_TYPES)}"
+        return _data_problem(source.get("data"), media)
+    if kind != "image_url":
+        return f"type {kind!r} is not one of text, image_url"
+    url = (
+        (part.get("image_url") or {}).get("url")
+        if isinstance(part.get("image_url"), dict)
+        else None
+    )
+    if not isinstance(url, str):
+        return "image_url.url must be a string"
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if not head.endswith(";base64"):
+            return "a data URL must be base64"
+        return _data_problem(data, head[5:].removesuffix(";base64"))
+    if not url.startswith(("http://", "https://")):
+        return "image_url.url must be an http(s) or data: URL"
+    return None
+
+
+def _data_problem(data: Any, media: str) -> str | None:
+    if not isinstance(data, str) or not data:
+        return "image data must be a non-empty base64 string"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "image data is not valid base64"
+    found = sniff(raw)
+    if found != media:
+        return f"image data is {found or 'not an image'}, not {media}"
+    return None

@@ -4,6 +4,8 @@ of a streamed answer (``chat.completion.chunk``), and the API's JSON error body.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,17 @@ JSON = "application/json"
 _ARGS_PIECE = 8
 
 
+def error_body(status: int, message: str, path: str = "/v1/chat/completions") -> dict[str, Any]:
+    """The gateway's error body: no ``error`` key, a ``requestId`` to quote to support."""
+    return {
+        "message": message,
+        "path": path,
+        "requestId": str(uuid.uuid4()),
+        "statusCode": status,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+    }
+
+
 def error_response(
     status: int,
     message: str,
@@ -23,11 +36,12 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    err: dict[str, Any] = {"message": message, "type": kind}
-    if param is not None:
-        err["param"] = param
+    """An error answer as the gateway sends it (``kind`` and ``param`` name the problem in
+    the message, where OpenAI would put them in fields of their own)."""
+    del kind  # the gateway's body has no type field
+    text = message if param is None or param in message else f"{param}: {message}"
     return web.Response(
-        status=status, body=json.dumps({"error": err}), content_type=JSON, headers=headers
+        status=status, body=json.dumps(error_body(status, text)), content_type=JSON, headers=headers
     )
 
 
@@ -75,8 +89,11 @@ def _deltas(answer: Answer) -> Iterator[dict[str, Any]]:
         yield {"content": w if i == 0 else " " + w}
 
 
-def sse_events(answer: Answer, rid: str, created: int) -> Iterator[bytes]:
-    """The streamed answer's server-sent events, the role delta first, ``[DONE]`` last."""
+def sse_events(
+    answer: Answer, rid: str, created: int, spent: tuple[float, int] | None = None
+) -> Iterator[bytes]:
+    """The streamed answer's server-sent events, the role delta first, the gateway's
+    ``meta.usage`` event with ``spent`` (USD, credits) last before ``[DONE]``."""
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {
@@ -97,4 +114,9 @@ def sse_events(answer: Answer, rid: str, created: int) -> Iterator[bytes]:
         yield delta(d)
     yield delta({}, answer.finish)
     yield event([], usage=answer.usage)
+    if spent is not None:
+        # The gateway's last event: what the answer cost (no cost header on a stream).
+        usd, credits = spent
+        meta = {"usage": {"credits_used": credits, "usd_spent": usd}}
+        yield b"data: " + json.dumps({"meta": meta}).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
