@@ -15,47 +15,24 @@ from __future__ import annotations
 
 import asyncio
 
-from batchrun.checkpoint import Checkpoint
+from batchrun.checkpoint import PAID, Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
 
 
-def recorded_cost(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+def _estimate(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, which: str
 ) -> float | None:
-    """Estimated USD of the rows recorded so far, priced by the model that served them,
-    at the batch rate for rows answered through a batch (``--mode batch``).
-
-    None when some used tokens belong to a model without a price.
-    """
-    return _priced(ckpt, prices, default_model, below)
-
-
-def recorded_spend(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
-) -> float | None:
-    """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
-    reported where it did, the estimate from tokens for the other rows. None when such a
-    row's model has no price."""
-    reported = ckpt.db.execute(
-        "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
-    ).fetchone()[0]
-    total = float(reported or 0.0)
-    rest = _priced(ckpt, prices, default_model, below, "AND r.reported_cost_usd IS NULL")
-    return None if rest is None else total + rest
-
-
-def _priced(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, where: str = ""
-) -> float | None:
-    """Tokens of recorded rows at their model's price, the batch rate for rows answered
-    through a batch; None when a model has no price."""
+    """Estimated USD from the tokens of the recorded rows matching ``which`` (SQL over the
+    results' columns), priced by the model that served them, at the batch rate for rows
+    answered through a batch (``--mode batch``); None when some of them belong to a model
+    without a price."""
     total = 0.0
     for model, batched, prompt, completion in ckpt.db.execute(
         "SELECT r.model, b.position IS NOT NULL, sum(r.prompt_tokens), sum(r.completion_tokens)"
         " FROM results r LEFT JOIN batch_rows b ON b.position = r.position"
-        f" WHERE r.position < ? {where} GROUP BY 1, 2",
+        f" WHERE r.position < ? AND {which} GROUP BY 1, 2",
         (below,),
     ):
         if not (prompt or completion):
@@ -65,6 +42,29 @@ def _priced(
             return None
         total += (price.batch() if batched else price).cost(prompt or 0, completion or 0)
     return total
+
+
+def recorded_cost(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
+) -> float | None:
+    """Estimated USD of the rows recorded so far that paid for their answers; ``saved``: of
+    the rows served by dedupe or the cache instead (what they would have cost)."""
+    return _estimate(ckpt, prices, default_model, below, f"NOT ({PAID})" if saved else PAID)
+
+
+def recorded_spend(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+) -> float | None:
+    """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
+    reported where it did, the estimate from tokens for the other rows that paid (a row
+    served by dedupe or the cache paid nothing). None when such a row's model has no price."""
+    reported = ckpt.db.execute(
+        "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
+    ).fetchone()[0]
+    estimate = _estimate(
+        ckpt, prices, default_model, below, f"reported_cost_usd IS NULL AND {PAID}"
+    )
+    return None if estimate is None else float(reported or 0.0) + estimate
 
 
 class BudgetGate:

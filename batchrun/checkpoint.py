@@ -7,7 +7,10 @@ Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoi
 - ``results``: one row per finished input row (key: 0-based position), the output columns;
 - ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
   An entry is committed *before* its request leaves, so after a crash it tells which rows
-  may have been paid for already, and the resend reuses the key.
+  may have been paid for already, and the resend reuses the key;
+- ``followers``: with dedupe, each row whose request repeats an earlier row's, and that
+  row (its leader, the first with that request). Worked out once per checkpoint, so a
+  rerun after a crash serves the followers of a recorded leader from the journal.
 
 WAL with ``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``);
 only an operating-system crash may lose the last few milliseconds.
@@ -17,29 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import operator
 import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchrun.batchjournal import BATCH_SCHEMA, forget_unanswered
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
-from batchrun.io.files import open_regular, regular_file, why_unwritable
+from batchrun.io.files import why_unwritable
 from batchrun.records import RESULT_COLUMNS, RowResult
 
-JOURNAL_VERSION = "6"
+JOURNAL_VERSION = "7"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
 #: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
-#: credits_used. 3 counts each in-flight mark once as possibly charged twice. 6 adds the
-#: batch tables (see batchjournal): a batchrun that knows no batches must refuse it.
+#: credits_used, 6 served_by and cached (and the followers table, made by the schema
+#: script). 3 counts each in-flight mark once as possibly charged twice. 7 adds the batch
+#: tables (see batchjournal): a batchrun that knows no batches must refuse it.
 _ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "1": (_ADD_COUNTED,),
@@ -47,6 +49,7 @@ _MIGRATIONS: dict[str, tuple[str, ...]] = {
     "3": (),
     "4": (),
     "5": (),
+    "6": (),
 }
 
 _SCHEMA = f"""
@@ -60,34 +63,12 @@ CREATE TABLE IF NOT EXISTS inflight (
     -- 1 once a run has counted the row as possibly charged twice (it is counted once)
     counted INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS followers (position INTEGER PRIMARY KEY, leader INTEGER NOT NULL);
 """
 
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path, "input file") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class InputSignature:
-    """What identifies the input: size and content digest (mtime only as a shortcut)."""
-
-    size: int
-    mtime_ns: int
-    digest: str
-
-    @classmethod
-    def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
-        st = regular_file(path, "input file")
-        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-            return known  # unchanged file: skip re-reading it
-        return cls(st.st_size, st.st_mtime_ns, file_digest(path))
-
-    def same_content(self, other: InputSignature) -> bool:
-        return self.size == other.size and self.digest == other.digest
+#: Rows that paid for their own answer (not served by dedupe or the cache). ``cached`` is
+#: null in rows recorded before journal version 5.
+PAID = "served_by IS NULL AND NOT coalesce(cached, 0)"
 
 
 class Checkpoint:
@@ -310,9 +291,14 @@ class Checkpoint:
         """Counts and sums over recorded rows with position < below, for the summary."""
         db = self.db
         row = db.execute(
-            "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(attempts), sum(reported_cost_usd),"
-            " count(reported_cost_usd), sum(credits_used) FROM results WHERE position < ?",
+            "SELECT count(*), sum(status='ok'), sum(status='error'),"
+            f" sum(CASE WHEN {PAID} THEN prompt_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN completion_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN total_tokens END),"
+            " sum(attempts), sum(reported_cost_usd), count(reported_cost_usd),"
+            " sum(credits_used), count(served_by), sum(served_by IS NULL AND coalesce(cached, 0)),"
+            f" sum(CASE WHEN NOT ({PAID}) THEN total_tokens END)"
+            " FROM results WHERE position < ?",
             (below,),
         ).fetchone()
         errors = dict(
@@ -339,9 +325,23 @@ class Checkpoint:
             "reported_cost_usd": row[7],
             "rows_cost_reported": row[8] or 0,
             "credits_used": row[9],
+            "rows_served_by_dedupe": row[10] or 0,
+            "rows_served_by_cache": row[11] or 0,
+            "tokens_saved": row[12] or 0,
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }
+
+    def result_at(self, position: int) -> RowResult | None:
+        """The recorded result of one row, or None."""
+        row = self.db.execute(
+            f"SELECT position, {_COLUMN_LIST} FROM results WHERE position=?", (position,)
+        ).fetchone()
+        if row is None:
+            return None
+        result = RowResult(**dict(zip(("position", *RESULT_COLUMNS), row, strict=True)))
+        result.cached = bool(result.cached)
+        return result
 
     def latencies(self, below: int) -> list[float]:
         return [

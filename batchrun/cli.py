@@ -12,6 +12,7 @@ import click
 
 from batchrun import __version__
 from batchrun.cli_batch import cancel
+from batchrun.cli_cache import cache
 from batchrun.cli_common import (
     DEBUG_ENV,
     Stdout,
@@ -178,6 +179,24 @@ def main() -> None:
 )
 @click.option("--group-by", help="With --expected-column: accuracy per value of this column too.")
 @click.option(
+    "--dedupe/--no-dedupe",
+    default=None,
+    help="Send a request repeated in the input once and write its answer to every such row "
+    "(served_by names the row that paid). [default: on when --temperature is 0, else off]",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Response cache folder shared across runs: an identical request (same base URL and "
+    "body) already answered is served from it at no cost (the `cached` column).",
+)
+@click.option(
+    "--cache-mode",
+    type=click.Choice(["read-write", "read-only", "refresh"]),
+    help="read-write: use and fill the cache; read-only: use it, add nothing; refresh: send "
+    "every request and replace what it holds. [default: read-write]",
+)
+@click.option(
     "--image-column",
     "image_columns",
     multiple=True,
@@ -270,6 +289,7 @@ main.add_command(cancel)
 main.add_command(report)
 main.add_command(compare)
 main.add_command(simulate)
+main.add_command(cache)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,12 +28,14 @@ class Progress:
     #: position → monotonic time its current send started, for rows in a send now.
     sending_since: dict[int, float] = field(default_factory=dict)
 
-    def count(self, result: RowResult) -> None:
-        """A row recorded: its status and tokens into the counters."""
+    def count(self, result: RowResult, *, paid: bool = True) -> None:
+        """A row recorded: its status, and its tokens if it paid for its answer (a row
+        served by dedupe or the cache did not), into the counters."""
         if result.status == OK:
             self.ok += 1
-            self.prompt_tokens += result.prompt_tokens or 0
-            self.completion_tokens += result.completion_tokens or 0
+            if paid:
+                self.prompt_tokens += result.prompt_tokens or 0
+                self.completion_tokens += result.completion_tokens or 0
         else:
             self.error += 1
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 
+from batchrun.cache import ResponseCache, cache_key
 from batchrun.checks import check_api_key
+from batchrun.dedupe import DigestCollector, find_followers, request_body
 from batchrun.errors import InvalidInput, UsageError
 from batchrun.io.readers import InputBatch
 from batchrun.job import Job
@@ -30,7 +32,14 @@ def dry_run(job: Job) -> str:
         if len(previews) < PREVIEW_REQUESTS:
             previews.append(request)
 
-    scan = scan_input(job, on_request=keep)
+    savings = _Savings(job)
+
+    def see(request: Request, batch: InputBatch, offset: int) -> None:
+        keep(request, batch, offset)
+        savings.add(request)
+
+    scan = scan_input(job, on_request=see)
+    savings.close()
     if scan.errors:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
@@ -48,6 +57,7 @@ def dry_run(job: Job) -> str:
         f" + up to {job.params.max_tokens * valid:,} completion"
         f" (max_tokens {job.params.max_tokens} a row)",
         _cost_line(job, scan.estimated_prompt_tokens, job.params.max_tokens * valid),
+        *savings.lines(total),
         f"API key: ${job.api_key_env} is {key_state}",
         "",
     ]
@@ -133,3 +143,74 @@ def _cost_line(job: Job, prompt_tokens: int, max_completion_tokens: int) -> str:
         f"prompts, at most ${b_high:,.4f} (Batch API: ${batch.input_per_mtok:g} in / "
         f"${batch.output_per_mtok:g} out; answers within 24 hours)"
     )
+
+
+class _Savings:
+    """What dedupe and the cache would serve in a run of this job, and what that saves.
+    The cache is only read, and only if it exists."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
+        self.digests = DigestCollector(job) if job.dedupe_enabled else None
+        if self.digests is not None:
+            self.digests.keep_estimates = True
+        self.cache: ResponseCache | None = None
+        if job.cache_dir is not None and job.cache_mode != "refresh":
+            cache = ResponseCache(job.cache_dir, job.cache_mode)
+            if cache.open(create=False):
+                self.cache = cache
+        self.cache_missing = job.cache_dir is not None and self.cache is None
+        self.dialect = ChatCompletions(system_as_message=job.params.system_as_message)
+        #: Rows whose answer the cache holds → (model, prompt tokens, completion tokens).
+        self.hits: dict[int, tuple[str | None, int, int]] = {}
+
+    def add(self, request: Request) -> None:
+        if self.digests is not None:
+            self.digests.add(request)
+        if self.cache is not None:
+            usage = self.cache.usage(
+                cache_key(self.job.base_url, request_body(self.dialect, request))
+            )
+            if usage is not None:
+                self.hits[request.position] = usage
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def lines(self, total: int) -> list[str]:
+        job, out = self.job, []
+        followers: set[int] = set()
+        if self.digests is not None:
+            found, _ = find_followers(self.digests.digests, self.digests.rows)
+            followers = {f for f in found if f < total}
+            price = self.prices.get(job.params.model)
+            prompts = sum(self.digests.prompt_tokens[f] for f in followers)
+            cost = (
+                ""
+                if price is None
+                else f": saves ${price.cost(prompts, 0):,.4f} for the prompts, up to "
+                f"${price.cost(prompts, job.params.max_tokens * len(followers)):,.4f} with the answers"
+            )
+            out.append(
+                f"dedupe: on; {len(followers):,} rows repeat an earlier row's request and would "
+                f"be served by it{cost}"
+            )
+        else:
+            out.append("dedupe: off (on by default at temperature 0; --dedupe forces it)")
+        if job.cache_dir is not None:
+            hits = {p: u for p, u in self.hits.items() if p < total and p not in followers}
+            saved = 0.0
+            for model, prompt, completion in hits.values():
+                saved += self.prices.cost(model or job.params.model, prompt, completion) or 0.0
+            if job.cache_mode == "refresh":
+                out.append(f"cache {job.cache_dir}: refresh mode: every request is sent")
+            elif self.cache_missing:
+                out.append(f"cache {job.cache_dir}: empty (made by the first run)")
+            else:
+                out.append(
+                    f"cache {job.cache_dir}: would serve {len(hits):,} rows "
+                    f"(${saved:,.4f} at list prices)"
+                )
+        return out

@@ -14,11 +14,9 @@ import contextlib
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncGenerator
 
 from batchrun.batchmode import BatchMode
 from batchrun.budget import BudgetGate, recorded_spend
-from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
 from batchrun.errors import (
@@ -33,14 +31,15 @@ from batchrun.errors import (
 )
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
-from batchrun.io.readers import iter_batches
 from batchrun.job import Budget, Job
 from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
-from batchrun.records import OK, Request
+from batchrun.produce import Producer
+from batchrun.records import OK, Request, RowResult
 from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
+from batchrun.serve import Shortcuts, open_shortcuts
 from batchrun.sink import JournalWriter
 from batchrun.summarize import summarize
 from batchrun.summary import Summary
@@ -49,7 +48,6 @@ from batchrun.summary import Summary
 GRACE_S = 5.0
 #: Seconds between heartbeat events while sending (the progress line off a terminal).
 TICK_S = 10.0
-BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command to continue"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -85,6 +83,11 @@ class _Run:
         self.gate = BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
         self._ticker: asyncio.TimerHandle | None = None
         self.batch: BatchMode | None = None
+        #: Answers without a request: dedupe's followers, the response cache.
+        self.shortcuts: Shortcuts | None = None
+
+    def notice(self, message: str) -> None:
+        self.emit(Event("notice", self.progress, message=message))
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -208,6 +211,7 @@ class _Run:
                     hint=self.resume_hint(),
                 )
             )
+        served = self.shortcuts.answered(request.position, result) if self.shortcuts else []
         if result is None:
             # Left for the next run. Its in-flight mark stays if the server may hold its
             # key: the resend reuses it and the row counts as possibly charged twice.
@@ -215,47 +219,21 @@ class _Run:
                 self.writer.forget_inflight(request.position)
             return
         self.writer.record(result, keep_key=outcome.maybe_billed)
-        p.count(result)
-        self.emit(Event("row", p, result=result))
+        self.count(result)
+        # Queued in the same loop turn as the leader's row, so the writer commits them in
+        # the same transaction: no crash leaves a leader recorded and its followers not.
+        self.record_served(served)
 
-    # --- the producer -----------------------------------------------------------------------
+    def record_served(self, rows: list[RowResult]) -> None:
+        """Record rows answered without a request (followers, cache hits)."""
+        assert self.writer is not None
+        for row in rows:
+            self.writer.record(row)
+            self.count(row, paid=False)
 
-    async def requests(self, prep: Prepared) -> AsyncGenerator[Request, None]:
-        """Rows not yet recorded, as requests, each admitted under the budget."""
-        job, total, scan = self.job, prep.total, prep.scan
-        bits = self.ckpt.done_bitmap(total)
-        builder = RequestBuilder(job, str(job.input_path))
-        builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
-        for batch in iter_batches(job.input_path):
-            if self._stopping or batch.start >= total:
-                return
-            for offset, row in enumerate(batch.rows):
-                pos = batch.start + offset
-                if pos >= total or self._stopping:
-                    return
-                if bits[pos >> 3] & (1 << (pos & 7)):
-                    continue
-                assert row is not None  # the scan proved every row valid
-                request = builder.build(row, pos, batch.where(offset))
-                if self.gate.active:
-                    why = await self.admit(request)
-                    if why is not None:
-                        self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
-                        return
-                yield request
-            await asyncio.sleep(0)  # let workers run between input batches
-
-    async def admit(self, request: Request) -> str | None:
-        """Reserve a request's worst case under the budget. One that does not fit beside
-        the requests in flight waits for them to settle at what they really used; the cap
-        stops the run only when it does not fit even with nothing in flight."""
-        gate = self.gate
-        while True:
-            gate.settled.clear()
-            why = gate.admit(request.prompt_tokens, request.max_tokens)
-            if why is None or gate.in_flight == 0 or self._stopping:
-                return why
-            await gate.settled.wait()
+    def count(self, result: RowResult, *, paid: bool = True) -> None:
+        self.progress.count(result, paid=paid)
+        self.emit(Event("row", self.progress, result=result))
 
     async def send(self, prep: Prepared) -> None:
         if self.job.mode == "batch":
@@ -271,11 +249,23 @@ class _Run:
             self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
             try:
                 sender = RowSender(client, self.limiter, self.job.retry, self, prep.inflight_keys)
-                async with contextlib.aclosing(self.requests(prep)) as requests:
+                producer = Producer(
+                    self.job,
+                    prep,
+                    self.ckpt,
+                    self.gate,
+                    self.shortcuts,
+                    stopping=self.stopping,
+                    stop=self.stop,
+                    record_served=self.record_served,
+                )
+                async with contextlib.aclosing(producer.requests()) as requests:
                     await self.pool.run(requests, sender.send, self.on_outcome)
             finally:
                 if self._ticker is not None:
                     self._ticker.cancel()
+                if self.shortcuts is not None:
+                    self.shortcuts.close()
                 await writer.close()
 
     def tick(self) -> None:
@@ -297,6 +287,12 @@ class _Run:
             if job.retry_failed:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
             self.possibly_charged_twice = prep.possibly_charged_twice
+            self.shortcuts = open_shortcuts(job, ckpt, prep.followers, self.notice)
+            if prep.followers:
+                self.notice(
+                    f"dedupe: {len(prep.followers):,} rows repeat an earlier row's request "
+                    "and get its answer without a request"
+                )
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
             self.gate = BudgetGate(
                 job.budget,

@@ -40,12 +40,12 @@ SETTING_KEYS = frozenset(
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header expected_column match group_by image_columns
-    extra_body model_check mode batch_api batch_size
+    extra_body model_check dedupe cache cache_mode mode batch_api batch_size
     poll_interval
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
-_PATH_KEYS = ("input", "output", "prices")
+_PATH_KEYS = ("input", "output", "prices", "cache")
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -104,11 +104,12 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
-    "mode", "batch_api",
+    "cache", "cache_mode", "mode", "batch_api",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
-    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "model_check",
+    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "dedupe",
+    "model_check",
 )  # fmt: skip
 
 
@@ -219,6 +220,9 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
             cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
+            dedupe=s.pop("dedupe", None),
+            cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
+            cache_mode=s.pop("cache_mode", "read-write"),
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
             mode=s.pop("mode", "live"),

@@ -53,6 +53,12 @@ def summarize(
         estimated_cost_usd=_round(recorded_cost(ckpt, prices, job.params.model, total)),
         reported_cost_usd=_round(agg["reported_cost_usd"]),
         rows_cost_reported=agg["rows_cost_reported"],
+        rows_served_by_dedupe=agg["rows_served_by_dedupe"],
+        rows_served_by_cache=agg["rows_served_by_cache"],
+        tokens_saved=agg["tokens_saved"],
+        estimated_cost_saved_usd=_round(
+            recorded_cost(ckpt, prices, job.params.model, total, saved=True)
+        ),
         credits_used=agg["credits_used"],
         spent_usd=_round(recorded_spend(ckpt, prices, job.params.model, total)),
     )

@@ -32,10 +32,18 @@ class Summary:
     #: Rows that were in flight when an earlier run died: the API may have billed them
     #: once already; they were sent again (with the same Idempotency-Key).
     rows_possibly_charged_twice: int = 0
+    #: Tokens and estimated cost of the rows that paid for their answers (rows served by
+    #: dedupe or the cache are counted under saved).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated_cost_usd: float | None = None
+    #: Rows answered without a request: by a row with the same request (dedupe), by the
+    #: response cache; the tokens their answers used and what those would have cost.
+    rows_served_by_dedupe: int = 0
+    rows_served_by_cache: int = 0
+    tokens_saved: int = 0
+    estimated_cost_saved_usd: float | None = None
     #: The sum of the costs the server reported (the gateway's cost headers or stream
     #: meta, or --cost-header), over the rows it reported.
     reported_cost_usd: float | None = None
@@ -104,6 +112,16 @@ class Summary:
                 else ""
             ),
         ]
+        if self.rows_served_by_dedupe or self.rows_served_by_cache:
+            out.append(
+                f"  served without a request: {self.rows_served_by_dedupe:,} rows by dedupe, "
+                f"{self.rows_served_by_cache:,} by the cache; saved {self.tokens_saved:,} tokens"
+                + (
+                    f", est. ${self.estimated_cost_saved_usd:,.4f}"
+                    if self.estimated_cost_saved_usd is not None
+                    else ""
+                )
+            )
         if self.errors_by_type:
             out.append(
                 "  errors: "

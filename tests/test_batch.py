@@ -255,6 +255,16 @@ def test_batch_jobs_refuse_what_the_batch_shape_cannot_carry(tmp_path: Path) -> 
         _job(tmp_path, budget=Budget(max_cost_usd=1.0))
     with pytest.raises(UsageError, match="batch_size"):
         _job(tmp_path, batch=BatchOptions(size=100_001))
+    # A batch sends every row it holds: nothing can wait for another row's answer.
+    with pytest.raises(UsageError, match="--dedupe and --cache"):
+        _job(tmp_path, dedupe=True)
+    with pytest.raises(UsageError, match="--dedupe and --cache"):
+        _job(tmp_path, cache_dir=tmp_path / "cache")
+    # Dedupe's default (on at temperature 0) does not apply to a batch.
+    assert not _job(tmp_path, params=RequestParams(temperature=0)).dedupe_enabled
+    live = Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet",
+               params=RequestParams(temperature=0))  # fmt: skip
+    assert live.dedupe_enabled
     with pytest.raises(UsageError, match="mode"):
         Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet", mode="fast")
 

@@ -22,8 +22,8 @@ from batchrun import __version__
 from batchrun.records import RESULT_COLUMNS, RESULT_FIELDS
 
 #: 2 added reported_cost_usd, 3 reasoning_content, 4 client_request_id, inference_id and
-#: credits_used (readers take older files by column name).
-SCHEMA_VERSION = "4"
+#: credits_used, 5 served_by and cached (readers take older files by column name).
+SCHEMA_VERSION = "5"
 
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.
@@ -109,6 +109,9 @@ def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
                     [None if v is None else int(v * 1000) for v in values], type=pa.int64()
                 ).cast(f.type)
             )
+        elif pa.types.is_boolean(f.type):
+            # SQLite keeps booleans as 0/1 (null in rows recorded before the column existed).
+            arrays.append(pa.array([None if v is None else bool(v) for v in values], type=f.type))
         else:
             arrays.append(pa.array(values, type=f.type))
     return arrays

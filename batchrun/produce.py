@@ -1,0 +1,101 @@
+"""The producer: the rows a run still has to do, in input order, as requests to send.
+
+Recorded rows are skipped; a row answered without a request (a dedupe follower, a cache
+hit: :mod:`batchrun.serve`) is handed to ``record_served`` instead; every other request is
+admitted under the budget before it is yielded to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+
+from batchrun.budget import BudgetGate
+from batchrun.builder import RequestBuilder
+from batchrun.checkpoint import Checkpoint
+from batchrun.errors import BatchrunError, RunStopped
+from batchrun.io.readers import iter_batches
+from batchrun.job import Job
+from batchrun.prepare import Prepared
+from batchrun.records import Request, RowResult
+from batchrun.serve import Shortcuts
+
+BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command to continue"
+
+
+class Producer:
+    """Walks the input once for one run."""
+
+    def __init__(
+        self,
+        job: Job,
+        prep: Prepared,
+        ckpt: Checkpoint,
+        gate: BudgetGate,
+        shortcuts: Shortcuts | None,
+        *,
+        stopping: Callable[[], bool],
+        stop: Callable[[BatchrunError], None],
+        record_served: Callable[[list[RowResult]], None],
+    ) -> None:
+        self.job = job
+        self.prep = prep
+        self.ckpt = ckpt
+        self.gate = gate
+        self.shortcuts = shortcuts
+        self.stopping = stopping
+        self.stop = stop
+        self.record_served = record_served
+
+    def __repr__(self) -> str:
+        return f"Producer(gate={self.gate!r}, shortcuts={self.shortcuts!r})"
+
+    async def requests(self) -> AsyncGenerator[Request, None]:
+        """Rows not yet recorded, as requests, each admitted under the budget."""
+        job, total, scan = self.job, self.prep.total, self.prep.scan
+        bits = self.ckpt.done_bitmap(total)
+        builder = RequestBuilder(job, str(job.input_path))
+        builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
+        shortcuts = self.shortcuts
+        for batch in iter_batches(job.input_path):
+            if self.stopping() or batch.start >= total:
+                return
+            for offset, row in enumerate(batch.rows):
+                pos = batch.start + offset
+                if pos >= total or self.stopping():
+                    return
+                if bits[pos >> 3] & (1 << (pos & 7)):
+                    continue
+                if shortcuts is not None and shortcuts.is_follower(pos):
+                    served = shortcuts.follower(pos)  # no request: its leader's answer
+                    if served is not None:
+                        self.record_served([served])
+                    continue
+                assert row is not None  # the scan proved every row valid
+                request = builder.build(row, pos, batch.where(offset))
+                if shortcuts is not None:
+                    hit = shortcuts.cached(request)
+                    if hit is not None:  # costs nothing: no budget to reserve
+                        self.record_served([hit, *shortcuts.answered(pos, hit)])
+                        continue
+                if self.gate.active:
+                    why = await self.admit(request)
+                    if why is not None:
+                        self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                        return
+                if shortcuts is not None:
+                    shortcuts.sending(request)
+                yield request
+            await asyncio.sleep(0)  # let workers run between input batches
+
+    async def admit(self, request: Request) -> str | None:
+        """Reserve a request's worst case under the budget. One that does not fit beside
+        the requests in flight waits for them to settle at what they really used; the cap
+        stops the run only when it does not fit even with nothing in flight."""
+        gate = self.gate
+        while True:
+            gate.settled.clear()
+            why = gate.admit(request.prompt_tokens, request.max_tokens)
+            if why is None or gate.in_flight == 0 or self.stopping():
+                return why
+            await gate.settled.wait()
