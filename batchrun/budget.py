@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 
-from batchrun.checkpoint import Checkpoint
+from batchrun.checkpoint import PAID, Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
@@ -25,54 +25,50 @@ from batchrun.send.attempt import Outcome
 from batchrun.send.reask import ReaskState
 
 
-def recorded_cost(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+def _estimate(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, which: str
 ) -> float | None:
-    """Estimated USD of the rows recorded so far, priced by the model that served them.
-
-    None when some used tokens belong to a model without a price.
-    """
+    """Estimated USD from the tokens of the recorded rows matching ``which`` (SQL over the
+    results' columns), priced by the model that served them, at the batch rate for rows
+    answered through a batch (``--mode batch``); None when some of them belong to a model
+    without a price."""
     total = 0.0
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? GROUP BY model",
+    for model, batched, prompt, completion in ckpt.db.execute(
+        "SELECT r.model, b.position IS NOT NULL, sum(r.prompt_tokens), sum(r.completion_tokens)"
+        " FROM results r LEFT JOIN batch_rows b ON b.position = r.position"
+        f" WHERE r.position < ? AND {which} GROUP BY 1, 2",
         (below,),
     ):
         if not (prompt or completion):
             continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
+        price = prices.get(model or default_model) or prices.get(default_model)
+        if price is None:
             return None
-        total += cost
+        total += (price.batch() if batched else price).cost(prompt or 0, completion or 0)
     return total
+
+
+def recorded_cost(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
+) -> float | None:
+    """Estimated USD of the rows recorded so far that paid for their answers; ``saved``: of
+    the rows served by dedupe or the cache instead (what they would have cost)."""
+    return _estimate(ckpt, prices, default_model, below, f"NOT ({PAID})" if saved else PAID)
 
 
 def recorded_spend(
     ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
 ) -> float | None:
     """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
-    reported where it did, the estimate from tokens for the other rows. None when such a
-    row's model has no price."""
+    reported where it did, the estimate from tokens for the other rows that paid (a row
+    served by dedupe or the cache paid nothing). None when such a row's model has no price."""
     reported = ckpt.db.execute(
         "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
     ).fetchone()[0]
-    total = float(reported or 0.0)
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? AND reported_cost_usd IS NULL GROUP BY model",
-        (below,),
-    ):
-        if not (prompt or completion):
-            continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
-            return None
-        total += cost
-    return total
+    estimate = _estimate(
+        ckpt, prices, default_model, below, f"reported_cost_usd IS NULL AND {PAID}"
+    )
+    return None if estimate is None else float(reported or 0.0) + estimate
 
 
 def start_gate(

@@ -7,7 +7,10 @@ Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoi
 - ``results``: one row per finished input row (key: 0-based position), the output columns;
 - ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
   An entry is committed *before* its request leaves, so after a crash it tells which rows
-  may have been paid for already, and the resend reuses the key.
+  may have been paid for already, and the resend reuses the key;
+- ``followers``: with dedupe, each row whose request repeats an earlier row's, and that
+  row (its leader, the first with that request). Worked out once per checkpoint, so a
+  rerun after a crash serves the followers of a recorded leader from the journal;
 - ``reasks``: rows of a ``--schema`` job being asked again: the follow-up and what earlier
   answers used, committed (ending the answered send's in-flight mark) before the re-ask
   leaves, so a rerun resends that very re-ask and the row keeps what was paid.
@@ -29,45 +32,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchjournal import BATCH_SCHEMA, forget_unanswered
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
 from batchrun.io.files import why_unwritable
-from batchrun.records import RESULT_COLUMNS, RowResult
+from batchrun.journal_schema import JOURNAL_VERSION as JOURNAL_VERSION
+from batchrun.journal_schema import MIGRATIONS, SCHEMA
+from batchrun.journal_schema import PAID as PAID
+from batchrun.records import RESULT_COLUMNS as RESULT_COLUMNS
+from batchrun.records import RowResult
 
-JOURNAL_VERSION = "6"
 #: A row about to be asked again: (position, state JSON, prompt tokens, completion tokens).
 Reask = tuple[int, str, int | None, int | None]
-#: How an older journal becomes the current one (in one transaction), rather than being
-#: refused: refusing would leave --restart, which pays for every row again. Result columns
-#: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
-#: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
-#: credits_used, 6 arguments (and the reasks table, made by the schema script). 3 counts
-#: each in-flight mark once as possibly charged twice.
-_ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
-_MIGRATIONS: dict[str, tuple[str, ...]] = {
-    "1": (_ADD_COUNTED,),
-    "2": (_ADD_COUNTED,),
-    "3": (),
-    "4": (),
-    "5": (),
-}
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    position INTEGER PRIMARY KEY,
-    {", ".join(RESULT_COLUMNS)}
-);
-CREATE TABLE IF NOT EXISTS inflight (
-    position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL,
-    -- 1 once a run has counted the row as possibly charged twice (it is counted once)
-    counted INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS reasks (
-    position INTEGER PRIMARY KEY, state TEXT NOT NULL,
-    -- what the row's earlier answers used, for budgets on resume
-    prompt_tokens INTEGER, completion_tokens INTEGER
-);
-"""
 
 
 class Checkpoint:
@@ -115,13 +90,13 @@ class Checkpoint:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA + BATCH_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='journal_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
-            elif version[0] in _MIGRATIONS:
+            elif version[0] in MIGRATIONS:
                 db.execute("BEGIN IMMEDIATE")
-                for statement in _MIGRATIONS[version[0]]:
+                for statement in MIGRATIONS[version[0]]:
                     db.execute(statement)
                 have = {r[1] for r in db.execute("PRAGMA table_info(results)")}
                 for name in RESULT_COLUMNS:
@@ -236,6 +211,7 @@ class Checkpoint:
                 )
             else:
                 cur = db.execute("DELETE FROM results WHERE status='error'")
+            forget_unanswered(db)
         return cur.rowcount
 
     def write(
@@ -305,9 +281,14 @@ class Checkpoint:
         """Counts and sums over recorded rows with position < below, for the summary."""
         db = self.db
         row = db.execute(
-            "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(attempts), sum(reported_cost_usd),"
-            " count(reported_cost_usd), sum(credits_used) FROM results WHERE position < ?",
+            "SELECT count(*), sum(status='ok'), sum(status='error'),"
+            f" sum(CASE WHEN {PAID} THEN prompt_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN completion_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN total_tokens END),"
+            " sum(attempts), sum(reported_cost_usd), count(reported_cost_usd),"
+            " sum(credits_used), count(served_by), sum(served_by IS NULL AND coalesce(cached, 0)),"
+            f" sum(CASE WHEN NOT ({PAID}) THEN total_tokens END)"
+            " FROM results WHERE position < ?",
             (below,),
         ).fetchone()
         errors = dict(
@@ -334,9 +315,23 @@ class Checkpoint:
             "reported_cost_usd": row[7],
             "rows_cost_reported": row[8] or 0,
             "credits_used": row[9],
+            "rows_served_by_dedupe": row[10] or 0,
+            "rows_served_by_cache": row[11] or 0,
+            "tokens_saved": row[12] or 0,
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }
+
+    def result_at(self, position: int) -> RowResult | None:
+        """The recorded result of one row, or None."""
+        row = self.db.execute(
+            f"SELECT position, {_COLUMN_LIST} FROM results WHERE position=?", (position,)
+        ).fetchone()
+        if row is None:
+            return None
+        result = RowResult(**dict(zip(("position", *RESULT_COLUMNS), row, strict=True)))
+        result.cached = bool(result.cached)
+        return result
 
     def latencies(self, below: int) -> list[float]:
         return [

@@ -31,6 +31,7 @@ from batchrun.io.readers import (
 )
 from batchrun.job import Job
 from batchrun.records import Request
+from batchrun.send.batch import batch_problem
 
 #: Invalid rows kept with their messages (all are counted).
 MAX_REPORTED_ERRORS = 1000
@@ -135,6 +136,12 @@ def scan_input(
                 request = builder.build(row, position, where)
             except InputError as e:
                 add(e)
+                continue
+            if (
+                job.mode == "batch"
+                and (problem := batch_problem(request, job.batch.api)) is not None
+            ):
+                add(InputError(problem, file=file, column=builder.column, **where))
                 continue
             if builder.id_column is not None:
                 if first_id is None:

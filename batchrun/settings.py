@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchopts import BatchOptions
 from batchrun.checks import check
 from batchrun.errors import UsageError
 from batchrun.fastjson import encodes
@@ -40,12 +41,12 @@ SETTING_KEYS = frozenset(
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header expected_column match group_by image_columns
-    extra_body model_check
-    schema choices max_reasks params_column
+    extra_body model_check dedupe cache cache_mode mode batch_api batch_size
+    poll_interval schema choices max_reasks params_column
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
-_PATH_KEYS = ("input", "output", "prices")
+_PATH_KEYS = ("input", "output", "prices", "cache")
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -121,11 +122,12 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
-    "params_column",
+    "cache", "cache_mode", "mode", "batch_api", "params_column",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
-    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "model_check",
+    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "dedupe",
+    "model_check",
 )  # fmt: skip
 
 
@@ -238,10 +240,19 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
             cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
+            dedupe=s.pop("dedupe", None),
+            cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
+            cache_mode=s.pop("cache_mode", "read-write"),
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
             max_reasks=s.pop("max_reasks", 2),
             params_column=s.pop("params_column", None),
+            mode=s.pop("mode", "live"),
+            batch=BatchOptions(
+                api=s.pop("batch_api", BatchOptions.api),
+                size=s.pop("batch_size", BatchOptions.size),
+                poll_interval_s=s.pop("poll_interval", BatchOptions.poll_interval_s),
+            ),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

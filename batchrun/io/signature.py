@@ -1,5 +1,5 @@
-"""What identifies an input file: its size and content digest (the mtime only as a
-shortcut), stored in the checkpoint so that a changed input is refused."""
+"""What identifies an input file: its size and a digest of its content (the checkpoint
+stores it, so that a rerun on another input is refused)."""
 
 from __future__ import annotations
 

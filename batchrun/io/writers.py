@@ -22,9 +22,9 @@ from batchrun import __version__
 from batchrun.records import OUTPUT_INDEXES, RESULT_COLUMNS, RESULT_FIELDS
 
 #: 2 added reported_cost_usd, 3 reasoning_content, 4 client_request_id, inference_id and
-#: credits_used, 5 the typed columns of a --schema job after the result columns (readers
-#: take older files by column name).
-SCHEMA_VERSION = "5"
+#: credits_used, 5 served_by and cached, 6 the typed columns of a --schema job after the
+#: result columns (readers take older files by column name).
+SCHEMA_VERSION = "6"
 
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.
@@ -114,6 +114,9 @@ def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
                     [None if v is None else int(v * 1000) for v in values], type=pa.int64()
                 ).cast(f.type)
             )
+        elif pa.types.is_boolean(f.type):
+            # SQLite keeps booleans as 0/1 (null in rows recorded before the column existed).
+            arrays.append(pa.array([None if v is None else bool(v) for v in values], type=f.type))
         else:
             arrays.append(pa.array(values, type=f.type))
     return arrays

@@ -34,6 +34,9 @@ _RATES = (
     "reasoning_rate",
     "correct_rate",
     "invalid_rate",
+    "batch_errored_rate",
+    "batch_expired_rate",
+    "batch_poll_500_rate",
 )
 
 
@@ -79,6 +82,15 @@ class SimConfig:
     invalid_rate: float = 0.0
     invalid_kinds: tuple[str, ...] = INVALID_KINDS
     seed: int = 0
+    #: Batch API: seconds from a batch's creation to its end (the time scale), the shares
+    #: of its requests that end errored or expired, of polls answered 500, results in
+    #: shuffled order, and result lines of no request / a request's second (see batches.py).
+    batch_delay_s: float = 1.0
+    batch_errored_rate: float = 0.0
+    batch_expired_rate: float = 0.0
+    batch_poll_500_rate: float = 0.0
+    batch_shuffle: bool = True
+    batch_stray_results: bool = False
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -89,6 +101,8 @@ class SimConfig:
             raise ValueError("latency, jitter and retry-after must be >= 0")
         if self.rpm_limit is not None and self.rpm_limit < 1:
             raise ValueError("rpm_limit must be >= 1")
+        if self.batch_delay_s < 0 or self.batch_errored_rate + self.batch_expired_rate > 1:
+            raise ValueError("batch_delay_s must be >= 0 and the batch fault rates sum to <= 1")
         if self.rpm_window_s <= 0:
             raise ValueError("rpm_window_s must be > 0")
         unknown = [k for k in self.invalid_kinds if k not in INVALID_KINDS]
@@ -129,6 +143,14 @@ class SimStats:
     invalid_answers: dict[str, int] = field(default_factory=dict)
     #: Requests that follow up an answer (a tool result or a user turn after the assistant's).
     followups: int = 0
+    #: Batch API: batches made, requests in them (each one billed), creates answered
+    #: with an existing batch (a repeated Idempotency-Key), polls, cancels, results served.
+    batches_created: int = 0
+    batch_requests: int = 0
+    batch_creates_replayed: int = 0
+    batch_polls: int = 0
+    batch_cancels: int = 0
+    batch_results_served: int = 0
     bodies: list[dict[str, Any]] | None = None
 
     def count(self, status: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import itertools
 import json
 import random
 import signal
@@ -23,27 +22,16 @@ from batchrun.pricing import PriceTable
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
 from batchrun.simulate.answers import Answer, answer_for
+from batchrun.simulate.batches import BatchService
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
+from batchrun.simulate.toolargs import followup_of
 from batchrun.simulate.validate import content_problem, known_model, strict_problem, validate
 from batchrun.simulate.wire import JSON, completion_body, error_body, error_response, sse_events
 
 #: Where the simulator keeps a request's tracing headers while it is answered.
 _TRACE = "batchrun.trace"
-
-
-def followup_of(body: dict[str, Any]) -> str | None:
-    """The follow-up a request carries, if it answers an earlier answer: a tool result, or a
-    user turn after an assistant's (the text of its last message)."""
-    messages = body.get("messages") or []
-    roles = [m.get("role") for m in messages if isinstance(m, dict)]
-    if "tool" not in roles and not any(
-        a == "assistant" and b == "user" for a, b in itertools.pairwise(roles)
-    ):
-        return None
-    content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
-    return content if isinstance(content, str) else json.dumps(content)
 
 
 class _Simulator:
@@ -72,6 +60,7 @@ class _Simulator:
         self.usd_total = Fraction(0)
         # Response ids: unique per simulator run, counting up.
         self.seed_id = random.Random(config.seed).getrandbits(32)
+        self.batches = BatchService(config, self.stats, self.denied)
 
     def routes(self) -> list[web.RouteDef]:
         """Every path the simulator serves: the API's, then its own under ``/_sim``."""
@@ -82,7 +71,16 @@ class _Simulator:
             web.get("/_sim/stats", self.get_stats),
             web.get("/v1/_sim/stats", self.get_stats),
             web.post("/_sim/reset", self.reset),
+            *self.batches.routes(),
         ]
+
+    def denied(self, request: web.Request) -> web.Response | None:
+        """401 for a missing or wrong key, else None."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token or (self.config.api_key is not None and token != self.config.api_key):
+            return error_response(401, "invalid or missing API key", "authentication_error")
+        return None
 
     def _counted(self, response: web.Response) -> web.Response:
         self.stats.count(response.status)
@@ -306,6 +304,7 @@ class _Simulator:
         self.replies.clear()
         self.usd_total = Fraction(0)
         self.faults.reset()
+        self.batches.reset(self.stats)
         return web.json_response({"reset": True})
 
 

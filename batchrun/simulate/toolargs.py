@@ -6,6 +6,7 @@ conversation, so a re-ask, whose conversation is longer, draws again)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from typing import Any
 
@@ -139,3 +140,16 @@ def arguments_for(
     kind = invalid_kinds[draw % len(invalid_kinds)]
     spoiled = spoil(args, schema, kind)
     return (spoiled if isinstance(spoiled, str) else json.dumps(spoiled)), kind
+
+
+def followup_of(body: dict[str, Any]) -> str | None:
+    """The follow-up a request carries, if it answers an earlier answer: a tool result, or a
+    user turn after an assistant's (the text of its last message)."""
+    messages = body.get("messages") or []
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if "tool" not in roles and not any(
+        a == "assistant" and b == "user" for a, b in itertools.pairwise(roles)
+    ):
+        return None
+    content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+    return content if isinstance(content, str) else json.dumps(content)
