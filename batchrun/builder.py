@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from batchrun import fastjson
@@ -98,7 +99,10 @@ class RequestBuilder:
             self.mode, self.column = "prompt", job.prompt_column
         self.id_column: str | None = job.id_column
         self._image_columns = job.image_columns
-        self._image_dir = job.input_path.parent
+        # Relative image paths resolve beside a local input; beside an object there is no
+        # folder to look in, so they resolve against the working folder.
+        path = job.input_path
+        self._image_dir = path.parent if isinstance(path, Path) else Path()
         self._image_limit = max_image_bytes(job.params.model)
         #: Names the job in every row's X-Client-Request-Id (stable across resumes).
         self.trace_tag = job_tag(job.fingerprint_fields(), str(job.output_path.resolve()))

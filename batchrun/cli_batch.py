@@ -11,6 +11,7 @@ from batchrun.batchcancel import cancel_batches
 from batchrun.cli_common import Stdout, fail, run_async
 from batchrun.connect import get_api_key
 from batchrun.errors import BatchrunError, UsageError
+from batchrun.io.remote import RemotePath
 from batchrun.job import DEFAULT_API_KEY_ENV
 from batchrun.settings import job_from_settings, resolve_settings
 
@@ -43,10 +44,12 @@ def cancel(
         if api_key_env is not None:
             settings["api_key_env"] = api_key_env
         job = job_from_settings(settings)
+        if isinstance(job.output_path, RemotePath):
+            raise UsageError("batchrun cancel takes a local OUTPUT (its checkpoint is beside it)")
         key = get_api_key(job)
         lines = run_async(
             cancel_batches(
-                job.output_path,
+                job.local_output,
                 key,
                 base_url=job.base_url if job_file is not None or base_url else None,
                 api_key_env=job.api_key_env,

@@ -9,7 +9,9 @@ import pyarrow as pa
 
 from batchrun.checkpoint import Checkpoint
 from batchrun.grading import grade
+from batchrun.io.publish import publish
 from batchrun.io.readers import InputBatch, iter_batches, rows_to_arrow
+from batchrun.io.remote import RemotePath
 from batchrun.io.writers import output_batch, output_schema, result_index, write_atomically
 from batchrun.job import Job
 from batchrun.scan import Scan
@@ -41,7 +43,10 @@ def write_output(
                 break
             yield _output_batch(job, ckpt, batch, scan, schema, columns, total, partial)
 
-    return write_atomically(job.output_path, schema, batches(), before_replace)
+    rows = write_atomically(job.local_output, schema, batches(), before_replace)
+    if isinstance(job.output_path, RemotePath):
+        publish(job.local_output, job.output_path)
+    return rows
 
 
 def final_schema(job: Job, scan: Scan) -> tuple[list[Column], pa.Schema]:

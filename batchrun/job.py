@@ -12,6 +12,7 @@ from typing import Any
 from batchrun.batchopts import MODES, BatchOptions, check_batchable
 from batchrun.checks import check, check_base_url, is_int, is_number, template_columns
 from batchrun.errors import UsageError
+from batchrun.io.remote import Location, RemotePath, state_dir
 from batchrun.pacing import Budget, Limits, RetryPolicy
 from batchrun.structured import check_schema, named_tool
 
@@ -193,8 +194,9 @@ class Grading:
 class Job:
     """Everything one run needs. Build with :func:`job_from_settings` or directly."""
 
-    input_path: Path
-    output_path: Path
+    #: A local path, or an object's URI (``s3://bucket/key``).
+    input_path: Location
+    output_path: Location
     base_url: str = DEFAULT_BASE_URL
     api_key_env: str = DEFAULT_API_KEY_ENV
     prompt_column: str | None = None
@@ -331,12 +333,25 @@ class Job:
         return self.params.temperature == 0
 
     @property
-    def summary_path(self) -> Path:
+    def summary_path(self) -> Location:
         return self.output_path.with_suffix(".summary.json")
 
     @property
     def checkpoint_dir(self) -> Path:
+        """Beside a local output; for an output in object storage, on the local disk under
+        :func:`state_dir`, named after the output (``s3://b/out/x.parquet`` →
+        ``STATE/s3/b/out/x.checkpoint``)."""
+        if isinstance(self.output_path, RemotePath):
+            return state_dir() / self.output_path.with_suffix(".checkpoint").local_name()
         return self.output_path.with_suffix(".checkpoint")
+
+    @property
+    def local_output(self) -> Path:
+        """The output on a local disk: OUTPUT itself, or for an output in object storage the
+        copy kept in the checkpoint folder (written there, then published)."""
+        if isinstance(self.output_path, RemotePath):
+            return self.checkpoint_dir / "output.parquet"
+        return self.output_path
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What makes two runs the same job: how rows become requests, and where they go."""

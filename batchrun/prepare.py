@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyarrow.fs import FileType
+
 from batchrun.batchjournal import check_mode
 from batchrun.checkpoint import Checkpoint
 from batchrun.dedupe import (
@@ -20,8 +22,9 @@ from batchrun.dedupe import (
     unrecorded_followers,
 )
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
-from batchrun.io.files import regular_file
+from batchrun.io.files import check_input
 from batchrun.io.readers import iter_batches
+from batchrun.io.remote import RemotePath, storage_error
 from batchrun.io.signature import InputSignature
 from batchrun.job import Job
 from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
@@ -68,7 +71,26 @@ def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def input_meta(signature: InputSignature) -> dict[str, Any]:
-    return {"size": signature.size, "mtime_ns": signature.mtime_ns, "digest": signature.digest}
+    meta = {"size": signature.size, "mtime_ns": signature.mtime_ns, "digest": signature.digest}
+    if signature.etag is not None:  # an object's; absent for files, as journals always had
+        meta["etag"] = signature.etag
+    return meta
+
+
+def check_output_location(job: Job) -> None:
+    """For an output in object storage: its bucket must exist and be reachable with the
+    credentials at hand, before anything is sent (a PUT's own refusal would come after)."""
+    out = job.output_path
+    if not isinstance(out, RemotePath):
+        return
+    out.info("output")  # credentials, endpoint, access: one line naming OUTPUT if not
+    fs, path = out.fs()
+    try:
+        bucket = fs.get_file_info(path.split("/", 1)[0])
+    except OSError as exc:
+        raise storage_error(out, "output", exc) from None
+    if bucket.type == FileType.NotFound:
+        raise UsageError(f"output {out} cannot be written: its bucket does not exist")
 
 
 def check_input_unchanged(job: Job, ckpt: Checkpoint) -> None:
@@ -89,7 +111,8 @@ def check_input_unchanged(job: Job, ckpt: Checkpoint) -> None:
 def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
     """Lock and open the checkpoint, check it belongs to this job and input, validate."""
     # Before the checkpoint folder is made: a refusal leaves nothing behind.
-    regular_file(job.input_path, "input file")
+    check_input(job.input_path, "input file")
+    check_output_location(job)
     ckpt.lock()
     if job.restart:
         ckpt.discard()

@@ -364,7 +364,7 @@ class _Run:
         elif summary.rows_error > self.job.max_failure_rate * total:
             summary.exit_code = 3
         try:
-            summary.write(self.job.summary_path)
+            summary.write(self.job.summary_path, self.job.checkpoint_dir / "summary.json")
         except OSError as exc:  # a full disk must not hide the run's own result
             self.emit(Event("notice", self.progress, message=f"summary not written: {exc}"))
         if error is not None:

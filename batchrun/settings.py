@@ -18,6 +18,7 @@ from batchrun.checks import check
 from batchrun.errors import UsageError
 from batchrun.fastjson import encodes
 from batchrun.io.files import open_regular
+from batchrun.io.remote import is_uri, location
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
@@ -70,7 +71,8 @@ def load_job_file(path: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in data:
             check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
-            data[key] = os.path.normpath(path.parent / data[key])
+            if not is_uri(data[key]):  # s3://… names no file beside the job file
+                data[key] = os.path.normpath(path.parent / data[key])
     schema = data.get("schema")
     if isinstance(schema, str) and not schema.lstrip().startswith("{"):  # a path, not JSON
         data["schema"] = os.path.normpath(path.parent / schema)
@@ -168,9 +170,11 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
     s.pop("quiet", None)
     if "input" not in s:
         raise UsageError("no input given", hint="pass --input PATH or set input in the job file")
-    input_path = Path(s.pop("input"))
+    input_path = location(s.pop("input"))
     output = s.pop("output", None)
-    output_path = Path(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
+    output_path = (
+        location(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
+    )
     tools = _parse_json_setting("tools", s.pop("tools", None))
     if tools is not None:
         check(isinstance(tools, list), "tools must be a list of {name, description, input_schema}")

@@ -29,9 +29,9 @@ def summarize(
     """The summary of a run over the first ``total`` rows of the output."""
     agg = ckpt.aggregate(total)
     p = progress
-    output = job.output_path
+    output = job.local_output  # read for latency and grades; the summary names OUTPUT
     summary = Summary(
-        output=str(output),
+        output=str(job.output_path),
         state=state,
         rows_total=total,
         rows_ok=agg["ok"],

@@ -10,6 +10,8 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchrun.io.publish import write_text
+from batchrun.io.remote import Location, RemotePath
 from batchrun.io.writers import write_text_atomically
 
 
@@ -78,8 +80,14 @@ class Summary:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
-    def write(self, path: Path) -> None:
-        write_text_atomically(path, self.to_json())
+    def write(self, path: Location, staging: Path | None = None) -> None:
+        """Write to ``path``; for an object, via the local file ``staging``."""
+        if isinstance(path, RemotePath):
+            if staging is None:
+                raise ValueError("an object in storage is written via a local staging file")
+            write_text(path, self.to_json(), staging)
+        else:
+            write_text_atomically(path, self.to_json())
 
     def _cost_line(self) -> str:
         """Reported and estimated spend side by side."""

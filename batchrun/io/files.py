@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batchrun.errors import UsageError
+from batchrun.io.remote import Location, RemotePath, open_remote, remote_object
 
 
 def _refusal(path: Path, what: str, exc: OSError) -> UsageError:
@@ -83,3 +84,18 @@ def why_unwritable(path: Path, exc: OSError) -> str:
     if blocker is not None:
         return f"{blocker} is a file, not a folder"
     return exc.strerror or str(exc)
+
+
+def check_input(loc: Location, what: str) -> None:
+    """UsageError unless ``loc`` is a readable regular file or an object in storage."""
+    if isinstance(loc, RemotePath):
+        remote_object(loc, what)
+    else:
+        regular_file(loc, what)
+
+
+def open_input(loc: Location, what: str) -> BinaryIO:
+    """Open a local file (see :func:`open_regular`) or stream an object, for binary reading."""
+    if isinstance(loc, RemotePath):
+        return open_remote(loc, what)
+    return open_regular(loc, what)

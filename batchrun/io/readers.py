@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from batchrun import fastjson
 from batchrun.errors import InputError, UsageError
-from batchrun.io.files import open_regular, regular_file
+from batchrun.io.files import open_input, regular_file
+from batchrun.io.remote import Location, RemotePath, open_remote_random, storage_error
 
 DEFAULT_BATCH_ROWS = 2048
 #: How deep arrays and objects may nest in a JSONL value. Far beyond real data, and well
@@ -53,7 +54,7 @@ class InputBatch:
         return {"row": self.start + offset}
 
 
-def input_format(path: Path) -> str:
+def input_format(path: Location) -> str:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -62,20 +63,24 @@ def input_format(path: Path) -> str:
     raise UsageError(f"input {path} must end in .jsonl, .ndjson or .parquet")
 
 
-def iter_batches(path: Path, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[InputBatch]:
+def iter_batches(path: Location, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[InputBatch]:
     """Stream the input file in batches of at most ``batch_rows`` rows."""
-    if input_format(path) == "jsonl":
-        yield from _iter_jsonl(path, batch_rows)
-    else:
-        yield from _iter_parquet(path, batch_rows)
+    read = _iter_jsonl if input_format(path) == "jsonl" else _iter_parquet
+    if not isinstance(path, RemotePath):
+        yield from read(path, batch_rows)
+        return
+    try:
+        yield from read(path, batch_rows)
+    except OSError as exc:  # the connection lost mid-read, say: one line, no traceback
+        raise storage_error(path, "input", exc) from None
 
 
-def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[InputBatch]:
+def _iter_jsonl(path: Location, batch_rows: int) -> Iterator[InputBatch]:
     name = str(path)
     loads = fastjson.loads
     position = 0
     batch = InputBatch(start=0, rows=[], lines=[])
-    with open_regular(path, "input file") as f:
+    with open_input(path, "input file") as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue  # blank lines (a trailing newline, say) are not rows
@@ -145,7 +150,7 @@ def _nesting_error(file: str, line: int, column: str | None) -> InputError:
     )
 
 
-def _unreadable_parquet(path: Path, exc: BaseException, position: int | None) -> UsageError:
+def _unreadable_parquet(path: Location, exc: BaseException, position: int | None) -> UsageError:
     at = f" (at row {position})" if position else ""
     return UsageError(
         f"input {path} is not a readable Parquet file{at}: {' '.join(str(exc).split()).rstrip('.')}",
@@ -153,15 +158,20 @@ def _unreadable_parquet(path: Path, exc: BaseException, position: int | None) ->
     )
 
 
-def _open_parquet(path: Path) -> pq.ParquetFile:
-    regular_file(path, "input file")  # pyarrow would block on a FIFO, and read a folder
+def _open_parquet(path: Location) -> pq.ParquetFile:
+    source: Path | pa.NativeFile
+    if isinstance(path, RemotePath):
+        source = open_remote_random(path, "input file")  # ranged reads: footer, then pages
+    else:
+        regular_file(path, "input file")  # pyarrow would block on a FIFO, and read a folder
+        source = path
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable_parquet(path, exc, None) from None
 
 
-def _iter_parquet(path: Path, batch_rows: int) -> Iterator[InputBatch]:
+def _iter_parquet(path: Location, batch_rows: int) -> Iterator[InputBatch]:
     pf = _open_parquet(path)
     name = str(path)
     position = 0
@@ -241,7 +251,7 @@ def _invalid_utf8(col: pa.Array, name: str, file: str, start: int) -> InputError
     return InputError("is not valid UTF-8 text", file=file, row=row, column=name)
 
 
-def parquet_schema(path: Path) -> pa.Schema:
+def parquet_schema(path: Location) -> pa.Schema:
     """The Parquet input's schema; UsageError if it is unreadable or repeats a column name."""
     schema = _open_parquet(path).schema_arrow
     seen: set[str] = set()
