@@ -53,12 +53,12 @@ def main() -> None:
     "--input",
     "input_",
     type=click.Path(dir_okay=False),
-    help="Input file: .jsonl/.ndjson (one JSON object a line) or .parquet.",
+    help="Input file: .jsonl/.ndjson (one JSON object a line) or .parquet; or an object, s3://bucket/key (endpoint, region and credentials from the AWS_* environment).",
 )
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
-    help="Output Parquet file (default: INPUT stem + .out.parquet). The checkpoint and summary go beside it.",
+    help="Output Parquet file (default: INPUT stem + .out.parquet), or s3://bucket/key (published whole, in one copy). The checkpoint and summary go beside it; for an object, the checkpoint goes to $BATCHRUN_STATE_DIR (default ~/.local/state/batchrun).",
 )
 @click.option("--model", help="Model name, e.g. anthropic/claude-3-opus.")
 @click.option(

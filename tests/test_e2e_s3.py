@@ -4,8 +4,10 @@ and a real S3-compatible server (moto's server mode) on 127.0.0.1."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +64,7 @@ class Store:
             scheme="http",
             region="us-east-1",
             allow_bucket_creation=True,
+            allow_bucket_deletion=True,
         )
         self.fs.create_dir(self.bucket)
         self.state = tmp / "state"
@@ -87,6 +90,10 @@ class Store:
         with self.fs.open_input_stream(f"{self.bucket}/{key}") as f:
             return bytes(f.read())
 
+    def get_uri(self, uri: str) -> bytes:
+        with self.fs.open_input_stream(uri.removeprefix("s3://")) as f:
+            return bytes(f.read())
+
     def object_keys(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.bucket, recursive=True))
         return sorted(i.path.split("/", 1)[1] for i in infos if i.type == pafs.FileType.File)
@@ -102,8 +109,6 @@ def _rows(n: int) -> list[dict[str, Any]]:
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    import json
-
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
@@ -309,3 +314,82 @@ def test_missing_or_refused_credentials_are_one_line_and_exit_2(
     assert expected in first
     assert sim.stats.requests == 0
     assert not (tmp_path / "state").exists()  # refused before any checkpoint was made
+
+
+def test_an_upload_stopped_midway_leaves_the_published_object_whole(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the upload: the key keeps its old object, no temporary key stays."""
+    from batchrun.io import publish as publish_module
+    from batchrun.io import remote
+
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value)
+    remote._s3.cache_clear()  # set up from this test's environment
+    try:
+        dest = remote.RemotePath(store.uri("out/x.parquet"))
+        old, new = tmp_path / "old.bin", tmp_path / "new.bin"
+        old.write_bytes(b"old object " * 1000)
+        new.write_bytes(b"new object " * 1000)
+        publish_module.publish(old, dest)
+        assert store.get("out/x.parquet") == old.read_bytes()
+
+        class Interrupted(io.BytesIO):
+            def read(self, size: int | None = -1) -> bytes:
+                if self.tell():
+                    raise KeyboardInterrupt
+                return super().read(100)
+
+        monkeypatch.setattr(
+            publish_module, "open", lambda *a: Interrupted(new.read_bytes()), raising=False
+        )
+        with pytest.raises(KeyboardInterrupt):
+            publish_module.publish(new, dest)
+        assert store.get("out/x.parquet") == old.read_bytes()
+        assert store.object_keys() == ["out/x.parquet"]
+    finally:
+        remote._s3.cache_clear()
+
+
+def test_an_output_whose_local_checkpoint_is_gone_is_not_overwritten(
+    store: Store, sim_factory: Any
+) -> None:
+    sim = sim_factory()
+    src = store.put("in/p.jsonl", _jsonl(_rows(20)))
+    out = store.uri("out/x.parquet")
+    assert _run(store, sim, src, out).returncode == 0
+    shutil.rmtree(store.state)  # another machine, or a cleaned disk
+    result = _run(store, sim, src, out)
+    assert result.returncode == 5
+    assert f"{out} exists but its checkpoint" in result.stderr
+    assert sim.stats.requests == 20
+
+
+def test_an_upload_refused_at_the_end_is_exit_5_and_the_rerun_sends_nothing(
+    store: Store, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=30)
+    src = store.put("in/p.jsonl", _jsonl(_rows(100)))
+    out_bucket = f"{store.bucket}-out"
+    store.fs.create_dir(out_bucket)
+    out = f"s3://{out_bucket}/x.parquet"
+    args = [sys.executable, "-m", "batchrun", "run", "--input", src, "--output", out,
+            "--base-url", sim.url, "--concurrency", "2", "--quiet"]  # fmt: skip
+    env = {**os.environ, **store.env, "AIMLAPI_KEY": "test-key"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while sim.stats.requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    store.fs.delete_dir(out_bucket)  # the bucket goes away while rows are being sent
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 5, stderr
+    assert f"cannot write {out}" in stderr and "Traceback" not in stderr
+    store.fs.create_dir(out_bucket)
+    sent = sim.stats.requests
+    assert sent == 100
+    again = _run(store, sim, src, out)
+    assert again.returncode == 0, again.stderr
+    assert sim.stats.requests == sent
+    assert pq.read_table(io.BytesIO(store.get_uri(out))).num_rows == 100
