@@ -316,39 +316,69 @@ def test_missing_or_refused_credentials_are_one_line_and_exit_2(
     assert not (tmp_path / "state").exists()  # refused before any checkpoint was made
 
 
-def test_an_upload_stopped_midway_leaves_the_published_object_whole(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ctrl-C during the upload: the key keeps its old object, no temporary key stays."""
-    from batchrun.io import publish as publish_module
+@pytest.fixture
+def in_process(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """The store, reachable from batchrun's own code in this process."""
     from batchrun.io import remote
 
     for name, value in store.env.items():
         monkeypatch.setenv(name, value)
     remote._s3.cache_clear()  # set up from this test's environment
-    try:
-        dest = remote.RemotePath(store.uri("out/x.parquet"))
-        old, new = tmp_path / "old.bin", tmp_path / "new.bin"
-        old.write_bytes(b"old object " * 1000)
-        new.write_bytes(b"new object " * 1000)
-        publish_module.publish(old, dest)
-        assert store.get("out/x.parquet") == old.read_bytes()
+    yield store
+    remote._s3.cache_clear()
 
-        class Interrupted(io.BytesIO):
-            def read(self, size: int | None = -1) -> bytes:
-                if self.tell():
-                    raise KeyboardInterrupt
-                return super().read(100)
 
-        monkeypatch.setattr(
-            publish_module, "open", lambda *a: Interrupted(new.read_bytes()), raising=False
-        )
-        with pytest.raises(KeyboardInterrupt):
-            publish_module.publish(new, dest)
-        assert store.get("out/x.parquet") == old.read_bytes()
-        assert store.object_keys() == ["out/x.parquet"]
-    finally:
-        remote._s3.cache_clear()
+def test_an_objects_signature_skips_the_reread_only_while_size_mtime_and_etag_hold(
+    in_process: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.io import signature
+    from batchrun.io.remote import RemotePath
+
+    store = in_process
+    src = RemotePath(store.put("in/p.jsonl", _jsonl(_rows(10))))
+    first = signature.InputSignature.of(src)
+    assert first.size == len(_jsonl(_rows(10))) and first.etag
+
+    def no_read(path: object) -> str:
+        raise AssertionError("read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(signature, "file_digest", no_read)
+        assert signature.InputSignature.of(src, known=first) is first
+    store.put("in/p.jsonl", _jsonl(_rows(10))[::-1])  # same size, other bytes
+    again = signature.InputSignature.of(src, known=first)
+    assert again.etag != first.etag
+    assert not again.same_content(first)
+
+
+def test_an_upload_stopped_midway_leaves_the_published_object_whole(
+    in_process: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the upload: the key keeps its old object, no temporary key stays."""
+    from batchrun.io import publish as publish_module
+    from batchrun.io import remote
+
+    store = in_process
+    dest = remote.RemotePath(store.uri("out/x.parquet"))
+    old, new = tmp_path / "old.bin", tmp_path / "new.bin"
+    old.write_bytes(b"old object " * 1000)
+    new.write_bytes(b"new object " * 1000)
+    publish_module.publish(old, dest)
+    assert store.get("out/x.parquet") == old.read_bytes()
+
+    class Interrupted(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell():
+                raise KeyboardInterrupt
+            return super().read(100)
+
+    monkeypatch.setattr(
+        publish_module, "open", lambda *a: Interrupted(new.read_bytes()), raising=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        publish_module.publish(new, dest)
+    assert store.get("out/x.parquet") == old.read_bytes()
+    assert store.object_keys() == ["out/x.parquet"]
 
 
 def test_an_output_whose_local_checkpoint_is_gone_is_not_overwritten(
