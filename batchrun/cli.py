@@ -29,6 +29,7 @@ from batchrun.job import (
     Job,
 )
 from batchrun.plan import dry_run
+from batchrun.profiles import PROFILES
 from batchrun.progress import ProgressView
 from batchrun.runner import run_job
 from batchrun.settings import job_from_settings, resolve_settings
@@ -117,8 +118,14 @@ def main() -> None:
 @click.option("--frequency-penalty", type=float, help="Frequency penalty, -2..2.")
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable); sent as stop_sequences.")
 @click.option("--stream/--no-stream", default=None, help="Stream answers (server-sent events).")
-@click.option("--tools", help="Tools as JSON: [{name, description, input_schema}].")
-@click.option("--tool-choice", help='Tool choice as JSON, e.g. \'{"type": "auto"}\'.')
+@click.option(
+    "--tools",
+    help='Tools as JSON: [{name, description, input_schema}] or [{"type": "function", "function": {name, description, parameters}}]; sent in the shape the provider takes.',
+)
+@click.option(
+    "--tool-choice",
+    help='auto, none, required, or JSON: {"type": "tool", "name": T}, {"type": "function", "function": {"name": T}}, {"type": "auto"} …',
+)
 @click.option("--metadata", help="Metadata object as JSON, sent with every request.")
 @click.option(
     "--retry-failed",
@@ -164,7 +171,12 @@ def main() -> None:
 )
 @click.option(
     "--cost-header",
-    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. The gateway's credits header and a stream's meta.usage are read too. LiteLLM: x-litellm-response-cost. [default: {DEFAULT_COST_HEADER}]",
+    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. The gateway's credits header, a stream's meta.usage and a usage.cost are read too. [default: the provider's; gateway: {DEFAULT_COST_HEADER}, litellm: x-litellm-response-cost, openai and vllm: none]",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(list(PROFILES)),
+    help="What the server takes and sends (stream usage, tool shapes, stop field, system, retry and cost headers). [default: from the base URL: api.openai.com → openai, port 4000 → litellm, else gateway]",
 )
 @click.option(
     "--expected-column",

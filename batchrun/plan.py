@@ -32,7 +32,8 @@ def dry_run(job: Job) -> str:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     valid = scan.total_rows - scan.invalid_rows
-    dialect = ChatCompletions(system_as_message=job.params.system_as_message)
+    profile = job.profile
+    dialect = ChatCompletions(profile=profile, system_as_message=job.params.system_as_message)
     url = job.base_url.rstrip("/") + dialect.path
     key_state = _key_state(job.api_key_env)
     lines = [
@@ -46,6 +47,9 @@ def dry_run(job: Job) -> str:
         f" (max_tokens {job.params.max_tokens} a row)",
         _cost_line(job, scan.estimated_prompt_tokens, job.params.max_tokens * valid),
         f"API key: ${job.api_key_env} is {key_state}",
+        f"provider: {profile.name}"
+        + (" (--provider)" if job.provider else " (from the base URL; --provider names another)")
+        + f" — {profile.about}",
         "",
     ]
     for r in previews:

@@ -20,7 +20,6 @@ from batchrun.io.files import open_regular
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
-    DEFAULT_COST_HEADER,
     DEFAULT_MODEL,
     Budget,
     Grading,
@@ -29,6 +28,7 @@ from batchrun.job import (
     RequestParams,
     RetryPolicy,
 )
+from batchrun.tools import CHOICE_WORDS
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
 SETTING_KEYS = frozenset(
@@ -38,8 +38,8 @@ SETTING_KEYS = frozenset(
     max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
-    max_tokens_total prices cost_header expected_column match group_by image_columns
-    extra_body model_check
+    max_tokens_total prices cost_header provider expected_column match group_by
+    image_columns extra_body model_check
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
@@ -87,6 +87,14 @@ def _parse_json_setting(name: str, value: Any) -> Any:
     return value
 
 
+def _tool_choice(value: Any) -> Any:
+    """A tool choice setting: a bare word ("auto", "required"; JSON needs no quotes
+    around it on the command line) or a JSON object."""
+    if isinstance(value, str) and value.strip() in CHOICE_WORDS:
+        return value.strip()
+    return _parse_json_setting("tool_choice", value)
+
+
 def _grading(s: dict[str, Any]) -> Grading | None:
     expected = s.pop("expected_column", None)
     match = s.pop("match", None)
@@ -102,6 +110,7 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
+    "provider",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
@@ -151,7 +160,11 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
     output_path = Path(output) if output else input_path.with_name(input_path.stem + ".out.parquet")
     tools = _parse_json_setting("tools", s.pop("tools", None))
     if tools is not None:
-        check(isinstance(tools, list), "tools must be a list of {name, description, input_schema}")
+        check(
+            isinstance(tools, list),
+            "tools must be a list of {name, description, input_schema} or "
+            '{"type": "function", "function": {name, description, parameters}}',
+        )
         tools = tuple(tools)
     stop = s.pop("stop", ())
     if isinstance(stop, str):
@@ -169,7 +182,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             system=s.pop("system", None),
             system_as_message=s.pop("system_as_message", False),
             tools=tools,
-            tool_choice=_parse_json_setting("tool_choice", s.pop("tool_choice", None)),
+            tool_choice=_tool_choice(s.pop("tool_choice", None)),
             metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
             extra_body=_parse_json_setting("extra_body", s.pop("extra_body", None)),
         )
@@ -215,7 +228,8 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             ),
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
-            cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
+            cost_header=s.pop("cost_header", None),
+            provider=s.pop("provider", None),
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
         )
