@@ -314,6 +314,16 @@ def compare(
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the simulated faults."
 )
+@click.option(
+    "--flavor",
+    type=click.Choice(["gateway", "openai"]),
+    default="gateway",
+    show_default=True,
+    help="The server it stands in for. gateway: HTTP 201, usage in every stream, "
+    "{name, description, input_schema} tools, unknown fields refused. openai: HTTP 200, "
+    "stream usage only with stream_options.include_usage, function tools and string "
+    "tool choices, stop, no system or top_k, OpenAI's error objects.",
+)
 def simulate(
     host: str,
     port: int,

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
-from batchrun.budget import BudgetGate, recorded_spend
+from batchrun.budget import BudgetGate
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
@@ -185,21 +185,7 @@ class _Run:
         request, result, p = outcome.request, outcome.result, self.progress
         p.sending_since.pop(request.position, None)
         if self.gate.active:
-            # What was (or may have been) paid for: an answer, even one that could not be
-            # used, or a send whose outcome is unknown.
-            answered = result is not None and (
-                result.status == OK
-                or result.error_type in ("invalid_response", "internal_error")
-                or outcome.maybe_billed
-            )
-            self.gate.settle(
-                request.prompt_tokens,
-                request.max_tokens,
-                answered,
-                result.prompt_tokens if result else None,
-                result.completion_tokens if result else None,
-                result.reported_cost_usd if result else None,
-            )
+            self.gate.settle_row(request, result, maybe_billed=outcome.maybe_billed)
         if outcome.stop is not None:
             self.stop(
                 RunStopped(
@@ -299,12 +285,15 @@ class _Run:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
             self.possibly_charged_twice = prep.possibly_charged_twice
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
-            self.gate = BudgetGate(
+            self.gate = BudgetGate.for_run(
                 job.budget,
-                self.prices.get(job.params.model),
+                self.prices,
+                ckpt,
                 model=job.params.model,
-                spent_usd=recorded_spend(ckpt, self.prices, job.params.model, total) or 0.0,
-                spent_tokens=ckpt.aggregate(total)["total_tokens"],
+                max_tokens=job.params.max_tokens,
+                below=total,
+                mean_prompt_estimate=prep.scan.estimated_prompt_tokens
+                // max(1, prep.scan.total_rows),
             )
             if (
                 prep.already_complete

@@ -22,6 +22,8 @@ MODELS = (
     "gpt-4o",
 )
 
+FLAVORS = ("gateway", "openai")
+
 _RATES = (
     "error_500_rate",
     "rate_429",
@@ -72,6 +74,11 @@ class SimConfig:
     correct_rate: float = 1.0
     answers_seed: int = 0
     seed: int = 0
+    #: Which server it stands in for: "gateway" (the documented API: HTTP 201, a usage
+    #: chunk in every stream, Anthropic tool shapes, unknown fields refused) or "openai"
+    #: (HTTP 200, stream usage only when asked, OpenAI tool shapes and string tool
+    #: choices, ``stop``, no ``system`` or ``top_k``, OpenAI's error objects).
+    flavor: str = "gateway"
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -82,6 +89,8 @@ class SimConfig:
             raise ValueError("latency, jitter and retry-after must be >= 0")
         if self.rpm_limit is not None and self.rpm_limit < 1:
             raise ValueError("rpm_limit must be >= 1")
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
         if self.rpm_window_s <= 0:
             raise ValueError("rpm_window_s must be > 0")
 

@@ -15,8 +15,8 @@ from typing import Literal
 
 from aiohttp import web
 
+from batchrun.simulate import wire
 from batchrun.simulate.config import SimConfig
-from batchrun.simulate.wire import error_response
 
 #: What ``Faults.draw`` returns for a connection to drop without an answer.
 DROP: Literal["drop"] = "drop"
@@ -29,6 +29,14 @@ class Faults:
         self.accepted: deque[float] = deque()
         self.window_cap = (
             math.floor(config.rpm_limit * config.rpm_window_s / 60) if config.rpm_limit else 0
+        )
+
+    def error(
+        self, status: int, message: str, kind: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        """An error in the shape of the server simulated."""
+        return wire.error_response(
+            status, message, kind, headers=headers, openai=self.config.flavor == "openai"
         )
 
     def reset(self) -> None:
@@ -67,7 +75,7 @@ class Faults:
         if self.config.limit_sends_retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(int(wait * 1000))
-        return error_response(
+        return self.error(
             429, "rate limit reached for requests", "rate_limit_error", headers=headers
         )
 
@@ -77,22 +85,20 @@ class Faults:
         r = self.rng.random()
         edge = cfg.rate_403
         if r < edge:
-            return error_response(
+            return self.error(
                 403, "Insufficient credits: top up your balance to continue", "insufficient_quota"
             )
         if r < (edge := edge + cfg.error_500_rate):
-            return error_response(500, "internal error (simulated)", "server_error")
+            return self.error(500, "internal error (simulated)", "server_error")
         if r < (edge := edge + cfg.rate_429):
             s = cfg.retry_after_s
             headers = {
                 "Retry-After": str(max(0, math.ceil(s))),
                 "retry-after-ms": str(int(s * 1000)),
             }
-            return error_response(
-                429, "rate limited (simulated)", "rate_limit_error", headers=headers
-            )
+            return self.error(429, "rate limited (simulated)", "rate_limit_error", headers=headers)
         if r < (edge := edge + cfg.rate_429_no_retry_after):
-            return error_response(429, "rate limited (simulated)", "rate_limit_error")
+            return self.error(429, "rate limited (simulated)", "rate_limit_error")
         if r < edge + cfg.drop_rate:
             return DROP
         return None

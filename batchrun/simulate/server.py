@@ -21,7 +21,7 @@ from aiohttp import web
 from batchrun.pricing import PriceTable
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
-from batchrun.simulate.answers import Answer, answer_for
+from batchrun.simulate.answers import Answer, answer_for, neutral_body
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
@@ -47,6 +47,9 @@ class _Simulator:
                 seed=config.answers_seed,
             )
         )
+        self.openai = config.flavor == "openai"
+        #: The status of a fresh answer: the gateway's 201, OpenAI's 200.
+        self.ok_status = 200 if self.openai else 201
         self.billed_keys: set[str] = set()
         self.twice_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
@@ -66,6 +69,11 @@ class _Simulator:
             web.get("/v1/_sim/stats", self.get_stats),
             web.post("/_sim/reset", self.reset),
         ]
+
+    def _error(
+        self, status: int, message: str, kind: str, param: str | None = None
+    ) -> web.Response:
+        return error_response(status, message, kind, param, openai=self.openai)
 
     def _counted(self, response: web.Response) -> web.Response:
         self.stats.count(response.status)
@@ -116,29 +124,27 @@ class _Simulator:
         raw = await request.read()
         if not token or (cfg.api_key is not None and token != cfg.api_key):
             return self._counted(
-                error_response(401, "invalid or missing API key", "authentication_error")
+                self.faults.error(401, "invalid or missing API key", "authentication_error")
             )
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return self._counted(
-                error_response(
-                    400, "request body is not valid JSON", "invalid_request_error", "body"
-                )
+                self._error(400, "request body is not valid JSON", "invalid_request_error", "body")
             )
         key = request.headers.get("Idempotency-Key")
         self._record(request, body)
-        problem = validate(body)
+        problem = validate(body, cfg.flavor)
         if problem is not None:
-            return self._counted(
-                error_response(400, problem[1], "invalid_request_error", problem[0])
-            )
-        refusal = (strict_problem(body) if cfg.strict else None) or content_problem(body)
+            return self._counted(self._error(400, problem[1], "invalid_request_error", problem[0]))
+        # OpenAI's own checks refuse unknown fields already (validate).
+        strict = cfg.strict and not self.openai
+        refusal = (strict_problem(body) if strict else None) or content_problem(body)
         if refusal is not None:
-            return self._counted(error_response(400, refusal, "invalid_request_error"))
+            return self._counted(self._error(400, refusal, "invalid_request_error"))
         if not known_model(body["model"]):
             message = f"model {body['model']!r} not found"
-            return self._counted(error_response(404, message, "model_not_found", "model"))
+            return self._counted(self._error(404, message, "model_not_found", "model"))
         if cfg.honor_idempotency and key and key in self.replies:
             st.replayed += 1
             status, payload, headers = self.replies[key]
@@ -167,6 +173,8 @@ class _Simulator:
     ) -> web.StreamResponse:
         st = self.stats
         keyed = None if self.answer_key is None else self.answer_key.answer(body)
+        if self.openai:
+            body = neutral_body(body)
         answer = answer_for(body, reasoning_rate=self.config.reasoning_rate, keyed=keyed)
         st.ok += 1
         rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
@@ -184,7 +192,8 @@ class _Simulator:
         # The cost header belongs to the answer (a replay repeats it); rate-limit headers
         # describe the moment.
         streamed = bool(body.get("stream"))
-        spent = self._gateway_spend(answer)
+        # OpenAI reports no spend (neither headers nor a meta event).
+        spent = None if self.openai else self._gateway_spend(answer)
         cost_headers = self._cost_headers(answer)
         if spent is not None and not streamed:
             cost_headers[GATEWAY_USD_HEADER] = repr(spent[0])
@@ -192,12 +201,15 @@ class _Simulator:
         headers = self.faults.ratelimit_headers() | cost_headers
         if streamed:
             st.count(200)
-            return await self._stream(request, answer, rid, created, headers, spent)
+            # The gateway sends usage in every stream; OpenAI only when asked.
+            options = body.get("stream_options") or {}
+            usage = not self.openai or options.get("include_usage") is True
+            return await self._stream(request, answer, rid, created, headers, spent, usage)
         payload = completion_body(answer, rid, created)
         if self.config.honor_idempotency and key:
-            self.replies[key] = (201, payload, cost_headers)
+            self.replies[key] = (self.ok_status, payload, cost_headers)
         return self._counted(
-            web.Response(status=201, body=payload, content_type=JSON, headers=headers)
+            web.Response(status=self.ok_status, body=payload, content_type=JSON, headers=headers)
         )
 
     def _cost_headers(self, answer: Answer) -> dict[str, str]:
@@ -235,6 +247,7 @@ class _Simulator:
         created: int,
         headers: dict[str, str],
         spent: tuple[float, int] | None,
+        usage: bool,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             status=200,
@@ -246,7 +259,7 @@ class _Simulator:
             },
         )
         await resp.prepare(request)
-        for i, event in enumerate(sse_events(answer, rid, created, spent)):
+        for i, event in enumerate(sse_events(answer, rid, created, spent, usage=usage)):
             await resp.write(event)
             if i == 0 and self.faults.stalls():
                 await asyncio.sleep(3600)  # stalls until the client gives up and disconnects
