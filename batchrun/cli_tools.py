@@ -213,6 +213,13 @@ def compare(
     help="Retry-After seconds on simulated 429s.",
 )
 @click.option(
+    "--first-429s",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Answer the first N requests 429 with --retry-after (then as configured).",
+)
+@click.option(
     "--rate-403",
     default=0.0,
     show_default=True,

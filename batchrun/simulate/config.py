@@ -46,6 +46,9 @@ class SimConfig:
     rate_429: float = 0.0
     rate_429_no_retry_after: float = 0.0
     retry_after_s: float = 1.0
+    #: The first this many admitted requests are answered 429 with ``retry_after_s``
+    #: (a server busy at the start: the retry after it is what is rehearsed).
+    first_429s: int = 0
     rate_403: float = 0.0
     drop_rate: float = 0.0
     rpm_limit: int | None = None
@@ -87,6 +90,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.latency_ms < 0 or self.jitter_ms < 0 or self.retry_after_s < 0:
             raise ValueError("latency, jitter and retry-after must be >= 0")
+        if self.first_429s < 0:
+            raise ValueError("first_429s must be >= 0")
         if self.rpm_limit is not None and self.rpm_limit < 1:
             raise ValueError("rpm_limit must be >= 1")
         if self.flavor not in FLAVORS:

@@ -27,6 +27,7 @@ class Faults:
         self.config = config
         self.rng = random.Random(config.seed)
         self.accepted: deque[float] = deque()
+        self.first_429s_left = config.first_429s
         self.window_cap = (
             math.floor(config.rpm_limit * config.rpm_window_s / 60) if config.rpm_limit else 0
         )
@@ -41,6 +42,7 @@ class Faults:
 
     def reset(self) -> None:
         self.accepted.clear()
+        self.first_429s_left = self.config.first_429s
 
     def ratelimit_headers(self) -> dict[str, str]:
         cfg = self.config
@@ -79,9 +81,16 @@ class Faults:
             429, "rate limit reached for requests", "rate_limit_error", headers=headers
         )
 
+    def _retry_after(self) -> dict[str, str]:
+        s = self.config.retry_after_s
+        return {"Retry-After": str(max(0, math.ceil(s))), "retry-after-ms": str(int(s * 1000))}
+
     def draw(self) -> web.Response | Literal["drop"] | None:
         """One draw for an admitted request: an injected error, a drop, or None (answer)."""
         cfg = self.config
+        if self.first_429s_left > 0:
+            self.first_429s_left -= 1
+            return self.error(429, "busy (simulated)", "rate_limit_error", self._retry_after())
         r = self.rng.random()
         edge = cfg.rate_403
         if r < edge:

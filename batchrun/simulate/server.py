@@ -115,7 +115,8 @@ class _Simulator:
             "User-Agent": request.headers.get("User-Agent"),
             "X-Client-Request-Id": request.headers.get(CLIENT_REQUEST_ID_HEADER),
         }
-        self.stats.bodies.append({"body": body, "headers": headers})
+        # When it arrived (monotonic s): what a test of a retry's wait measures.
+        self.stats.bodies.append({"body": body, "headers": headers, "at": time.monotonic()})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         cfg, st = self.config, self.stats

@@ -229,6 +229,9 @@ def _openai(body: dict[str, Any]) -> tuple[str, str] | None:
     problem = _unknown(body, OPENAI_FIELDS)
     if problem is not None:
         return problem
+    for i, m in enumerate(body["messages"]):
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return "messages", f"Missing parameter 'tool_call_id' in messages[{i}] (role tool)"
     checks: list[tuple[str, Callable[[Any], bool], str]] = [
         ("max_tokens", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("temperature", lambda v: _is_num(v) and 0 <= v <= 2, "a number between 0 and 2"),
