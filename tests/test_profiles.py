@@ -261,3 +261,31 @@ def _body(job: Job, profile: Any) -> dict[str, Any]:
 def test_request_params_keeps_the_neutral_shape() -> None:
     p = RequestParams(tools=(OPENAI_TOOL,), tool_choice="required")  # type: ignore[arg-type]
     assert p.tools == (ANTHROPIC_TOOL,) and p.tool_choice == {"type": "required"}
+
+
+def _stream(*chunks: dict[str, Any]) -> Any:
+    import asyncio
+    import json
+
+    async def lines() -> Any:
+        for c in chunks:
+            yield b"data: " + json.dumps(c).encode() + b"\n"
+        yield b"data: [DONE]\n"
+
+    return asyncio.run(ChatCompletions(profile=LITELLM).decode_stream(lines()))
+
+
+def test_a_streams_usage_chunk_gives_tokens_and_cost_as_litellm_sends_them() -> None:
+    done = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}
+    usage = {"prompt_tokens": 4, "completion_tokens": 7, "total_tokens": 11, "cost": 4.8e-6}
+    # LiteLLM's usage chunk has an empty delta in its choices, not an empty list.
+    c = _stream(done, {"choices": [{"index": 0, "delta": {}}], "usage": usage})
+    assert (c.text, c.total_tokens, c.reported_cost_usd) == ("hi", 11, 4.8e-6)
+    without = _stream(done)
+    assert (without.prompt_tokens, without.total_tokens, without.reported_cost_usd) == (
+        None,
+        None,
+        None,
+    )
+    hostile = _stream(done, {"choices": [], "usage": ["not", "an", "object"]})
+    assert hostile.total_tokens is None and hostile.text == "hi"
