@@ -116,7 +116,11 @@ def main() -> None:
 @click.option("--top-p", type=float, help="Nucleus sampling, 0..1.")
 @click.option("--top-k", type=int, help="Top-k sampling (>= 0).")
 @click.option("--frequency-penalty", type=float, help="Frequency penalty, -2..2.")
-@click.option("--stop", multiple=True, help="Stop sequence (repeatable); sent as stop_sequences.")
+@click.option(
+    "--stop",
+    multiple=True,
+    help="Stop sequence (repeatable); sent as stop_sequences (gateway) or stop (OpenAI-compatible providers).",
+)
 @click.option("--stream/--no-stream", default=None, help="Stream answers (server-sent events).")
 @click.option(
     "--tools",

@@ -247,3 +247,18 @@ def test_a_relayed_400_fails_the_row_without_a_retry(proxy: Proxy, tmp_path: Pat
     assert set(table.column("error_type").to_pylist()) == {"bad_request"}
     assert table.column("attempts").to_pylist() == [1, 1]
     assert "tool_call_id" in table.column("error").to_pylist()[0]
+
+
+def test_the_litellm_example_job_runs_through_the_proxy(proxy: Proxy, tmp_path: Path) -> None:
+    out = tmp_path / "labels.parquet"
+    proc = run_cli(
+        "run", str(ROOT / "jobs" / "label_via_litellm.toml"), "--base-url", proxy.url,
+        "--model", "sim-ok", "--output", str(out), "--limit", "50", "--quiet",
+        env={"LITELLM_MASTER_KEY": MASTER_KEY}, key=None, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)
+    calls = [json.loads(c) for c in table.column("tool_calls").to_pylist()]
+    assert all(c[0]["function"]["name"] == "label" for c in calls)
+    assert None not in table.column("total_tokens").to_pylist()
+    assert None not in table.column("reported_cost_usd").to_pylist()
