@@ -112,10 +112,15 @@ def normalize_tool_choice(choice: Any, tools: Iterable[dict[str, Any]] | None) -
     raise UsageError(_CHOICE_HELP)
 
 
-def openai_tools(tools: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Neutral tools in OpenAI's shape (name, description, input_schema → parameters)."""
+def openai_tools(tools: Iterable[Any]) -> list[Any]:
+    """Neutral tools in OpenAI's shape (name, description, input_schema → parameters).
+    Anything else passes as it is: ``--extra-body`` may hold tools already in the
+    server's shape, and the user's fields are sent as given."""
     out = []
     for t in tools:
+        if not (isinstance(t, dict) and isinstance(t.get("input_schema"), dict) and "name" in t):
+            out.append(t)
+            continue
         fn: dict[str, Any] = {"name": t["name"]}
         if "description" in t:
             fn["description"] = t["description"]
@@ -124,8 +129,13 @@ def openai_tools(tools: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def openai_tool_choice(choice: dict[str, Any]) -> str | dict[str, Any]:
-    """A neutral tool choice in OpenAI's shape: a word, or the named function."""
-    if choice["type"] == "tool":
+def openai_tool_choice(choice: Any) -> Any:
+    """A neutral tool choice in OpenAI's shape: a word, or the named function (anything
+    else, from ``--extra-body``, as it is)."""
+    if not isinstance(choice, dict):
+        return choice
+    if choice.get("type") == "tool" and "name" in choice:
         return {"type": "function", "function": {"name": choice["name"]}}
-    return str(choice["type"])
+    if set(choice) == {"type"} and choice["type"] in ("auto", "none", "required"):
+        return choice["type"]
+    return choice

@@ -289,3 +289,15 @@ def test_a_streams_usage_chunk_gives_tokens_and_cost_as_litellm_sends_them() -> 
     )
     hostile = _stream(done, {"choices": [], "usage": ["not", "an", "object"]})
     assert hostile.total_tokens is None and hostile.text == "hi"
+
+
+def test_extra_body_tools_already_in_the_servers_shape_are_sent_as_given(tmp_path: Path) -> None:
+    import json
+
+    extra = {
+        "tools": [OPENAI_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "look"}},
+    }
+    job = _job(tmp_path, provider="openai", extra_body=json.dumps(extra))
+    body = _body(job, OPENAI)
+    assert body["tools"] == [OPENAI_TOOL] and body["tool_choice"] == extra["tool_choice"]
