@@ -37,6 +37,14 @@ from batchrun.records import OK, Request, RowResult
 OUTPUT_BYTES_PER_TOKEN = 3
 
 
+#: What a run says when the first answer without usage arrives.
+NO_USAGE_NOTICE = (
+    "answers come without usage: their tokens are null, the cost unknown, and budgets book"
+    " them at an estimate (prompt + counted output); an OpenAI-compatible server sends usage"
+    " in a stream only when asked (--provider openai, litellm or vllm ask)"
+)
+
+
 def output_estimate(texts: Iterable[str | None], max_tokens: int, hit_cap: bool) -> int:
     """Completion tokens booked for an answer without usage (see the module docstring)."""
     if hit_cap:

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncGenerator
 
-from batchrun.budget import BudgetGate
+from batchrun.budget import NO_USAGE_NOTICE, BudgetGate
 from batchrun.builder import RequestBuilder
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
@@ -68,6 +68,8 @@ class _Run:
         self.emit = on_event
         self.api_key = api_key
         self.progress = Progress()
+        #: Said once a run: answers come without usage.
+        self.said_no_usage = False
         self.limiter = Limiter(
             job.limits,
             pause_initial_s=max(0.5, job.retry.backoff_initial_s),
@@ -201,6 +203,9 @@ class _Run:
             return
         self.writer.record(result, keep_key=outcome.maybe_billed)
         if result.status == OK:
+            if result.total_tokens is None and not self.said_no_usage:
+                self.said_no_usage = True
+                self.emit(Event("notice", p, message=NO_USAGE_NOTICE))
             p.ok += 1
             p.prompt_tokens += result.prompt_tokens or 0
             p.completion_tokens += result.completion_tokens or 0

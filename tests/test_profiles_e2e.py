@@ -170,6 +170,8 @@ def test_a_stream_without_usage_is_unknown_cost_never_zero(
     assert "25 rows without usage, not counted" in proc.stdout
     assert "estimated unknown (25 rows without usage)" in proc.stdout
     assert "$0.0000" not in proc.stdout
+    assert proc.stderr.count("answers come without usage") == 1
+    assert "--provider openai" in proc.stderr
 
 
 def test_max_cost_books_answers_without_usage_at_an_estimate_not_the_worst_case(
