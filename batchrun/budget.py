@@ -24,13 +24,15 @@ model does that, the cap is a lower bound.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
-from batchrun.checkpoint import Checkpoint
+from batchrun.checkpoint import PAID, Checkpoint
 from batchrun.errors import UsageError
 from batchrun.job import Budget
 from batchrun.pricing import Price, PriceTable
 from batchrun.records import OK, Request, RowResult
+from batchrun.send.attempt import Outcome
+from batchrun.send.reask import ReaskState
 
 #: UTF-8 bytes of output counted as one token when the answer says no usage: English runs
 #: about 4 bytes a token, CJK text about 3 bytes a character and token; 3 leans high.
@@ -62,7 +64,7 @@ def unknown_usage(
     for text, calls, reasoning, reason, cost in ckpt.db.execute(
         "SELECT completion, tool_calls, reasoning_content, finish_reason_normalized,"
         " reported_cost_usd FROM results WHERE position < ? AND status = 'ok'"
-        " AND prompt_tokens IS NULL AND completion_tokens IS NULL",
+        f" AND prompt_tokens IS NULL AND completion_tokens IS NULL AND {PAID}",
         (below,),
     ):
         if unpriced and cost is not None:
@@ -72,54 +74,80 @@ def unknown_usage(
     return rows, estimate
 
 
-def recorded_cost(
-    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
+def _estimate(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, which: str
 ) -> float | None:
-    """Estimated USD of the rows recorded so far, priced by the model that served them.
-
-    None when some used tokens belong to a model without a price.
-    """
+    """Estimated USD from the tokens of the recorded rows matching ``which`` (SQL over the
+    results' columns), priced by the model that served them, at the batch rate for rows
+    answered through a batch (``--mode batch``); None when some of them belong to a model
+    without a price."""
     total = 0.0
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? GROUP BY model",
+    for model, batched, prompt, completion in ckpt.db.execute(
+        "SELECT r.model, b.position IS NOT NULL, sum(r.prompt_tokens), sum(r.completion_tokens)"
+        " FROM results r LEFT JOIN batch_rows b ON b.position = r.position"
+        f" WHERE r.position < ? AND {which} GROUP BY 1, 2",
         (below,),
     ):
         if not (prompt or completion):
             continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
+        price = prices.get(model or default_model) or prices.get(default_model)
+        if price is None:
             return None
-        total += cost
+        total += (price.batch() if batched else price).cost(prompt or 0, completion or 0)
     return total
+
+
+def recorded_cost(
+    ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int, *, saved: bool = False
+) -> float | None:
+    """Estimated USD of the rows recorded so far that paid for their answers; ``saved``: of
+    the rows served by dedupe or the cache instead (what they would have cost)."""
+    return _estimate(ckpt, prices, default_model, below, f"NOT ({PAID})" if saved else PAID)
 
 
 def recorded_spend(
     ckpt: Checkpoint, prices: PriceTable, default_model: str, below: int
 ) -> float | None:
     """What the rows recorded so far cost, as ``--max-cost`` counts it: the spend the API
-    reported where it did, the estimate from tokens for the other rows. None when such a
-    row's model has no price."""
+    reported where it did, the estimate from tokens for the other rows that paid (a row
+    served by dedupe or the cache paid nothing). None when such a row's model has no price."""
     reported = ckpt.db.execute(
         "SELECT sum(reported_cost_usd) FROM results WHERE position < ?", (below,)
     ).fetchone()[0]
-    total = float(reported or 0.0)
-    for model, prompt, completion in ckpt.db.execute(
-        "SELECT model, sum(prompt_tokens), sum(completion_tokens) FROM results"
-        " WHERE position < ? AND reported_cost_usd IS NULL GROUP BY model",
-        (below,),
-    ):
-        if not (prompt or completion):
-            continue
-        cost = prices.cost(model or default_model, prompt or 0, completion or 0)
-        if cost is None:
-            cost = prices.cost(default_model, prompt or 0, completion or 0)
-        if cost is None:
-            return None
-        total += cost
-    return total
+    estimate = _estimate(
+        ckpt, prices, default_model, below, f"reported_cost_usd IS NULL AND {PAID}"
+    )
+    return None if estimate is None else float(reported or 0.0) + estimate
+
+
+def start_gate(
+    ckpt: Checkpoint,
+    prices: PriceTable,
+    budget: Budget,
+    *,
+    model: str,
+    max_tokens: int,
+    total: int,
+    mean_prompt_estimate: int,
+) -> BudgetGate:
+    """The gate of a run, with what the output's rows (those without usage at the estimate
+    of the module docstring) and the answers of rows left between re-asks have spent."""
+    gate = BudgetGate.for_run(
+        budget,
+        prices,
+        ckpt,
+        model=model,
+        max_tokens=max_tokens,
+        below=total,
+        mean_prompt_estimate=mean_prompt_estimate,
+    )
+    pending = ckpt.between_reasks(total)
+    pending_prompt = sum(r[2] or 0 for r in pending)
+    pending_completion = sum(r[3] or 0 for r in pending)
+    if gate.price is not None:
+        gate.spent_usd += gate.price.cost(pending_prompt, pending_completion)
+    gate.spent_tokens += pending_prompt + pending_completion
+    return gate
 
 
 class BudgetGate:
@@ -211,27 +239,6 @@ class BudgetGate:
         self.in_flight += 1
         return None
 
-    def settle_row(self, request: Request, result: RowResult | None, *, maybe_billed: bool) -> None:
-        """Settle a row's reservation by how it ended."""
-        # What was (or may have been) paid for: an answer, even one that could not be used,
-        # or a send whose outcome is unknown.
-        answered = result is not None and (
-            result.status == OK
-            or result.error_type in ("invalid_response", "internal_error")
-            or maybe_billed
-        )
-        r = result if result is not None and result.status == OK else None
-        self.settle(
-            request.prompt_tokens,
-            request.max_tokens,
-            answered,
-            r.prompt_tokens if r else None,
-            r.completion_tokens if r else None,
-            r.reported_cost_usd if r else None,
-            output=(r.completion, r.tool_calls, r.reasoning_content) if r else (),
-            hit_cap=r is None or r.finish_reason_normalized == "length",
-        )
-
     def settle(
         self,
         prompt_estimate: int,
@@ -264,3 +271,100 @@ class BudgetGate:
             self.spent_usd += reported_usd
         elif self.price is not None:
             self.spent_usd += self.price.cost(p, c)
+
+
+#: What a row's answers used so far: prompt and completion tokens, the reported USD.
+Spent = tuple[int, int, float | None]
+#: Failed rows whose answer was paid for all the same (it came, but could not be used).
+_PAID_ERRORS = ("invalid_response", "internal_error", "invalid_output")
+
+
+class RowBudget:
+    """The run's reservations under a :class:`BudgetGate`, one per admitted request: a row's
+    first send, and each of its re-asks, which settles the answered send before it admits
+    itself. ``prior``: what a row's earlier answers used (settled already, in this run or,
+    for a row an earlier run left between re-asks, counted in the gate's spent amounts)."""
+
+    def __init__(self, gate: BudgetGate) -> None:
+        self.gate = gate
+        self.prior: dict[int, Spent] = {}
+        #: Rows holding no reservation: a re-ask that was not admitted.
+        self.unreserved: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"RowBudget({self.gate!r}, between_reasks={len(self.prior)})"
+
+    @property
+    def active(self) -> bool:
+        return self.gate.active
+
+    def resume(self, states: Mapping[int, ReaskState]) -> None:
+        """Rows an earlier run left between re-asks: their answers are in the spent amounts."""
+        for pos, st in states.items():
+            self.prior[pos] = (*st.spent, st.reported_cost_usd)
+
+    async def admit(self, request: Request, stopping: Callable[[], bool]) -> str | None:
+        """Reserve a request's worst case. One that does not fit beside the requests in
+        flight waits for them to settle at what they really used; the cap stops the run
+        only when it does not fit even with nothing in flight."""
+        gate = self.gate
+        while True:
+            gate.settled.clear()
+            why = gate.admit(request.prompt_tokens, request.max_tokens)
+            if why is None:
+                self.unreserved.discard(request.position)
+            if why is None or gate.in_flight == 0 or stopping():
+                return why
+            await gate.settled.wait()
+
+    def answered(self, previous: Request, answer: RowResult, spent: Spent) -> None:
+        """``previous`` was answered (and is to be asked again): settle it at its usage.
+        ``spent``: what the row's answers have used so far."""
+        pos = previous.position
+        self.prior[pos] = spent
+        if self.active:
+            self.gate.settle(
+                previous.prompt_tokens,
+                previous.max_tokens,
+                True,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                answer.reported_cost_usd,
+            )
+            self.unreserved.add(pos)
+
+    def settle(self, outcome: Outcome) -> None:
+        """Replace the reservation of a row's last request by what it used: what was (or
+        may have been) paid for is an answer, even one that could not be used, or a send
+        whose outcome is unknown."""
+        request, result = outcome.request, outcome.result
+        pos = request.position
+        # A row left unfinished goes on from its prior next run.
+        none: Spent = (0, 0, None)
+        earlier = self.prior.pop(pos, none) if result is not None else self.prior.get(pos, none)
+        if not self.active or pos in self.unreserved:
+            self.unreserved.discard(pos)
+            return
+        answered = result is not None and (
+            result.status == OK or result.error_type in _PAID_ERRORS or outcome.maybe_billed
+        )
+        prompt, completion = (
+            (result.prompt_tokens, result.completion_tokens) if result else (None, None)
+        )
+        if (prompt, completion) != (None, None):
+            prompt, completion = (prompt or 0) - earlier[0], (completion or 0) - earlier[1]
+        usd = result.reported_cost_usd if result else None
+        if usd is not None:
+            usd -= earlier[2] or 0.0
+        r = result if result is not None and result.status == OK else None
+        self.gate.settle(
+            request.prompt_tokens,
+            request.max_tokens,
+            answered,
+            prompt,
+            completion,
+            usd,
+            # An answer without usage is booked from its text (see the module docstring).
+            output=(r.completion, r.tool_calls, r.reasoning_content) if r else (),
+            hit_cap=r is None or r.finish_reason_normalized == "length",
+        )

@@ -12,7 +12,9 @@ from batchrun.images import ImageProblem, check_ref, max_image_bytes, refs_of
 from batchrun.io.readers import MAX_NESTING, Where
 from batchrun.job import Job, RequestParams
 from batchrun.records import Request
+from batchrun.rowparams import row_overrides
 from batchrun.send.tracing import client_request_id, job_tag
+from batchrun.structured import tool_fields
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -55,14 +57,24 @@ def request_params(params: RequestParams) -> dict[str, Any]:
         out["stream"] = True
     if params.system is not None:
         out["system"] = params.system
-    if params.tools is not None:
-        out["tools"] = list(params.tools)
-    if params.tool_choice is not None:
-        out["tool_choice"] = params.tool_choice
+    out.update(tool_fields_of(params))
     if params.metadata is not None:
         out["metadata"] = params.metadata
     if params.extra_body is not None:
         out.update(params.extra_body)  # on purpose: the user's fields win
+    return out
+
+
+def tool_fields_of(params: RequestParams) -> dict[str, Any]:
+    """The body's ``tools`` and ``tool_choice``: the job's own, or the one forced tool of its
+    schema. The one place they are made, so a provider's dialect can translate them."""
+    if params.schema is not None:
+        return tool_fields(params.schema)
+    out: dict[str, Any] = {}
+    if params.tools is not None:
+        out["tools"] = list(params.tools)
+    if params.tool_choice is not None:
+        out["tool_choice"] = params.tool_choice
     return out
 
 
@@ -170,12 +182,24 @@ class RequestBuilder:
             assert self.column is not None
             messages, chars = self._messages(row.get(self.column), where)
         images, image_tokens = self._images(row, where) if self._image_columns else ((), 0)
+        params, max_tokens, system_chars = (
+            self._params,
+            self.job.params.max_tokens,
+            self._system_chars,
+        )
+        column = self.job.params_column
+        if column is not None:
+            own = row_overrides(row.get(column), self.job.params.model, self.file, column, where)
+            if own:
+                params = {**params, **own}
+                max_tokens = own.get("max_tokens", max_tokens)
+                system_chars = len(own.get("system", self.job.params.system or ""))
         return Request(
             position=position,
             messages=messages,
-            params=self._params,
-            max_tokens=self.job.params.max_tokens,
-            prompt_tokens=estimate_prompt_tokens(chars + self._system_chars) + image_tokens,
+            params=params,
+            max_tokens=max_tokens,
+            prompt_tokens=estimate_prompt_tokens(chars + system_chars) + image_tokens,
             images=images,
             client_request_id=client_request_id(self.trace_tag, self.row_id(row, position, where)),
         )

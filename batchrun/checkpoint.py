@@ -7,7 +7,13 @@ Layout: ``OUTPUT.checkpoint/`` (``out/labels.parquet`` → ``out/labels.checkpoi
 - ``results``: one row per finished input row (key: 0-based position), the output columns;
 - ``inflight``: rows sent whose outcome is not recorded yet, with their Idempotency-Key.
   An entry is committed *before* its request leaves, so after a crash it tells which rows
-  may have been paid for already, and the resend reuses the key.
+  may have been paid for already, and the resend reuses the key;
+- ``followers``: with dedupe, each row whose request repeats an earlier row's, and that
+  row (its leader, the first with that request). Worked out once per checkpoint, so a
+  rerun after a crash serves the followers of a recorded leader from the journal;
+- ``reasks``: rows of a ``--schema`` job being asked again: the follow-up and what earlier
+  answers used, committed (ending the answered send's in-flight mark) before the re-ask
+  leaves, so a rerun resends that very re-ask and the row keeps what was paid.
 
 WAL with ``synchronous=NORMAL``: a commit survives the process being killed (``kill -9``);
 only an operating-system crash may lose the last few milliseconds.
@@ -17,75 +23,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import operator
 import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchjournal import BATCH_SCHEMA, forget_unanswered
 from batchrun.errors import BatchrunError, CheckpointError, UsageError
-from batchrun.io.files import open_regular, regular_file, why_unwritable
-from batchrun.records import RESULT_COLUMNS, RowResult
+from batchrun.io.files import why_unwritable
+from batchrun.journal_schema import JOURNAL_VERSION as JOURNAL_VERSION
+from batchrun.journal_schema import MIGRATIONS, SCHEMA
+from batchrun.journal_schema import PAID as PAID
+from batchrun.records import RESULT_COLUMNS as RESULT_COLUMNS
+from batchrun.records import RowResult
 
-JOURNAL_VERSION = "5"
-#: How an older journal becomes the current one (in one transaction), rather than being
-#: refused: refusing would leave --restart, which pays for every row again. Result columns
-#: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
-#: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
-#: credits_used. 3 counts each in-flight mark once as
-#: possibly charged twice.
-_ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
-_MIGRATIONS: dict[str, tuple[str, ...]] = {
-    "1": (_ADD_COUNTED,),
-    "2": (_ADD_COUNTED,),
-    "3": (),
-    "4": (),
-}
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    position INTEGER PRIMARY KEY,
-    {", ".join(RESULT_COLUMNS)}
-);
-CREATE TABLE IF NOT EXISTS inflight (
-    position INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL,
-    -- 1 once a run has counted the row as possibly charged twice (it is counted once)
-    counted INTEGER NOT NULL DEFAULT 0
-);
-"""
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path, "input file") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class InputSignature:
-    """What identifies the input: size and content digest (mtime only as a shortcut)."""
-
-    size: int
-    mtime_ns: int
-    digest: str
-
-    @classmethod
-    def of(cls, path: Path, known: InputSignature | None = None) -> InputSignature:
-        st = regular_file(path, "input file")
-        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-            return known  # unchanged file: skip re-reading it
-        return cls(st.st_size, st.st_mtime_ns, file_digest(path))
-
-    def same_content(self, other: InputSignature) -> bool:
-        return self.size == other.size and self.digest == other.digest
+#: A row about to be asked again: (position, state JSON, prompt tokens, completion tokens).
+Reask = tuple[int, str, int | None, int | None]
 
 
 class Checkpoint:
@@ -133,13 +90,13 @@ class Checkpoint:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA + BATCH_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='journal_version'").fetchone()
             if version is None:
                 db.execute("INSERT INTO meta VALUES ('journal_version', ?)", (JOURNAL_VERSION,))
-            elif version[0] in _MIGRATIONS:
+            elif version[0] in MIGRATIONS:
                 db.execute("BEGIN IMMEDIATE")
-                for statement in _MIGRATIONS[version[0]]:
+                for statement in MIGRATIONS[version[0]]:
                     db.execute(statement)
                 have = {r[1] for r in db.execute("PRAGMA table_info(results)")}
                 for name in RESULT_COLUMNS:
@@ -254,6 +211,7 @@ class Checkpoint:
                 )
             else:
                 cur = db.execute("DELETE FROM results WHERE status='error'")
+            forget_unanswered(db)
         return cur.rowcount
 
     def write(
@@ -263,9 +221,11 @@ class Checkpoint:
         forget: Sequence[int] = (),
         keep: Sequence[int] = (),
         doubts: Sequence[int] = (),
+        reasks: Sequence[Reask] = (),
     ) -> None:
         """Record in one transaction: rows now in flight, finished rows (leaving flight, but
-        for those in ``keep``), and rows taken out of flight unsent.
+        for those in ``keep``), and rows taken out of flight unsent. ``reasks``: rows about
+        to be asked again (their answered send's key is spent; a finished row's state goes).
 
         ``keep``: failed rows whose last send's outcome is unknown (a timeout): the key stays
         for the resend that --retry-failed makes. ``doubts``: rows sent again after a send
@@ -280,6 +240,9 @@ class Checkpoint:
                 )
                 if new:
                     _add_meta_count(db, "possibly_charged_twice", new)
+            if reasks:
+                db.executemany("INSERT OR REPLACE INTO reasks VALUES (?, ?, ?, ?)", reasks)
+                db.executemany("DELETE FROM inflight WHERE position=?", [(r[0],) for r in reasks])
             if inflight:
                 db.executemany(
                     "INSERT OR REPLACE INTO inflight (position, idempotency_key) VALUES (?, ?)",
@@ -292,8 +255,19 @@ class Checkpoint:
                     "DELETE FROM inflight WHERE position=?",
                     [(r.position,) for r in results if r.position not in kept],
                 )
+                db.executemany(
+                    "DELETE FROM reasks WHERE position=?", [(r.position,) for r in results]
+                )
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
+
+    def between_reasks(self, below: int) -> list[Reask]:
+        """Rows left between their re-asks (not recorded): position, state, tokens used."""
+        return self.db.execute(
+            "SELECT position, state, prompt_tokens, completion_tokens FROM reasks"
+            " WHERE position < ? AND position NOT IN (SELECT position FROM results)",
+            (below,),
+        ).fetchall()
 
     def results_between(self, start: int, stop: int) -> list[tuple[Any, ...]]:
         """Recorded results with start <= position < stop, in position order."""
@@ -307,9 +281,14 @@ class Checkpoint:
         """Counts and sums over recorded rows with position < below, for the summary."""
         db = self.db
         row = db.execute(
-            "SELECT count(*), sum(status='ok'), sum(status='error'), sum(prompt_tokens),"
-            " sum(completion_tokens), sum(total_tokens), sum(attempts), sum(reported_cost_usd),"
-            " count(reported_cost_usd), sum(credits_used) FROM results WHERE position < ?",
+            "SELECT count(*), sum(status='ok'), sum(status='error'),"
+            f" sum(CASE WHEN {PAID} THEN prompt_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN completion_tokens END),"
+            f" sum(CASE WHEN {PAID} THEN total_tokens END),"
+            " sum(attempts), sum(reported_cost_usd), count(reported_cost_usd),"
+            " sum(credits_used), count(served_by), sum(served_by IS NULL AND coalesce(cached, 0)),"
+            f" sum(CASE WHEN NOT ({PAID}) THEN total_tokens END)"
+            " FROM results WHERE position < ?",
             (below,),
         ).fetchone()
         errors = dict(
@@ -336,9 +315,23 @@ class Checkpoint:
             "reported_cost_usd": row[7],
             "rows_cost_reported": row[8] or 0,
             "credits_used": row[9],
+            "rows_served_by_dedupe": row[10] or 0,
+            "rows_served_by_cache": row[11] or 0,
+            "tokens_saved": row[12] or 0,
             "errors_by_type": errors,
             "finish_reasons": reasons,
         }
+
+    def result_at(self, position: int) -> RowResult | None:
+        """The recorded result of one row, or None."""
+        row = self.db.execute(
+            f"SELECT position, {_COLUMN_LIST} FROM results WHERE position=?", (position,)
+        ).fetchone()
+        if row is None:
+            return None
+        result = RowResult(**dict(zip(("position", *RESULT_COLUMNS), row, strict=True)))
+        result.cached = bool(result.cached)
+        return result
 
     def latencies(self, below: int) -> list[float]:
         return [

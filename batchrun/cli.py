@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from batchrun import __version__
+from batchrun.cli_batch import cancel
+from batchrun.cli_cache import cache
 from batchrun.cli_common import (
     DEBUG_ENV,
     Stdout,
@@ -20,7 +22,8 @@ from batchrun.cli_common import (
     say,
     use_system_allocator,
 )
-from batchrun.cli_tools import compare, report, simulate
+from batchrun.cli_simulate import simulate
+from batchrun.cli_tools import compare, report
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
@@ -130,6 +133,26 @@ def main() -> None:
     "--tool-choice",
     help='auto, none, required, or JSON: {"type": "tool", "name": T}, {"type": "function", "function": {"name": T}}, {"type": "auto"} …',
 )
+@click.option(
+    "--schema",
+    help="JSON Schema of an object (a file, or inline JSON): sent as the one forced tool; "
+    "each answer's arguments are validated and written as one typed column per property.",
+)
+@click.option(
+    "--choices",
+    help="Shortcut for a schema with one enum property `label`, e.g. positive,negative,neutral.",
+)
+@click.option(
+    "--max-reasks",
+    type=int,
+    help="With --schema/--choices: times an invalid answer is asked again (with the "
+    "violation) before the row fails as invalid_output. [default: 2]",
+)
+@click.option(
+    "--params-column",
+    help="Column with each row's own parameters: an object with any of max_tokens, "
+    "temperature, top_p, top_k, frequency_penalty, stop_sequences, system, metadata.",
+)
 @click.option("--metadata", help="Metadata object as JSON, sent with every request.")
 @click.option(
     "--retry-failed",
@@ -193,6 +216,24 @@ def main() -> None:
 )
 @click.option("--group-by", help="With --expected-column: accuracy per value of this column too.")
 @click.option(
+    "--dedupe/--no-dedupe",
+    default=None,
+    help="Send a request repeated in the input once and write its answer to every such row "
+    "(served_by names the row that paid). [default: on when --temperature is 0, else off]",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Response cache folder shared across runs: an identical request (same base URL and "
+    "body) already answered is served from it at no cost (the `cached` column).",
+)
+@click.option(
+    "--cache-mode",
+    type=click.Choice(["read-write", "read-only", "refresh"]),
+    help="read-write: use and fill the cache; read-only: use it, add nothing; refresh: send "
+    "every request and replace what it holds. [default: read-write]",
+)
+@click.option(
     "--image-column",
     "image_columns",
     multiple=True,
@@ -206,6 +247,28 @@ def main() -> None:
     "--model-check/--no-model-check",
     default=None,
     help="Before sending, ask GET BASE_URL/models whether the model is served (exit 2 naming the closest names if not; a warning if the list cannot be had). [default: on]",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["live", "batch"]),
+    help="live: a request a row; batch: the provider's Batch API (half the price, answers "
+    "within hours; rerun the same command after any stop). [default: live]",
+)
+@click.option(
+    "--batch-api",
+    type=click.Choice(["gateway", "openai"]),
+    help="Batch API shape: the gateway's Message Batches, or OpenAI's (JSONL files; OpenAI, "
+    "vLLM, LiteLLM). [default: gateway]",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    help="Requests a batch (at most 100000; a batch also stays under 256 MB). [default: 100000]",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    help="Seconds between polls of a running batch; doubled on errors up to 300. [default: 30]",
 )
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
@@ -259,9 +322,11 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     sys.exit(summary.exit_code)
 
 
+main.add_command(cancel)
 main.add_command(report)
 main.add_command(compare)
 main.add_command(simulate)
+main.add_command(cache)
 
 
 if __name__ == "__main__":  # pragma: no cover

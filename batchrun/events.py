@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchrun.records import RowResult
+from batchrun.records import OK, RowResult
 from batchrun.send.limits import Limiter
 
 
@@ -22,11 +22,24 @@ class Progress:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: Invalid structured answers asked again (--schema).
+    reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     limiter: Limiter | None = None
     #: position → monotonic time its current send started, for rows in a send now.
     sending_since: dict[int, float] = field(default_factory=dict)
+
+    def count(self, result: RowResult, *, paid: bool = True) -> None:
+        """A row recorded: its status, and its tokens if it paid for its answer (a row
+        served by dedupe or the cache did not), into the counters."""
+        if result.status == OK:
+            self.ok += 1
+            if paid:
+                self.prompt_tokens += result.prompt_tokens or 0
+                self.completion_tokens += result.completion_tokens or 0
+        else:
+            self.error += 1
 
     @property
     def done(self) -> int:

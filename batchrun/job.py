@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchopts import MODES, BatchOptions, check_batchable
 from batchrun.checks import check, check_base_url, is_int, is_number, template_columns
 from batchrun.errors import UsageError
+from batchrun.pacing import Budget, Limits, RetryPolicy
 from batchrun.profiles import GATEWAY, Profile, get_profile
+from batchrun.structured import check_schema
 from batchrun.tools import normalize_tool_choice, normalize_tools
+
+__all__ = ["Budget", "Job", "Limits", "RequestParams", "RetryPolicy"]
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
@@ -38,6 +43,11 @@ ERROR_TYPES = (
     "redirect",
     "invalid_image",
     "internal_error",
+    "invalid_output",
+    # Batch mode (``--mode batch``): the batch's result for the row was not a message.
+    "batch_errored",
+    "batch_canceled",
+    "batch_expired",
 )
 
 
@@ -66,6 +76,9 @@ class RequestParams:
     #: only what the model's documented schema has (the gateway refuses other fields of
     #: Claude models).
     extra_body: dict[str, Any] | None = None
+    #: A JSON Schema of an object (``--schema``, ``--choices``): sent as the one tool, forced,
+    #: and each answer's arguments validated against it (:mod:`batchrun.structured`).
+    schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check(
@@ -109,6 +122,12 @@ class RequestParams:
             object.__setattr__(
                 self, "tool_choice", normalize_tool_choice(self.tool_choice, self.tools)
             )
+        if self.schema is not None:
+            check_schema(self.schema)
+            check(
+                self.tools is None and self.tool_choice is None,
+                "--schema (or --choices) sends its own forced tool: drop --tools and --tool-choice",
+            )
         if self.metadata is not None:
             check(isinstance(self.metadata, dict), "metadata must be an object")
         if self.extra_body is not None:
@@ -117,7 +136,7 @@ class RequestParams:
                 "messages" not in self.extra_body,
                 "extra_body must not hold messages (they come from the rows)",
             )
-        for name in ("tools", "tool_choice", "metadata", "extra_body"):
+        for name in ("tools", "tool_choice", "metadata", "extra_body"):  # schema: above
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -132,91 +151,8 @@ class RequestParams:
                     ) from None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """How hard to push the API."""
-
-    concurrency: int = 16
-    #: Requests per minute, spread evenly; None = find the sustainable rate from 429s.
-    requests_per_minute: float | None = None
-    #: Tokens per minute (prompt estimate + max_tokens before sending, real usage after).
-    tokens_per_minute: float | None = None
-
-    def __post_init__(self) -> None:
-        check(
-            is_int(self.concurrency) and 1 <= self.concurrency <= 10_000,
-            f"concurrency must be an integer from 1 to 10000, got {self.concurrency!r}",
-        )
-        for name in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, name)
-            if value is not None:
-                check(
-                    is_number(value) and value > 0,
-                    f"{name} must be a positive number, got {value!r}",
-                )
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """What to do when a request does not succeed. Waits are in seconds."""
-
-    max_attempts: int = 6
-    #: Per request, whole request including reading the (streamed) answer.
-    timeout_s: float = 120.0
-    #: A streamed answer silent this long has stalled, the wait for its first byte included.
-    #: (A non-streamed answer arrives in one piece at the end: only ``timeout_s`` applies.)
-    read_timeout_s: float = 60.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    #: A Retry-After longer than this stops the run (resumably) instead of hanging.
-    max_retry_after_s: float = 600.0
-    #: Stop the run after this many consecutive rows failed with the same non-retryable error.
-    same_error_stop_after: int = 20
-
-    def __post_init__(self) -> None:
-        check(
-            is_int(self.max_attempts) and self.max_attempts >= 1,
-            f"max_attempts must be an integer >= 1, got {self.max_attempts!r}",
-        )
-        check(
-            is_number(self.timeout_s) and self.timeout_s > 0,
-            f"timeout must be a positive number of seconds, got {self.timeout_s!r}",
-        )
-        check(
-            is_number(self.read_timeout_s) and self.read_timeout_s > 0,
-            f"read_timeout must be a positive number of seconds, got {self.read_timeout_s!r}",
-        )
-        check(
-            self.backoff_initial_s >= 0 and self.backoff_max_s >= self.backoff_initial_s,
-            "backoff waits must be >= 0 and max >= initial",
-        )
-        check(self.max_retry_after_s >= 0, "max_retry_after_s must be >= 0")
-        check(
-            is_int(self.same_error_stop_after) and self.same_error_stop_after >= 1,
-            "same_error_stop_after must be an integer >= 1",
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Budget:
-    """Caps over the whole output (earlier runs' rows count): stop starting requests before
-    a cap would be crossed."""
-
-    max_cost_usd: float | None = None
-    max_tokens_total: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_cost_usd is not None:
-            check(
-                is_number(self.max_cost_usd) and self.max_cost_usd > 0,
-                f"max_cost must be a positive amount of USD, got {self.max_cost_usd!r}",
-            )
-        if self.max_tokens_total is not None:
-            check(
-                is_int(self.max_tokens_total) and self.max_tokens_total > 0,
-                f"max_tokens_total must be a positive integer, got {self.max_tokens_total!r}",
-            )
-
+#: How ``--cache`` is used (see ``Job.cache_mode``).
+CACHE_MODES = ("read-write", "read-only", "refresh")
 
 #: How a completion is compared with the expected answer.
 MATCH_RULES = ("exact", "ignore_case", "contains", "regex")
@@ -274,12 +210,46 @@ class Job:
     #: The provider profile by name (:data:`batchrun.profiles.PROFILES`); None: the one
     #: the base URL implies.
     provider: str | None = None
+    #: Send a request repeated within the input once and give every such row its answer.
+    #: None: on when the job is deterministic (temperature 0), off otherwise (repeats at a
+    #: higher temperature may be wanted as separate samples).
+    dedupe: bool | None = None
+    #: A response cache shared across runs (a folder holding one SQLite file); None: none.
+    cache_dir: Path | None = None
+    #: read-write (use and fill), read-only (use, never add), refresh (never use, replace).
+    cache_mode: str = "read-write"
     #: Columns holding each row's images (paths relative to the input, URLs, bytes).
     image_columns: tuple[str, ...] = ()
     #: Ask ``GET {base_url}/models`` whether the model is served before sending.
     model_check: bool = True
+    #: With a schema: how often an invalid answer is asked again before the row fails.
+    max_reasks: int = 2
+    #: A column holding each row's own request parameters (an object; null: none).
+    params_column: str | None = None
+    #: live (one request a row) or batch (the provider's Batch API, see BatchOptions).
+    mode: str = "live"
+    batch: BatchOptions = field(default_factory=BatchOptions)
 
     def __post_init__(self) -> None:
+        check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "batch":
+            check_batchable(self.params, self.budget, self.batch.api)
+            # A batch is sent whole: no row can wait for another's answer or a cache look-up.
+            check(
+                not self.dedupe and self.cache_dir is None,
+                "--dedupe and --cache work in --mode live only (a batch sends every row it holds)",
+            )
+            check(
+                self.params.schema is None and self.params_column is None,
+                "--schema, --choices and --params-column work in --mode live only "
+                "(an invalid answer is asked again at once, and a row's own parameters "
+                "are checked against what a live request takes)",
+            )
+        check(
+            self.cache_dir is None or self.params.schema is None,
+            "--cache does not keep the validated answers of --schema or --choices yet: "
+            "run without one of them",
+        )
         suffix = self.input_path.suffix.lower()
         check(
             suffix in (".jsonl", ".parquet", ".ndjson"),
@@ -335,6 +305,27 @@ class Job:
                 is_int(self.limit) and self.limit >= 1,
                 f"limit must be an integer >= 1, got {self.limit!r}",
             )
+        check(
+            is_int(self.max_reasks) and 0 <= self.max_reasks <= 10,
+            f"max_reasks must be an integer from 0 to 10, got {self.max_reasks!r}",
+        )
+        check(
+            self.dedupe is None or isinstance(self.dedupe, bool),
+            f"dedupe must be true or false, got {self.dedupe!r}",
+        )
+        check(
+            self.cache_mode in CACHE_MODES,
+            f"cache_mode must be one of {', '.join(CACHE_MODES)}, got {self.cache_mode!r}",
+        )
+
+    @property
+    def dedupe_enabled(self) -> bool:
+        """Whether identical requests are sent once (see ``dedupe``)."""
+        if self.mode == "batch":
+            return False  # a batch sends every row it holds (see __post_init__)
+        if self.dedupe is not None:
+            return self.dedupe
+        return self.params.temperature == 0
 
     @property
     def profile(self) -> Profile:
@@ -364,6 +355,7 @@ class Job:
             "messages_column": self.messages_column,
             "template": self.template,
             "id_column": self.id_column,
+            "params_column": self.params_column,
             "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
             # Only where it is not the gateway's: checkpoints from before profiles resume.
             **({} if self.profile is GATEWAY else {"provider": self.profile.name}),

@@ -7,13 +7,22 @@ Nothing is sent here; every refusal is a :class:`CheckpointError` (exit 5) or a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from batchrun.checkpoint import Checkpoint, InputSignature
+from batchrun.batchjournal import check_mode
+from batchrun.checkpoint import Checkpoint
+from batchrun.dedupe import (
+    DigestCollector,
+    collect_digests,
+    find_followers,
+    store_followers,
+    unrecorded_followers,
+)
 from batchrun.errors import CheckpointError, InputError, InvalidInput, UsageError
 from batchrun.io.files import regular_file
 from batchrun.io.readers import iter_batches
+from batchrun.io.signature import InputSignature
 from batchrun.job import Job
 from batchrun.scan import MAX_REPORTED_ERRORS, Scan, regex_error, scan_input
 
@@ -38,6 +47,8 @@ class Prepared:
     #: What the journal records once the output is complete, to rerun a finished job in
     #: an instant.
     finished_marker: dict[str, Any]
+    #: With dedupe: rows not recorded yet whose request repeats an earlier row's → that row.
+    followers: dict[int, int] = field(default_factory=dict)
 
     @property
     def already_complete(self) -> bool:
@@ -94,12 +105,16 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
                 + ("empty" if existed else "missing"),
                 hint="use --restart to send every row again and replace it, or another --output",
             )
-        scan = validate(job)
+        # Dedupe's digests are taken in the validation pass: no second read of the input.
+        collector = DigestCollector(job) if job.dedupe_enabled else None
+        scan = validate(job, collector)
         ckpt.set_meta(
             fingerprint=fingerprint,
             input=input_meta(InputSignature.of(job.input_path)),
             scan=scan.to_meta(),
         )
+        if collector is not None:
+            store_plan(ckpt, collector)
     else:
         changed = fingerprint_diff(stored, fingerprint)
         if changed:
@@ -113,6 +128,14 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
         # made the checkpoint may not have checked the patterns of a --match regex added now.
         if job.grading is not None and job.grading.match == "regex":
             check_patterns(job, job.grading.expected_column)
+        if job.dedupe_enabled and ckpt.get_meta("dedupe_plan") is None:
+            store_plan(ckpt, collect_digests(job, scan))  # started without dedupe
+    check_mode(job.mode, ckpt)
+    checked = ckpt.get_meta("batch_checked") or []
+    if job.mode == "batch" and job.batch.api not in checked:
+        if stored is not None:  # made by a run that did not check this batch shape
+            validate(job)
+        ckpt.set_meta(batch_checked=[*checked, job.batch.api])
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     retrying = ckpt.forget_failed(job.only_error_types) if job.retry_failed else 0
     check_grading(job, scan)
@@ -124,11 +147,18 @@ def prepare(job: Job, ckpt: Checkpoint) -> Prepared:
         possibly_charged_twice=ckpt.count_possibly_charged_twice(below=total),
         retrying=retrying,
         finished_marker={"rows": total, "grading": repr(job.grading)},
+        followers=unrecorded_followers(ckpt, below=total) if job.dedupe_enabled else {},
     )
 
 
-def validate(job: Job) -> Scan:
-    scan = scan_input(job)
+def store_plan(ckpt: Checkpoint, collector: DigestCollector) -> None:
+    """Work out which rows repeat an earlier row's request and store it in the journal."""
+    followers, leaders = find_followers(collector.digests, collector.rows)
+    store_followers(ckpt, followers, leaders)
+
+
+def validate(job: Job, collector: DigestCollector | None = None) -> Scan:
+    scan = scan_input(job, on_request=None if collector is None else collector.add)
     if scan.errors:
         raise InvalidInput(scan.errors, scan.invalid_rows)
     return scan

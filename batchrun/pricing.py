@@ -10,6 +10,8 @@ from Python (:meth:`PriceTable.with_overrides`) or from a TOML file
     [models."anthropic/claude-3-opus"]
     input = 15.0     # USD per million prompt tokens
     output = 75.0    # USD per million completion tokens
+    batch_input = 7.5     # optional: the Batch API's rates (default: half the list price)
+    batch_output = 37.5
 
 Lookups forgive the two ways one model goes by several names: a provider prefix
 (``anthropic/claude-3-opus`` is ``claude-3-opus``) and a dated snapshot suffix
@@ -30,6 +32,10 @@ from batchrun.errors import UsageError
 from batchrun.io.files import open_regular
 
 _MTOK = 1_000_000
+
+#: What the Batch API costs against the list price, where a price file says nothing else.
+BATCH_DISCOUNT = 0.5
+_KEYS = ("input", "output", "batch_input", "batch_output")
 
 #: (USD per million input tokens, USD per million output tokens), list prices as of 2026-11.
 _DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -64,12 +70,33 @@ class Price:
 
     input_per_mtok: float
     output_per_mtok: float
+    #: The Batch API's rates (None: BATCH_DISCOUNT of the list price).
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("input_per_mtok", "output_per_mtok"):
+        for name in (
+            "input_per_mtok",
+            "output_per_mtok",
+            "batch_input_per_mtok",
+            "batch_output_per_mtok",
+        ):
             value = getattr(self, name)
+            if value is None and name.startswith("batch_"):
+                continue
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def batch(self) -> Price:
+        """The price of a request sent through the Batch API."""
+        return Price(
+            self.batch_input_per_mtok
+            if self.batch_input_per_mtok is not None
+            else self.input_per_mtok * BATCH_DISCOUNT,
+            self.batch_output_per_mtok
+            if self.batch_output_per_mtok is not None
+            else self.output_per_mtok * BATCH_DISCOUNT,
+        )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """The cost in USD of this many prompt and completion tokens."""
@@ -121,15 +148,21 @@ class PriceTable:
             where = f"model {model!r}"
             if not isinstance(entry, Mapping):
                 raise UsageError(f"{where}: expected a table with keys input and output")
-            unknown = sorted(set(entry) - {"input", "output"})
+            unknown = sorted(set(entry) - set(_KEYS))
             if unknown:
                 raise UsageError(
-                    f"{where}: unknown key {unknown[0]!r}", hint="the keys are input and output"
+                    f"{where}: unknown key {unknown[0]!r}",
+                    hint="the keys are input and output (and batch_input, batch_output)",
                 )
             base = self.get(model)
-            figures: dict[str, float] = {}
-            for key in ("input", "output"):
+            figures: dict[str, float | None] = {}
+            for key in _KEYS:
                 value = entry.get(key)
+                if value is None and key.startswith("batch_"):
+                    # Kept from the bundled entry only when the list price is kept too.
+                    keep = base is not None and not ({"input", "output"} & set(entry))
+                    figures[key] = getattr(base, f"{key}_per_mtok") if keep and base else None
+                    continue
                 if value is None:
                     if base is None:
                         raise UsageError(
@@ -144,7 +177,9 @@ class PriceTable:
                     raise UsageError(f"{where}: {key} must be >= 0 USD per million tokens")
                 figures[key] = float(value)
             prices.pop(model, None)  # re-inserted last so it wins its family (see __init__)
-            prices[model] = Price(figures["input"], figures["output"])
+            inp, out = figures["input"], figures["output"]
+            assert inp is not None and out is not None
+            prices[model] = Price(inp, out, figures["batch_input"], figures["batch_output"])
         return PriceTable(prices)
 
     @classmethod

@@ -8,6 +8,8 @@ journal version bump (new columns are added to older journals automatically).
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -91,10 +93,16 @@ class Completion:
 
 
 def column(
-    arrow_type: pa.DataType, meaning: str, *, nullable: bool = True, default: Any = None
+    arrow_type: pa.DataType,
+    meaning: str,
+    *,
+    nullable: bool = True,
+    default: Any = None,
+    output: bool = True,
 ) -> Any:
-    """A result column: its Arrow type and meaning ride on the RowResult field."""
-    meta = {"arrow": arrow_type, "meaning": meaning, "nullable": nullable}
+    """A result column: its Arrow type and meaning ride on the RowResult field.
+    ``output=False``: kept in the journal only (finalize derives output columns from it)."""
+    meta = {"arrow": arrow_type, "meaning": meaning, "nullable": nullable, "output": output}
     if default is MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
@@ -143,6 +151,22 @@ class RowResult:
     )
     credits_used: int | None = column(
         pa.int64(), "credits the gateway reported for the row ($1 = 2,000,000)"
+    )
+    served_by: int | None = column(
+        pa.int64(),
+        "0-based input position of the row whose request paid for this answer (dedupe); "
+        "null for a row that paid itself",
+    )
+    cached: bool = column(
+        pa.bool_(),
+        "the answer came from the response cache (--cache): nothing was paid "
+        "(null in rows recorded before the column existed)",
+        default=False,
+    )
+    #: With --schema: the validated tool-call arguments as compact JSON. Finalize turns them
+    #: into one typed column per property (batchrun.typed), so this stays in the journal.
+    arguments: str | None = column(
+        pa.string(), "validated tool-call arguments as JSON (--schema)", output=False
     )
 
     @classmethod
@@ -204,13 +228,51 @@ class RowResult:
             inference_id=inference_id,
         )
 
+    def answer(self) -> Completion:
+        """The answer of an ok row, as the client made it (what the response cache keeps)."""
+        return Completion(
+            text=self.completion,
+            finish_reason=self.finish_reason,
+            tool_calls=self.tool_calls,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+            model=self.model,
+            response_id=self.response_id,
+            reported_cost_usd=self.reported_cost_usd,
+            reasoning_content=self.reasoning_content,
+        )
+
+    def served(self, position: int, *, leader: int) -> RowResult:
+        """This answer written to a row whose request is the same as this one's (dedupe):
+        nothing was sent for it, nothing paid (its usage columns say what the answer used,
+        ``served_by`` says which row paid)."""
+        return dataclasses.replace(
+            self,
+            position=position,
+            served_by=leader,
+            cached=False,
+            attempts=0,
+            latency_ms=None,
+            reported_cost_usd=None,
+            # No request went out for this row: no id of its own, no charge of its own
+            # (the leader's row holds both).
+            client_request_id=None,
+            inference_id=None,
+            credits_used=None,
+            finished_at=time.time(),
+        )
+
 
 #: The result columns in order (``position`` is the journal's key, not a column).
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RowResult))[1:]
-#: The output's result fields, derived from the declarations above.
+#: The output's result fields, derived from the declarations above (journal-only ones left out).
 RESULT_FIELDS: tuple[pa.Field, ...] = tuple(
     pa.field(f.name, f.metadata["arrow"], nullable=f.metadata["nullable"])
     for f in fields(RowResult)[1:]
+    if f.metadata["output"]
 )
+#: Index in a journal result tuple (position first) of each output result field.
+OUTPUT_INDEXES: tuple[int, ...] = tuple(RESULT_COLUMNS.index(f.name) + 1 for f in RESULT_FIELDS)
 #: What each result column means (for the README and ``--help``).
 RESULT_MEANINGS: dict[str, str] = {f.name: f.metadata["meaning"] for f in fields(RowResult)[1:]}

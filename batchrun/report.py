@@ -85,6 +85,13 @@ class Report:
     credits_used: int | None
     #: Rows whose answer carried the model's reasoning (schema 3; 0 in older files).
     rows_with_reasoning: int
+    #: Rows answered without a request (schema 5; 0 in older files): by a row with the same
+    #: request (dedupe), by the response cache; the tokens of their answers and what those
+    #: would have cost. Tokens and costs above count only the rows that paid.
+    rows_served_by_dedupe: int
+    rows_served_by_cache: int
+    tokens_saved: int
+    estimated_cost_saved_usd: float | None
     #: Of ok rows: p50 p90 p95 p99 (linear interpolation) and max. Error answers are often
     #: instant (a 500 in 1 ms) and would drag the percentiles of real answers down.
     latency_ms: dict[str, float | None]
@@ -260,7 +267,15 @@ def build_report(
     """
     table, version = read_columns(path, group_by)
     notes: list[str] = []
-    costs = _costs(table, prices if prices is not None else PriceTable.default())
+    prices = prices if prices is not None else PriceTable.default()
+    served = pc.is_valid(table.column("served_by"))
+    cached = pc.and_(
+        pc.is_null(table.column("served_by")), pc.fill_null(table.column("cached"), False)
+    )
+    free = pc.or_(served, cached)
+    paid, saved = table.filter(pc.invert(free)), table.filter(free)
+    costs = _costs(paid, prices)
+    saved_costs = _costs(saved, prices)
     priced = [v for v in costs.values() if v is not None]
     if unpriced := [k for k, v in costs.items() if v is None]:
         notes.append(f"no price known for {', '.join(unpriced)}; left out of the estimated cost")
@@ -283,9 +298,9 @@ def build_report(
         by_status={"ok": 0, "error": 0} | _tally(table.column("status"), None),
         by_finish_reason=_tally(table.column("finish_reason_normalized"), "unknown"),
         by_error_type=_tally(table.column("error_type"), None),
-        prompt_tokens=_sum(table.column("prompt_tokens")),
-        completion_tokens=_sum(table.column("completion_tokens")),
-        total_tokens=_sum(table.column("total_tokens")),
+        prompt_tokens=_sum(paid.column("prompt_tokens")),
+        completion_tokens=_sum(paid.column("completion_tokens")),
+        total_tokens=_sum(paid.column("total_tokens")),
         estimated_cost_usd=math.fsum(priced) if priced or not costs else None,
         cost_by_model=costs,
         reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
@@ -294,6 +309,10 @@ def build_report(
         if table.column("credits_used").null_count < table.num_rows
         else None,
         rows_with_reasoning=non_null(Path(path), "reasoning_content"),
+        rows_served_by_dedupe=_sum(served),
+        rows_served_by_cache=_sum(cached),
+        tokens_saved=_sum(saved.column("total_tokens")),
+        estimated_cost_saved_usd=math.fsum(v for v in saved_costs.values() if v is not None),
         latency_ms=_percentiles(latency, PERCENTILES),
         latency_histogram=_histogram(latency, 20, 0.1),
         error_latency_ms=_percentiles(failed, (0.5,)),

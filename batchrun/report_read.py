@@ -36,6 +36,8 @@ _COLUMNS = {
     "finished_at": pa.timestamp("ms", tz="UTC"),
     "reported_cost_usd": pa.float64(),
     "credits_used": pa.int64(),
+    "served_by": pa.int64(),
+    "cached": pa.bool_(),
 }
 #: Figures of the run that only its summary holds, read from ``OUTPUT.summary.json``.
 _RUN_FIGURES = (

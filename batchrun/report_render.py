@@ -83,6 +83,23 @@ def overview(r: Report) -> Section:
             if r.schema_version not in ("1", "2")
             else []
         ),
+        # Only where dedupe or the cache served rows (and in schema 5 outputs at all).
+        *(
+            [
+                (
+                    "rows served by dedupe (no request)",
+                    [count("rows-dedupe", r.rows_served_by_dedupe)],
+                ),
+                (
+                    "rows served by the cache (no request)",
+                    [count("rows-cached", r.rows_served_by_cache)],
+                ),
+                ("tokens saved", [count("tokens-saved", r.tokens_saved)]),
+                ("estimated cost saved (USD)", [usd("cost-saved", r.estimated_cost_saved_usd)]),
+            ]
+            if r.rows_served_by_dedupe or r.rows_served_by_cache
+            else []
+        ),
         ("requests (attempts of the rows)", [count("requests", r.requests)]),
         ("retries (attempts beyond the first)", [count("retries", r.retries)]),
         ("first finished (UTC)", [when("wall-first", r.first_finished_at)]),

@@ -1,11 +1,10 @@
-"""The run: a short driver over the stages. ``run_job`` is the library entry point; the CLI
-is a thin layer over it.
+"""The run: a short driver over the stages; ``run_job`` is the library entry point.
 
-prepare (lock, journal, checks, scan) → send (:mod:`batchrun.send`, with the journal plugged
-into its hooks) → finalize (one Parquet file) → summarize. The producer walks the input,
-skips recorded rows and reserves the budget; the pool takes a slot before it creates each
-task; every outcome goes to the one journal writer. A failed row is a row, never an
-exception out of the pool.
+prepare (lock, journal, checks, scan) → send (:mod:`batchrun.send` with the journal plugged
+into its hooks, or :mod:`batchrun.batchmode`) → finalize (one Parquet file) → summarize. The
+producer walks the input, skips recorded rows and reserves the budget; the pool takes a slot
+before it creates each task; every outcome goes to the one journal writer. A failed row is a
+row, never an exception out of the pool.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ import contextlib
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncGenerator
 
-from batchrun.budget import NO_USAGE_NOTICE, BudgetGate
-from batchrun.builder import RequestBuilder
+from batchrun.batchmode import BatchMode
+from batchrun.budget import NO_USAGE_NOTICE, BudgetGate, RowBudget, start_gate
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
 from batchrun.errors import (
@@ -33,15 +31,18 @@ from batchrun.errors import (
 )
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
-from batchrun.io.readers import iter_batches
 from batchrun.job import Budget, Job
 from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
-from batchrun.records import OK, Request
+from batchrun.produce import BUDGET_HINT, Producer
+from batchrun.records import OK, Request, RowResult
 from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
+from batchrun.send.reask import ReaskingSender, ReaskState, load_states
+from batchrun.serve import Shortcuts, open_shortcuts
 from batchrun.sink import JournalWriter
+from batchrun.structured import AnswerCheck
 from batchrun.summarize import summarize
 from batchrun.summary import Summary
 
@@ -49,12 +50,7 @@ from batchrun.summary import Summary
 GRACE_S = 5.0
 #: Seconds between heartbeat events while sending (the progress line off a terminal).
 TICK_S = 10.0
-BUDGET_HINT = "raise --max-cost / --max-tokens-total and rerun the same command to continue"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _ignore(_: Event) -> None:
-    pass
 
 
 class _Run:
@@ -88,8 +84,16 @@ class _Run:
         self.journal_error: CheckpointError | None = None
         self.prices = PriceTable.load(job.prices_path) if job.prices_path else PriceTable.default()
         # The real gate, with the price and what was spent, is made once the journal is open.
-        self.gate = BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
+        self.budget = RowBudget(
+            BudgetGate(Budget(), None, model=job.params.model, spent_usd=0, spent_tokens=0)
+        )
         self._ticker: asyncio.TimerHandle | None = None
+        self.batch: BatchMode | None = None
+        #: Answers without a request: dedupe's followers, the response cache.
+        self.shortcuts: Shortcuts | None = None
+
+    def notice(self, message: str) -> None:
+        self.emit(Event("notice", self.progress, message=message))
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -105,7 +109,9 @@ class _Run:
         # Nothing waits on: not the producer for a slot or for the budget, not a row for
         # a slot, a pause or a rate limit.
         self.limiter.stop()
-        self.gate.settled.set()
+        self.budget.gate.settled.set()
+        if self.batch is not None:
+            self.batch.wake.set()  # a poll's wait ends
 
     def on_signal(self, signum: int) -> None:
         self.signals += 1
@@ -121,6 +127,8 @@ class _Run:
             asyncio.get_running_loop().call_later(GRACE_S, self.pool.cancel)
         else:
             self.pool.cancel()
+        if self.batch is not None:
+            self.batch.interrupt(now=self.signals > 1, grace_s=GRACE_S)
 
     def journal_failed(self, exc: BaseException) -> None:
         """Nothing more can be recorded: stop at once rather than pay for rows that would
@@ -179,6 +187,24 @@ class _Run:
     def cancelled(self, outcome: Outcome) -> None:
         self.on_outcome(outcome)
 
+    async def before_reask(
+        self, request: Request, previous: Request, answer: RowResult, state: ReaskState
+    ) -> None:
+        """An invalid answer is to be asked again: settle the answered send, record the
+        re-ask's state (the answered send's key leaves flight with it), admit the re-ask."""
+        assert self.writer is not None
+        self.progress.reasks += 1
+        self.budget.answered(previous, answer, (*state.spent, state.reported_cost_usd))
+        try:
+            await self.writer.record_reask(request.position, state.to_json(), *state.spent)
+        except JournalFailed:
+            raise NotSent from None  # the run is stopping (see journal_failed)
+        if self.budget.active:
+            why = await self.budget.admit(request, self.stopping)
+            if why is not None:
+                self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                raise NotSent
+
     # --- outcomes ---------------------------------------------------------------------------
 
     def on_outcome(self, outcome: Outcome) -> None:
@@ -186,8 +212,7 @@ class _Run:
         assert self.writer is not None
         request, result, p = outcome.request, outcome.result, self.progress
         p.sending_since.pop(request.position, None)
-        if self.gate.active:
-            self.gate.settle_row(request, result, maybe_billed=outcome.maybe_billed)
+        self.budget.settle(outcome)
         if outcome.stop is not None:
             self.stop(
                 RunStopped(
@@ -195,6 +220,7 @@ class _Run:
                     hint=self.resume_hint(),
                 )
             )
+        served = self.shortcuts.answered(request.position, result) if self.shortcuts else []
         if result is None:
             # Left for the next run. Its in-flight mark stays if the server may hold its
             # key: the resend reuses it and the row counts as possibly charged twice.
@@ -202,57 +228,29 @@ class _Run:
                 self.writer.forget_inflight(request.position)
             return
         self.writer.record(result, keep_key=outcome.maybe_billed)
-        if result.status == OK:
-            if result.total_tokens is None and not self.said_no_usage:
-                self.said_no_usage = True
-                self.emit(Event("notice", p, message=NO_USAGE_NOTICE))
-            p.ok += 1
-            p.prompt_tokens += result.prompt_tokens or 0
-            p.completion_tokens += result.completion_tokens or 0
-        else:
-            p.error += 1
-        self.emit(Event("row", p, result=result))
+        if result.status == OK and result.total_tokens is None and not self.said_no_usage:
+            self.said_no_usage = True
+            self.notice(NO_USAGE_NOTICE)
+        self.count(result)
+        # Queued in the same loop turn as the leader's row, so the writer commits them in
+        # the same transaction: no crash leaves a leader recorded and its followers not.
+        self.record_served(served)
 
-    # --- the producer -----------------------------------------------------------------------
+    def record_served(self, rows: list[RowResult]) -> None:
+        """Record rows answered without a request (followers, cache hits)."""
+        assert self.writer is not None
+        for row in rows:
+            self.writer.record(row)
+            self.count(row, paid=False)
 
-    async def requests(self, prep: Prepared) -> AsyncGenerator[Request, None]:
-        """Rows not yet recorded, as requests, each admitted under the budget."""
-        job, total, scan = self.job, prep.total, prep.scan
-        bits = self.ckpt.done_bitmap(total)
-        builder = RequestBuilder(job, str(job.input_path))
-        builder.mode, builder.column, builder.id_column = scan.mode, scan.column, scan.id_column
-        for batch in iter_batches(job.input_path):
-            if self._stopping or batch.start >= total:
-                return
-            for offset, row in enumerate(batch.rows):
-                pos = batch.start + offset
-                if pos >= total or self._stopping:
-                    return
-                if bits[pos >> 3] & (1 << (pos & 7)):
-                    continue
-                assert row is not None  # the scan proved every row valid
-                request = builder.build(row, pos, batch.where(offset))
-                if self.gate.active:
-                    why = await self.admit(request)
-                    if why is not None:
-                        self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
-                        return
-                yield request
-            await asyncio.sleep(0)  # let workers run between input batches
-
-    async def admit(self, request: Request) -> str | None:
-        """Reserve a request's worst case under the budget. One that does not fit beside
-        the requests in flight waits for them to settle at what they really used; the cap
-        stops the run only when it does not fit even with nothing in flight."""
-        gate = self.gate
-        while True:
-            gate.settled.clear()
-            why = gate.admit(request.prompt_tokens, request.max_tokens)
-            if why is None or gate.in_flight == 0 or self._stopping:
-                return why
-            await gate.settled.wait()
+    def count(self, result: RowResult, *, paid: bool = True) -> None:
+        self.progress.count(result, paid=paid)
+        self.emit(Event("row", self.progress, result=result))
 
     async def send(self, prep: Prepared) -> None:
+        if self.job.mode == "batch":
+            self.batch = BatchMode(self, self.job, self.ckpt, prep, self.api_key)
+            return await self.batch.drive()
         async with self.client_factory(self.job, self.api_key) as client:
             if self.job.model_check:
                 fresh = not prep.resumed and not prep.inflight_keys
@@ -263,11 +261,25 @@ class _Run:
             self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)
             try:
                 sender = RowSender(client, self.limiter, self.job.retry, self, prep.inflight_keys)
-                async with contextlib.aclosing(self.requests(prep)) as requests:
-                    await self.pool.run(requests, sender.send, self.on_outcome)
+                worker = sender.send
+                schema = self.job.params.schema
+                if schema is not None:
+                    states = load_states(self.ckpt.between_reasks(prep.total))
+                    self.budget.resume(states)
+                    reasking = ReaskingSender(
+                        sender, AnswerCheck(schema), self.job.max_reasks, self, states
+                    )
+                    worker = reasking.send
+                producer = Producer(self.job, prep, self.ckpt, self.budget, self.shortcuts,
+                                    stopping=self.stopping, stop=self.stop,
+                                    record_served=self.record_served)  # fmt: skip
+                async with contextlib.aclosing(producer.requests()) as requests:
+                    await self.pool.run(requests, worker, self.on_outcome)
             finally:
                 if self._ticker is not None:
                     self._ticker.cancel()
+                if self.shortcuts is not None:
+                    self.shortcuts.close()
                 await writer.close()
 
     def tick(self) -> None:
@@ -289,17 +301,17 @@ class _Run:
             if job.retry_failed:
                 self.emit(Event("notice", p, message=f"retrying {prep.retrying:,} failed rows"))
             self.possibly_charged_twice = prep.possibly_charged_twice
+            self.shortcuts = open_shortcuts(job, ckpt, prep.followers, self.notice)
+            if prep.followers:
+                self.notice(
+                    f"dedupe: {len(prep.followers):,} rows repeat an earlier row's request "
+                    "and get its answer without a request"
+                )
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
-            self.gate = BudgetGate.for_run(
-                job.budget,
-                self.prices,
-                ckpt,
-                model=job.params.model,
-                max_tokens=job.params.max_tokens,
-                below=total,
-                mean_prompt_estimate=prep.scan.estimated_prompt_tokens
-                // max(1, prep.scan.total_rows),
-            )
+            mean_prompt = prep.scan.estimated_prompt_tokens // max(1, prep.scan.total_rows)
+            self.budget = RowBudget(start_gate(ckpt, self.prices, job.budget, model=job.params.model,
+                                               max_tokens=job.params.max_tokens, total=total,
+                                               mean_prompt_estimate=mean_prompt))  # fmt: skip
             if (
                 prep.already_complete
                 and ckpt.get_meta("finalized") == prep.finished_marker
@@ -339,17 +351,11 @@ class _Run:
     def finish(self, prep: Prepared, started: float) -> Summary:
         total = prep.total
         done = self.ckpt.done_count(below=total)
-        summary = summarize(
-            self.job,
-            self.ckpt,
-            self.progress,
-            self.prices,
-            total=total,
-            resumed=prep.resumed,
-            possibly_charged_twice=self.possibly_charged_twice,
-            wall_s=time.monotonic() - started,
-            state="complete" if done == total else "partial",
-        )
+        summary = summarize(self.job, self.ckpt, self.progress, self.prices, total=total,
+                            resumed=prep.resumed, possibly_charged_twice=self.possibly_charged_twice,
+                            wall_s=time.monotonic() - started,
+                            state="complete" if done == total else "partial",
+                            batch_ignored=self.batch.ignored_total if self.batch else 0)  # fmt: skip
         error = self.stop_error
         if error is not None:
             summary.stop_reason = str(error)
@@ -379,7 +385,7 @@ async def run_job(
     the last two carry ``.summary`` and leave a resumable checkpoint.
     """
     api_key = get_api_key(job)
-    run = _Run(job, on_event or _ignore, api_key, client_factory)
+    run = _Run(job, on_event or (lambda _: None), api_key, client_factory)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     if handle_signals:

@@ -31,6 +31,7 @@ from batchrun.io.readers import (
 )
 from batchrun.job import Job
 from batchrun.records import Request
+from batchrun.send.batch import batch_problem
 
 #: Invalid rows kept with their messages (all are counted).
 MAX_REPORTED_ERRORS = 1000
@@ -140,6 +141,12 @@ def scan_input(
             except InputError as e:
                 add(e)
                 continue
+            if (
+                job.mode == "batch"
+                and (problem := batch_problem(request, job.batch.api)) is not None
+            ):
+                add(InputError(problem, file=file, column=builder.column, **where))
+                continue
             if builder.id_column is not None:
                 if first_id is None:
                     first_id = (type(rid), where)
@@ -166,6 +173,10 @@ def scan_input(
     if builder.id_column is not None and id_keys:
         _check_unique_ids(job, builder, id_keys, add)
     schema = parquet_schema(path) if fmt == "parquet" else jsonl_schema(types)
+    if job.params_column is not None and job.params_column not in schema.names:
+        raise UsageError(
+            f"{file}: params column {job.params_column!r} not found; columns are: {', '.join(schema.names)}"
+        )
     assert builder.mode is not None
     return Scan(
         total,

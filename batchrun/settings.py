@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from batchrun.batchopts import BatchOptions
 from batchrun.checks import check
 from batchrun.errors import UsageError
 from batchrun.fastjson import encodes
@@ -28,6 +29,7 @@ from batchrun.job import (
     RequestParams,
     RetryPolicy,
 )
+from batchrun.structured import choices_schema, load_schema
 from batchrun.tools import CHOICE_WORDS
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
@@ -39,11 +41,12 @@ SETTING_KEYS = frozenset(
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header provider expected_column match group_by
-    image_columns extra_body model_check
+    image_columns extra_body model_check dedupe cache cache_mode mode batch_api batch_size
+    poll_interval schema choices max_reasks params_column
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 
-_PATH_KEYS = ("input", "output", "prices")
+_PATH_KEYS = ("input", "output", "prices", "cache")
 
 
 def load_job_file(path: Path) -> dict[str, Any]:
@@ -68,6 +71,9 @@ def load_job_file(path: Path) -> dict[str, Any]:
         if key in data:
             check(isinstance(data[key], str), f"job file {path}: {key} must be a string path")
             data[key] = os.path.normpath(path.parent / data[key])
+    schema = data.get("schema")
+    if isinstance(schema, str) and not schema.lstrip().startswith("{"):  # a path, not JSON
+        data["schema"] = os.path.normpath(path.parent / schema)
     return data
 
 
@@ -95,6 +101,20 @@ def _tool_choice(value: Any) -> Any:
     return _parse_json_setting("tool_choice", value)
 
 
+def _schema(schema: Any, choices: Any) -> dict[str, Any] | None:
+    """``schema`` (inline JSON, a TOML table or a file path) or ``choices`` (a, b, c)."""
+    check(schema is None or choices is None, "give only one of --schema and --choices")
+    if choices is not None:
+        return choices_schema(choices)
+    if schema is None:
+        return None
+    check(
+        isinstance(schema, str | dict),
+        f"schema must be JSON text, a table or a path, got {schema!r}",
+    )
+    return load_schema(schema)
+
+
 def _grading(s: dict[str, Any]) -> Grading | None:
     expected = s.pop("expected_column", None)
     match = s.pop("match", None)
@@ -110,11 +130,12 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
-    "provider",
+    "provider", "cache", "cache_mode", "mode", "batch_api", "params_column",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
-    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "model_check",
+    "system_as_message", "stream", "retry_failed", "restart", "dry_run", "quiet", "dedupe",
+    "model_check",
 )  # fmt: skip
 
 
@@ -169,6 +190,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
     stop = s.pop("stop", ())
     if isinstance(stop, str):
         stop = (stop,)
+    schema = _schema(s.pop("schema", None), s.pop("choices", None))
     try:
         params = RequestParams(
             model=s.pop("model", DEFAULT_MODEL),
@@ -185,6 +207,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             tool_choice=_tool_choice(s.pop("tool_choice", None)),
             metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
             extra_body=_parse_json_setting("extra_body", s.pop("extra_body", None)),
+            schema=schema,
         )
         limits = Limits(
             concurrency=s.pop("concurrency", Limits.concurrency),
@@ -230,8 +253,19 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
             cost_header=s.pop("cost_header", None),
             provider=s.pop("provider", None),
+            dedupe=s.pop("dedupe", None),
+            cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
+            cache_mode=s.pop("cache_mode", "read-write"),
             image_columns=_names(s.pop("image_columns", ())),
             model_check=s.pop("model_check", True),
+            max_reasks=s.pop("max_reasks", 2),
+            params_column=s.pop("params_column", None),
+            mode=s.pop("mode", "live"),
+            batch=BatchOptions(
+                api=s.pop("batch_api", BatchOptions.api),
+                size=s.pop("batch_size", BatchOptions.size),
+                poll_interval_s=s.pop("poll_interval", BatchOptions.poll_interval_s),
+            ),
         )
     except TypeError as exc:  # a job-file value of the wrong kind reaching a comparison
         raise UsageError(f"a job setting has the wrong type: {exc}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from batchrun.checkpoint import Checkpoint
+from batchrun.checkpoint import Checkpoint, Reask
 from batchrun.errors import JournalFailed
 from batchrun.records import RowResult
 
@@ -34,6 +34,16 @@ class _KeepKey:
 
     def __init__(self, result: RowResult) -> None:
         self.result = result
+
+
+class _Reask:
+    """A row about to be asked again (see ``record_reask``)."""
+
+    __slots__ = ("done", "row")
+
+    def __init__(self, row: Reask, done: asyncio.Future[None]) -> None:
+        self.row = row
+        self.done = done
 
 
 class JournalWriter:
@@ -68,6 +78,19 @@ class JournalWriter:
             raise JournalFailed(self.failure)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((position, key, fut))
+        await fut
+
+    async def record_reask(
+        self, position: int, state: str, prompt_tokens: int | None, completion_tokens: int | None
+    ) -> None:
+        """Record that ``position`` is about to be asked again (its state, what its answers
+        used); returns once committed, so the re-ask leaves only after its state is on disk.
+
+        Raises the commit's error if the journal cannot be written."""
+        if self.failure is not None:
+            raise JournalFailed(self.failure)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Reask((position, state, prompt_tokens, completion_tokens), fut))
         await fut
 
     def record(self, result: RowResult, *, keep_key: bool = False) -> None:
@@ -106,6 +129,7 @@ class JournalWriter:
             forget: list[int] = []
             keep: list[int] = []
             doubts: list[int] = []
+            reasks: list[Reask] = []
             for item in items:
                 if item is _STOP:
                     stop = True
@@ -121,8 +145,11 @@ class JournalWriter:
                     forget.append(item)
                 elif isinstance(item, _CountDoubt):
                     doubts.append(item.position)
+                elif isinstance(item, _Reask):
+                    reasks.append(item.row)
+                    waiters.append(item.done)
             try:
-                self._ckpt.write(marks, results, forget, keep, doubts)
+                self._ckpt.write(marks, results, forget, keep, doubts, reasks)
             except Exception as exc:
                 self.failure = exc
                 for w in waiters:
@@ -142,5 +169,6 @@ class JournalWriter:
         """Fail the marks still queued: their requests must not leave."""
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, tuple) and not item[2].done():
-                item[2].set_exception(JournalFailed(exc))
+            waiter = item[2] if isinstance(item, tuple) else getattr(item, "done", None)
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_exception(JournalFailed(exc))

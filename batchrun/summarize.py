@@ -3,6 +3,7 @@ latency from the output file, accuracy when graded."""
 
 from __future__ import annotations
 
+from batchrun.batchjournal import batch_summary
 from batchrun.budget import recorded_cost, recorded_spend, unknown_usage
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Progress
@@ -23,6 +24,7 @@ def summarize(
     possibly_charged_twice: int,
     wall_s: float,
     state: str,
+    batch_ignored: int = 0,
 ) -> Summary:
     """The summary of a run over the first ``total`` rows of the output."""
     agg = ckpt.aggregate(total)
@@ -46,6 +48,7 @@ def summarize(
         requests_sent=p.requests,
         retries=p.retries,
         rate_limited=p.rate_limited,
+        reasks=p.reasks,
         rows_possibly_charged_twice=possibly_charged_twice,
         prompt_tokens=agg["prompt_tokens"],
         completion_tokens=agg["completion_tokens"],
@@ -59,9 +62,20 @@ def summarize(
         rows_without_usage=without_usage,
         reported_cost_usd=_round(agg["reported_cost_usd"]),
         rows_cost_reported=agg["rows_cost_reported"],
+        rows_served_by_dedupe=agg["rows_served_by_dedupe"],
+        rows_served_by_cache=agg["rows_served_by_cache"],
+        tokens_saved=agg["tokens_saved"],
+        estimated_cost_saved_usd=_round(
+            recorded_cost(ckpt, prices, job.params.model, total, saved=True)
+        ),
         credits_used=agg["credits_used"],
         spent_usd=_round(spent),
     )
+    if job.mode == "batch" or batch_ignored:
+        summary.mode = job.mode
+        info = batch_summary(ckpt)
+        summary.batches, summary.batches_in_doubt = info["batches"], info["batches_in_doubt"]
+        summary.batch_results_ignored = batch_ignored
     grading = job.grading
     if grading is not None and output.exists():
         summary.graded_rows, summary.accuracy, summary.accuracy_by_group = accuracy(

@@ -29,9 +29,13 @@ class Summary:
     requests_sent: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: Invalid structured answers (--schema) asked again, in this run.
+    reasks: int = 0
     #: Rows that were in flight when an earlier run died: the API may have billed them
     #: once already; they were sent again (with the same Idempotency-Key).
     rows_possibly_charged_twice: int = 0
+    #: Tokens and estimated cost of the rows that paid for their answers (rows served by
+    #: dedupe or the cache are counted under saved).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -39,6 +43,12 @@ class Summary:
     estimated_cost_usd: float | None = None
     #: Ok rows whose answer said no usage (tokens null): their tokens are not in the sums.
     rows_without_usage: int = 0
+    #: Rows answered without a request: by a row with the same request (dedupe), by the
+    #: response cache; the tokens their answers used and what those would have cost.
+    rows_served_by_dedupe: int = 0
+    rows_served_by_cache: int = 0
+    tokens_saved: int = 0
+    estimated_cost_saved_usd: float | None = None
     #: The sum of the costs the server reported (the gateway's cost headers or stream
     #: meta, or --cost-header), over the rows it reported.
     reported_cost_usd: float | None = None
@@ -58,6 +68,15 @@ class Summary:
     accuracy_by_group: dict[str, float] = field(default_factory=dict)
     stop_reason: str | None = None
     exit_code: int = 0
+    #: live, or batch (the provider's Batch API: the cost above is at the batch rate).
+    mode: str = "live"
+    #: Batch mode: the job's batches by state (open ones with the provider's last state).
+    batches: dict[str, int] = field(default_factory=dict)
+    #: Batch mode: chunks whose create may have been answered without its id being
+    #: recorded (a crash in that window); their rows are in rows_possibly_charged_twice.
+    batches_in_doubt: list[str] = field(default_factory=list)
+    #: Batch mode: result lines ignored (not a result, unknown or repeated custom_id).
+    batch_results_ignored: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -88,7 +107,9 @@ class Summary:
             f"batchrun: {self.state} — {self.rows_ok:,} ok, {self.rows_error:,} error"
             + (f", {self.rows_pending:,} not done" if self.rows_pending else "")
             + f" of {self.rows_total:,} rows → {self.output}",
-            f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,})"
+            f"  requests {self.requests_sent:,} (retries {self.retries:,}, 429s {self.rate_limited:,}"
+            + (f", re-asks {self.reasks:,}" if self.reasks else "")
+            + ")"
             f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
             f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}"
             + (
@@ -106,6 +127,16 @@ class Summary:
                 else ""
             ),
         ]
+        if self.rows_served_by_dedupe or self.rows_served_by_cache:
+            out.append(
+                f"  served without a request: {self.rows_served_by_dedupe:,} rows by dedupe, "
+                f"{self.rows_served_by_cache:,} by the cache; saved {self.tokens_saved:,} tokens"
+                + (
+                    f", est. ${self.estimated_cost_saved_usd:,.4f}"
+                    if self.estimated_cost_saved_usd is not None
+                    else ""
+                )
+            )
         if self.errors_by_type:
             out.append(
                 "  errors: "
@@ -122,6 +153,19 @@ class Summary:
                 f"  accuracy {self.accuracy:.1%} of {self.graded_rows:,} graded rows"
                 + (f" ({groups})" if groups else "")
             )
+        if self.mode == "batch":
+            out.append(
+                "  batch mode: "
+                + (", ".join(f"{k} {v:,}" for k, v in sorted(self.batches.items())) or "no batches")
+                + ", cost at the batch rate"
+                + (
+                    f", {self.batch_results_ignored:,} result lines ignored"
+                    if self.batch_results_ignored
+                    else ""
+                )
+            )
+            for name in self.batches_in_doubt:
+                out.append(f"  possibly created twice (killed before its id was recorded): {name}")
         if self.stop_reason:
             out.append(f"  stopped: {self.stop_reason}")
         return out

@@ -2,6 +2,7 @@
 until it exits 0; then every input id must be in the output exactly once.
 
     python -m bench.kill_loop [--rows 5000] [--concurrency 32] [--kills 20]
+    python -m bench.kill_loop --batch [--batch-size 500]   # the same through the Batch API
 
 Reports unique ids, duplicate paid requests (the simulator counts fresh answers given twice
 for one Idempotency-Key) and the bound they are held to (kills x concurrency).
@@ -39,6 +40,15 @@ def main() -> None:
         action="store_true",
         help="the simulator replays answers for a known key",
     )
+    ap.add_argument(
+        "--choices",
+        help="label with --choices (a forced tool): kills land between answers and re-asks too",
+    )
+    ap.add_argument(
+        "--invalid-rate", type=float, default=0.0, help="the simulator's share of invalid answers"
+    )
+    ap.add_argument("--batch", action="store_true", help="--mode batch (the Batch API)")
+    ap.add_argument("--batch-size", type=int, default=500)
     opts = ap.parse_args()
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="batchrun-kill-") as d:
@@ -49,13 +59,26 @@ def main() -> None:
                 f.write(json.dumps({"id": f"r{i}", "prompt": f"prompt number {i}"}) + "\n")
         out = tmp / "out.parquet"
         extra = ["--honor-idempotency"] if opts.honor_idempotency else []
+        extra += ["--invalid-rate", str(opts.invalid_rate)]
+        if opts.batch:
+            extra += ["--batch-delay", "1.5"]
         sim = Simulator(
             "--latency-ms", str(opts.latency_ms), "--jitter-ms", str(opts.latency_ms / 3), *extra
         )
         args = [
             sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
             "--base-url", sim.url, "--concurrency", str(opts.concurrency), "--quiet",
+            *(["--choices", opts.choices, "--max-failure-rate", "1"] if opts.choices else []),
         ]  # fmt: skip
+        if opts.batch:
+            args += [
+                "--mode",
+                "batch",
+                "--batch-size",
+                str(opts.batch_size),
+                "--poll-interval",
+                "0.2",
+            ]
         env = dict(os.environ, AIMLAPI_KEY="bench-key")
         kills = runs = 0
         t0 = time.perf_counter()
@@ -98,9 +121,22 @@ def main() -> None:
             f"simulator: {stats['requests']:,} requests, {stats['ok']:,} fresh answers, "
             f"{stats['replayed']:,} replayed for a known Idempotency-Key, billed twice {stats['billed_twice']} ({stats['keys_billed_twice']} rows)"
         )
+        if opts.batch:
+            print(
+                f"batches: {stats['batches_created']} created ({stats['batch_creates_replayed']} creates "
+                f"answered with an existing batch), {stats['batch_requests']:,} requests in them: "
+                f"{stats['batch_requests'] - opts.rows:,} beyond one a row; chunks possibly created "
+                f"twice: {len(summary['batches_in_doubt'])}"
+            )
         print(
             f"bound: kills x concurrency = {kills * opts.concurrency}; rows counted as possibly charged twice: {summary['rows_possibly_charged_twice']}"
         )
+        if opts.choices:
+            attempts = sum(table.column("attempts").to_pylist())
+            print(
+                f"re-asks: {stats['followups']:,} follow-ups answered; attempts in the output "
+                f"{attempts:,}; labels: {sorted(set(table.column('label').to_pylist()) - {None})}"
+            )
 
 
 if __name__ == "__main__":

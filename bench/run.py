@@ -7,6 +7,8 @@ Markdown table and saved under ``bench/``.
     python -m bench.run            # every scenario, full size
     python -m bench.run --quick    # smaller inputs, for day-to-day work
     python -m bench.run --only A,C # some scenarios
+    python -m bench.run --quick --only I   # dedupe on (no repeats) against dedupe off
+    python -m bench.run --quick --only J   # --mode batch
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -66,6 +69,9 @@ class Simulator:
         line = self.proc.stderr.readline()
         if "listening" not in line:
             raise RuntimeError(f"simulator did not start: {line}")
+        # Keep reading what it says later (a line per re-ask it answers): a full pipe would
+        # stop the simulator mid-answer.
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def stats(self) -> dict[str, Any]:
@@ -270,6 +276,8 @@ def scenario(
     )
     if stats.get("billed_twice"):
         note += f"; billed twice {stats['billed_twice']}"
+    if stats.get("batches_created"):
+        note += f"; {stats['batches_created']} batches, {stats.get('requests', 0)} chat requests"
     if run.exit_code not in (0,):
         note += f"; {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}"
     done = int(s.get("rows_ok", 0)) + int(s.get("rows_error", 0))
@@ -432,6 +440,48 @@ def main() -> None:
                 )
         if want("H"):  # images and peak memory (bench/image_bench.py)
             extra += image_bench.scenario(tmp, 2_000 if q else 10_000)
+        if want("I"):  # dedupe's cost where it saves nothing: A with no repeated prompt
+            n = 5_000 if q else 20_000
+            rates: dict[str, list[Row]] = {"on": [], "off": []}
+            for i in range(3):  # alternated, so that drift on a shared machine hits both
+                for mode, flags in (("on", []), ("off", ["--no-dedupe"])):
+                    rates[mode].append(
+                        scenario(
+                            f"I{mode}{i}",
+                            "",
+                            tmp,
+                            n,
+                            [],
+                            ["--concurrency", "64", "--temperature", "0", *flags],
+                            0.0,
+                            "",
+                        )
+                    )
+            on, off = (
+                sorted(rates[m], key=lambda r: r.rows_per_s)[1] for m in ("on", "off")
+            )  # the median of three
+            on.scenario, on.setup, on.ideal = (
+                "I",
+                "as A at temperature 0, dedupe on, no repeats",
+                off.rows_per_s,
+            )
+            on.target = "≥ 95 % of dedupe off"
+            table.append(on)
+            extra.append(
+                f"- I: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
+                f"({on.sending_rows_per_s:,.0f} while sending) against dedupe off "
+                f"{off.rows_per_s:,.0f} ({off.sending_rows_per_s:,.0f}): ratio "
+                f"{on.rows_per_s / off.rows_per_s:.3f}; client CPU-s / 1k rows {on.cpu_per_1k:.3f} "
+                f"against {off.cpu_per_1k:.3f} (medians of three runs each, alternated)."
+            )
+        if want("J"):  # batch mode: the Batch API, two batches of 100,000
+            n = 50_000 if q else 200_000
+            r = scenario(
+                "J", f"--mode batch, {n:,} rows, batches of 100,000, 2 s each", tmp, n,
+                ["--batch-delay", "2"], ["--mode", "batch", "--poll-interval", "0.5"], 0.0,
+                "peak RSS ≤ 300 MB; zero chat requests",
+            )  # fmt: skip
+            table.append(r)
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
     lines = [

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,19 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def kill_at_random_moments(args: list[str], env: dict[str, str], rng: Any, runs: int = 4) -> int:
+    """Start ``args`` (a batchrun command) ``runs`` times, each SIGKILLed after 0.8-1.6 s
+    unless it ended first; returns how many were killed."""
+    kills = 0
+    for _ in range(runs):
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.8, 1.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(10)
+    return kills

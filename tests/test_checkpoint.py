@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.batchjournal import open_chunks, record_chunk
+from batchrun.budget import recorded_cost
 from batchrun.checkpoint import JOURNAL_VERSION, RESULT_COLUMNS, Checkpoint
 from batchrun.errors import CheckpointError
+from batchrun.pricing import PriceTable
 from batchrun.records import RowResult
 
 
@@ -47,12 +50,16 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
+        "ALTER TABLE results DROP COLUMN arguments",
+        "ALTER TABLE results DROP COLUMN cached",
+        "ALTER TABLE results DROP COLUMN served_by",
         "ALTER TABLE results DROP COLUMN credits_used",
         "ALTER TABLE results DROP COLUMN inference_id",
         "ALTER TABLE results DROP COLUMN client_request_id",
         "ALTER TABLE results DROP COLUMN reasoning_content",
         "ALTER TABLE results DROP COLUMN reported_cost_usd",
         "ALTER TABLE inflight DROP COLUMN counted",
+        "DROP TABLE followers",
         "INSERT INTO inflight VALUES (5, 'key-5')",
         "UPDATE meta SET value='1' WHERE key='journal_version'",
         (f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values),
@@ -111,6 +118,29 @@ def test_a_version_2_journal_gains_the_counted_column(tmp_path: Path) -> None:
     assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
     assert again.count_possibly_charged_twice(below=10) == 1
     assert again.count_possibly_charged_twice(below=10) == 1
+    again.close()
+
+
+def test_a_version_6_journal_gains_the_batch_tables_and_is_priced_at_list_price(
+    tmp_path: Path,
+) -> None:
+    _closed_journal(
+        tmp_path,
+        "DROP TABLE batch_rows",
+        "DROP TABLE batches",
+        "UPDATE meta SET value='6' WHERE key='journal_version'",
+        "INSERT INTO results (position, status, model, prompt_tokens, completion_tokens)"
+        " VALUES (0, 'ok', 'anthropic/claude-3-opus', 1000000, 0)",
+    )
+    again = _reopen(tmp_path)
+    assert again.open() is True
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION) == 8
+    assert open_chunks(again) == 0
+    prices = PriceTable.default()
+    assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 15.0
+    # A row answered through a batch is priced at the batch rate.
+    record_chunk(again, "k", [(0, "r0")])
+    assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 7.5
     again.close()
 
 

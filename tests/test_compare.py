@@ -300,8 +300,8 @@ def test_schema_versions_1_2_and_3_compare(tmp_path: Path) -> None:
     assert c.baseline.reported_cost_usd is None
     assert c.cost_basis == "estimated"  # the baseline reported nothing
     # A newer version with a result column this batchrun does not know is read by name.
-    served_by = pa.field("served_by", pa.string())
-    v9 = write(tmp_path / "v9.parquet", v3_rows, version="9", add=[served_by])
+    unknown = pa.field("a_column_of_the_future", pa.string())
+    v9 = write(tmp_path / "v9.parquet", v3_rows, version="9", add=[unknown])
     c = compare_outputs(v3, v9)
     assert c.mismatches == [] and c.accuracy is not None
     assert (c.accuracy.rows, c.accuracy.right_to_wrong, c.accuracy.wrong_to_right) == (10, 0, 0)

@@ -18,7 +18,7 @@ import pytest
 
 from batchrun.io.writers import SCHEMA_VERSION
 from batchrun.simulate import completion_for, reasoning_for, usage_for
-from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.conftest import ROOT, kill_at_random_moments, run_cli, write_jsonl
 
 pytestmark = pytest.mark.e2e
 
@@ -264,17 +264,8 @@ def test_kill_9_at_random_points_then_resume_gives_every_row_exactly_once(
         "--quiet",
     ]
     rng = random.Random(7)
-    kills = 0
     env = {"AIMLAPI_KEY": "test-key", "PATH": "/usr/bin:/bin"}
-    for _ in range(4):
-        proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(0.8, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(10)
+    kills = kill_at_random_moments(args, env, rng)
     assert kills >= 3
     for _ in range(3):
         final = run_cli(

@@ -44,7 +44,13 @@ def result_row(i: int, rng: random.Random, *, ok: bool, model: str, at: datetime
     """One output row, with every result column set the way a run would set it."""
     p, c = rng.randint(20, 900), rng.randint(1, 60)
     row: dict[str, Any] = {f.name: None for f in RESULT_FIELDS}
-    row |= {"id": i, "prompt": f"prompt {i}", "attempts": rng.randint(1, 3), "finished_at": at}
+    row |= {
+        "cached": False,
+        "id": i,
+        "prompt": f"prompt {i}",
+        "attempts": rng.randint(1, 3),
+        "finished_at": at,
+    }
     row["latency_ms"] = round(rng.uniform(40.0, 4000.0), 3)
     if ok:
         finish = rng.choice([("end_turn", "stop"), ("max_tokens", "length"), ("stop", "stop")])
@@ -628,6 +634,40 @@ def test_schema_2_output_has_no_reasoning(tmp_path: Path) -> None:
         del r["reasoning_content"]
     report = build_report(write(tmp_path / "v2.parquet", rows, old))
     assert report.schema_version == "2" and report.rows_with_reasoning == 0
+
+
+def test_rows_served_by_dedupe_and_the_cache_are_counted_apart_from_paid_tokens(
+    tmp_path: Path,
+) -> None:
+    rows = make_rows(40)
+    for i, r in enumerate(rows):
+        r["served_by"] = 0 if i % 5 == 1 else None
+        r["cached"] = i % 5 == 2
+    report = build_report(write(tmp_path / "v5.parquet", rows))
+    dedupe = [r for r in rows if r["served_by"] is not None]
+    cached = [r for r in rows if r["cached"]]
+    paid = [r for r in rows if r["served_by"] is None and not r["cached"]]
+    assert report.rows_served_by_dedupe == len(dedupe) == 8
+    assert report.rows_served_by_cache == len(cached) == 8
+    assert report.total_tokens == sum(r["total_tokens"] or 0 for r in paid)
+    assert report.tokens_saved == sum(r["total_tokens"] or 0 for r in dedupe + cached)
+    assert report.estimated_cost_saved_usd is not None and report.estimated_cost_saved_usd > 0
+    _, parsed = parse(report)
+    assert int(parsed.value("rows-dedupe")) == 8 and int(parsed.value("rows-cached")) == 8
+
+
+def test_schema_4_output_has_no_served_rows(tmp_path: Path) -> None:
+    old = pa.schema(
+        [f for f in schema() if f.name not in ("served_by", "cached")],
+        metadata={**(schema().metadata or {}), b"batchrun.schema_version": b"4"},
+    )
+    rows = make_rows(20)
+    for r in rows:
+        del r["served_by"], r["cached"]
+    report = build_report(write(tmp_path / "v4.parquet", rows, old))
+    assert report.schema_version == "4"
+    assert report.rows_served_by_dedupe == report.rows_served_by_cache == report.tokens_saved == 0
+    assert report.total_tokens == sum(r["total_tokens"] or 0 for r in rows)
 
 
 def rows_ok_and_instant_errors() -> list[dict[str, Any]]:

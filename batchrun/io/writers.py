@@ -11,7 +11,7 @@ import contextlib
 import glob
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun import __version__
-from batchrun.records import RESULT_COLUMNS, RESULT_FIELDS
+from batchrun.records import OUTPUT_INDEXES, RESULT_COLUMNS, RESULT_FIELDS
 
 #: 2 added reported_cost_usd, 3 reasoning_content, 4 client_request_id, inference_id and
-#: credits_used (readers take older files by column name).
-SCHEMA_VERSION = "4"
+#: credits_used, 5 served_by and cached, 6 the typed columns of a --schema job after the
+#: result columns (readers take older files by column name).
+SCHEMA_VERSION = "6"
 
 RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS) | {"id"}
 #: Prefix for input columns whose names are taken by result columns.
@@ -76,9 +77,11 @@ def output_schema(
     id_column: str | None,
     graded: bool = False,
     job: dict[str, Any] | None = None,
+    typed: Sequence[pa.Field] = (),
 ) -> pa.Schema:
-    """id, the input columns (renamed on collision), the result columns, then ``correct``
-    when graded; versioned, with ``job`` (JSON) under :data:`JOB_KEY` when given."""
+    """id, the input columns (renamed on collision), the result columns, ``correct`` when
+    graded, then the ``typed`` columns of a structured output; versioned, with ``job``
+    (JSON) under :data:`JOB_KEY` when given."""
     id_type = input_schema.field(id_column).type if id_column else pa.int64()
     fields = [pa.field("id", id_type, nullable=False)]
     names = carried_names(input_schema.names, id_column, graded)
@@ -88,6 +91,7 @@ def output_schema(
     fields.extend(RESULT_FIELDS)
     if graded:
         fields.append(CORRECT_FIELD)
+    fields.extend(typed)
     metadata = {
         b"batchrun.schema_version": SCHEMA_VERSION.encode(),
         b"batchrun.version": __version__.encode(),
@@ -99,9 +103,10 @@ def output_schema(
 
 def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
     """Arrow arrays of the result columns from journal tuples (position first)."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_FIELDS) + 1)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(RESULT_COLUMNS) + 1)
     arrays = []
-    for f, values in zip(RESULT_FIELDS, columns[1:], strict=True):
+    for f, index in zip(RESULT_FIELDS, OUTPUT_INDEXES, strict=True):
+        values = columns[index]
         if pa.types.is_timestamp(f.type):
             # The journal keeps Unix seconds (float); the output, milliseconds.
             arrays.append(
@@ -109,6 +114,9 @@ def result_arrays(rows: list[tuple[Any, ...]]) -> list[pa.Array]:
                     [None if v is None else int(v * 1000) for v in values], type=pa.int64()
                 ).cast(f.type)
             )
+        elif pa.types.is_boolean(f.type):
+            # SQLite keeps booleans as 0/1 (null in rows recorded before the column existed).
+            arrays.append(pa.array([None if v is None else bool(v) for v in values], type=f.type))
         else:
             arrays.append(pa.array(values, type=f.type))
     return arrays
@@ -121,9 +129,10 @@ def output_batch(
     results: list[tuple[Any, ...]],
     id_column: str | None,
     correct: pa.Array | None = None,
+    typed: Sequence[pa.Array] = (),
 ) -> pa.RecordBatch:
-    """One output batch: ids, the input columns, the results (all the same length, in order)
-    and the grades when the job grades."""
+    """One output batch: ids, the input columns, the results (all the same length, in order),
+    the grades when the job grades and the typed columns of a structured output."""
     arrays: list[pa.Array] = [ids]
     for f in inputs.schema:
         if carried_name(f.name, id_column) is not None:
@@ -131,6 +140,7 @@ def output_batch(
     arrays.extend(result_arrays(results))
     if correct is not None:
         arrays.append(correct)
+    arrays.extend(typed)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 

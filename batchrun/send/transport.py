@@ -10,7 +10,7 @@ same origin, which is followed with the same body.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
@@ -26,6 +26,14 @@ USER_AGENT = f"batchrun/{__version__}"
 #: Redirects followed (307/308 to the same origin) before the row fails.
 MAX_REDIRECTS = 3
 _TEXT_MAX = 300
+
+
+#: A request body: bytes, or an async iterable of bytes streamed as it is produced.
+Body = bytes | AsyncIterable[bytes]
+
+
+def _streamed(body: Body | None) -> bool:
+    return body is not None and not isinstance(body, bytes)
 
 
 class Reply(Protocol):
@@ -54,6 +62,18 @@ class Transport(Protocol):
 
     def post(
         self, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> contextlib.AbstractAsyncContextManager[Reply]: ...
+
+
+class BatchTransport(Transport, Protocol):
+    """What the Batch API client needs besides POST: streamed bodies and GET."""
+
+    def post(
+        self, path: str, body: Body, headers: Mapping[str, str]
+    ) -> contextlib.AbstractAsyncContextManager[Reply]: ...
+
+    def stream_get(
+        self, path: str, headers: Mapping[str, str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[Reply]: ...
 
 
@@ -140,26 +160,39 @@ class HttpTransport:
     def __repr__(self) -> str:
         return f"HttpTransport(base_url={self.base_url!r}, concurrency={self._concurrency})"
 
-    @contextlib.asynccontextmanager
-    async def post(
-        self, path: str, body: bytes, headers: Mapping[str, str]
-    ) -> AsyncIterator[Reply]:
+    def post(
+        self, path: str, body: Body, headers: Mapping[str, str]
+    ) -> contextlib.AbstractAsyncContextManager[Reply]:
         """POST ``body`` to ``base_url + path``; yields the reply while it is read.
 
         Failures of the connection, inside this block too (while the body is read), are
         raised as :class:`Retryable` with ``definite=False``: the server may have done
-        (and billed) the work."""
+        (and billed) the work. ``body`` may be an async iterable of bytes: it is streamed
+        (chunked), never held whole, and so cannot follow a redirect."""
+        return self.request("POST", path, body, headers)
+
+    def stream_get(
+        self, path: str, headers: Mapping[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Reply]:
+        """GET ``base_url + path`` (``path`` may hold a query), the reply read on demand;
+        failures as for :meth:`post`."""
+        return self.request("GET", path, None, headers or {})
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, path: str, body: Body | None, headers: Mapping[str, str]
+    ) -> AsyncIterator[Reply]:
         assert self._session is not None, "use HttpTransport as an async context manager"
         url = self.base_url + path
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                async with self._session.post(
-                    url, data=body, headers=headers, allow_redirects=False
+                async with self._session.request(
+                    method, url, data=body, headers=headers, allow_redirects=False
                 ) as resp:
                     if not 300 <= resp.status < 400:
                         yield _AiohttpReply(resp)
                         return
-                    url = self._redirect_target(url, resp)
+                    url = self._redirect_target(url, resp, replayable=not _streamed(body))
             raise RowFailed(
                 "redirect",
                 f"more than {MAX_REDIRECTS} redirects; point --base-url at the final address",
@@ -211,11 +244,14 @@ class HttpTransport:
                 "connection_error", self._clean(str(exc)) or type(exc).__name__, sent=False
             ) from None
 
-    def _redirect_target(self, url: str, resp: aiohttp.ClientResponse) -> str:
-        """Where a 307/308 to the same origin leads; any other redirect fails the row."""
+    def _redirect_target(
+        self, url: str, resp: aiohttp.ClientResponse, *, replayable: bool = True
+    ) -> str:
+        """Where a 307/308 to the same origin leads; any other redirect fails the row (so
+        does any redirect of a streamed body, which cannot be sent twice)."""
         location = resp.headers.get("Location")
         shown = self._clean(location) if location else "(no Location)"
-        if location and resp.status in (307, 308):
+        if location and replayable and resp.status in (307, 308):
             target = urljoin(url, location)
             a, b = urlsplit(url), urlsplit(target)
             if (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port):

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun.simulate.toolargs import INVALID_KINDS, arguments_for
 from batchrun.tools import normalize_tool_choice, normalize_tools
 
 _WORDS = [
@@ -31,6 +32,8 @@ class Answer:
     tool_call: dict[str, Any] | None = None
     #: ``reasoning_content`` the answer carries, if any.
     reasoning: str | None = None
+    #: How the tool call's arguments were made invalid (see toolargs.py), if they were.
+    invalid: str | None = None
 
 
 def _text(content: Any) -> str:
@@ -119,18 +122,44 @@ def usage_for(body: dict[str, Any], text: str | None = None) -> dict[str, int]:
     }
 
 
-def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a request forces: ``required`` (the first), or one named in the documented
+    ``{"type": "function", "function": {"name"}}`` or Anthropic's ``{"type": "tool", "name"}``."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
-    if not tools or not isinstance(choice, dict) or choice.get("type") not in ("required", "tool"):
+    if not tools or not isinstance(choice, dict):
         return None
-    name = choice.get("name") if choice.get("type") == "tool" else tools[0]["name"]
-    seed = _digest(json.dumps(body.get("messages"), sort_keys=True), str(name))
-    return {
+    kind = choice.get("type")
+    if kind == "required":
+        return dict(tools[0])
+    name = choice.get("name") if kind == "tool" else (choice.get("function") or {}).get("name")
+    return next((dict(t) for t in tools if t.get("name") == name), None) if name else None
+
+
+def _tool_call(
+    body: dict[str, Any], invalid_rate: float, invalid_kinds: tuple[str, ...], fault_seed: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The forced tool's call (arguments generated from its schema), and how it was made
+    invalid, if it was."""
+    tool = _forced_tool(body)
+    if tool is None:
+        return None, None
+    name = str(tool["name"])
+    convo = json.dumps(body.get("messages"), sort_keys=True)
+    seed = _digest(convo, name)
+    args, invalid = arguments_for(
+        tool.get("input_schema"),
+        convo,
+        invalid_rate=invalid_rate,
+        invalid_kinds=invalid_kinds,
+        seed=fault_seed,
+    )
+    call = {
         "id": f"call_{seed:016x}",
         "type": "function",
-        "function": {"name": name, "arguments": json.dumps({"query": _WORDS[seed % len(_WORDS)]})},
+        "function": {"name": name, "arguments": args},
     }
+    return call, invalid
 
 
 def reasoning_for(body: dict[str, Any], rate: float) -> str | None:
@@ -162,20 +191,33 @@ def neutral_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def answer_for(
-    body: dict[str, Any], *, reasoning_rate: float = 0.0, keyed: str | None = None
+    body: dict[str, Any],
+    *,
+    reasoning_rate: float = 0.0,
+    keyed: str | None = None,
+    invalid_rate: float = 0.0,
+    invalid_kinds: tuple[str, ...] = INVALID_KINDS,
+    seed: int = 0,
 ) -> Answer:
     """The whole answer to a validated request body; ``keyed``: the text an answer key
-    chose for it (see ``graded.py``), instead of the prompt's own."""
+    chose for it (see ``graded.py``), instead of the prompt's own. A forced tool is called
+    with arguments from its schema, a share ``invalid_rate`` of them invalid."""
     if keyed is not None:
         text, finish = keyed, "end_turn" if _claude(str(body.get("model", ""))) else "stop"
     else:
         text, finish = completion_for(body)
     usage = usage_for(body, text)
-    call = _tool_call(body)
+    call, invalid = _tool_call(body, invalid_rate, invalid_kinds, seed)
     model = body["model"]
     if call is not None:
         finish = "tool_use" if _claude(model) else "tool_calls"
     reasoning = reasoning_for(body, reasoning_rate)
     return Answer(
-        model=model, text=text, finish=finish, usage=usage, tool_call=call, reasoning=reasoning
+        model=model,
+        text=text,
+        finish=finish,
+        usage=usage,
+        tool_call=call,
+        reasoning=reasoning,
+        invalid=invalid,
     )

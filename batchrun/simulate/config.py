@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from batchrun.simulate.toolargs import INVALID_KINDS
+
 #: The seed model's names: one model, four aliases.
 CLAUDE_3_OPUS_ALIASES = (
     "anthropic/claude-3-opus",
@@ -33,6 +35,10 @@ _RATES = (
     "stream_stall_rate",
     "reasoning_rate",
     "correct_rate",
+    "invalid_rate",
+    "batch_errored_rate",
+    "batch_expired_rate",
+    "batch_poll_500_rate",
 )
 
 
@@ -76,12 +82,25 @@ class SimConfig:
     answers_column: str = "answer"
     correct_rate: float = 1.0
     answers_seed: int = 0
+    #: Share of forced tool calls whose arguments are made invalid, in one of
+    #: ``invalid_kinds`` (which answers, and which way: a digest of the conversation).
+    invalid_rate: float = 0.0
+    invalid_kinds: tuple[str, ...] = INVALID_KINDS
     seed: int = 0
     #: Which server it stands in for: "gateway" (the documented API: HTTP 201, a usage
     #: chunk in every stream, Anthropic tool shapes, unknown fields refused) or "openai"
     #: (HTTP 200, stream usage only when asked, OpenAI tool shapes and string tool
     #: choices, ``stop``, no ``system`` or ``top_k``, OpenAI's error objects).
     flavor: str = "gateway"
+    #: Batch API: seconds from a batch's creation to its end (the time scale), the shares
+    #: of its requests that end errored or expired, of polls answered 500, results in
+    #: shuffled order, and result lines of no request / a request's second (see batches.py).
+    batch_delay_s: float = 1.0
+    batch_errored_rate: float = 0.0
+    batch_expired_rate: float = 0.0
+    batch_poll_500_rate: float = 0.0
+    batch_shuffle: bool = True
+    batch_stray_results: bool = False
 
     def __post_init__(self) -> None:
         for name in _RATES:
@@ -96,8 +115,13 @@ class SimConfig:
             raise ValueError("rpm_limit must be >= 1")
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
+        if self.batch_delay_s < 0 or self.batch_errored_rate + self.batch_expired_rate > 1:
+            raise ValueError("batch_delay_s must be >= 0 and the batch fault rates sum to <= 1")
         if self.rpm_window_s <= 0:
             raise ValueError("rpm_window_s must be > 0")
+        unknown = [k for k in self.invalid_kinds if k not in INVALID_KINDS]
+        if unknown or not self.invalid_kinds:
+            raise ValueError(f"invalid kinds are some of {', '.join(INVALID_KINDS)}, got {unknown}")
 
 
 @dataclass
@@ -129,6 +153,18 @@ class SimStats:
     client_request_ids_invalid: int = 0
     #: GET /v1/models requests.
     model_lists: int = 0
+    #: Forced tool calls answered with invalid arguments, by the way they were made invalid.
+    invalid_answers: dict[str, int] = field(default_factory=dict)
+    #: Requests that follow up an answer (a tool result or a user turn after the assistant's).
+    followups: int = 0
+    #: Batch API: batches made, requests in them (each one billed), creates answered
+    #: with an existing batch (a repeated Idempotency-Key), polls, cancels, results served.
+    batches_created: int = 0
+    batch_requests: int = 0
+    batch_creates_replayed: int = 0
+    batch_polls: int = 0
+    batch_cancels: int = 0
+    batch_results_served: int = 0
     bodies: list[dict[str, Any]] | None = None
 
     def count(self, status: int) -> None:

@@ -1,17 +1,14 @@
-"""The simulator's HTTP side: the handlers, their routes (registered in ``_Simulator.routes``),
-and the ways to run it (``make_app``, ``start_simulator``, ``serve``)."""
+"""The simulator's HTTP side: the handlers and their routes (registered in
+``_Simulator.routes``), as an aiohttp application (``make_app``); :mod:`.serving` runs it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import json
 import random
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,11 @@ from batchrun.pricing import PriceTable
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
 from batchrun.simulate.answers import Answer, answer_for, neutral_body
+from batchrun.simulate.batches import BatchService
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
 from batchrun.simulate.graded import AnswerKey
+from batchrun.simulate.toolargs import followup_of
 from batchrun.simulate.validate import content_problem, known_model, strict_problem, validate
 from batchrun.simulate.wire import JSON, completion_body, error_body, error_response, sse_events
 
@@ -33,8 +32,11 @@ _TRACE = "batchrun.trace"
 
 
 class _Simulator:
-    def __init__(self, config: SimConfig, record_bodies: bool) -> None:
+    def __init__(
+        self, config: SimConfig, record_bodies: bool, log: Callable[[str], None] | None = None
+    ) -> None:
         self.config = config
+        self.log = log
         self.stats = SimStats(bodies=[] if record_bodies else None)
         self.faults = Faults(config)
         self.answer_key = (
@@ -58,6 +60,7 @@ class _Simulator:
         self.usd_total = Fraction(0)
         # Response ids: unique per simulator run, counting up.
         self.seed_id = random.Random(config.seed).getrandbits(32)
+        self.batches = BatchService(config, self.stats, self.denied)
 
     def routes(self) -> list[web.RouteDef]:
         """Every path the simulator serves: the API's, then its own under ``/_sim``."""
@@ -68,12 +71,21 @@ class _Simulator:
             web.get("/_sim/stats", self.get_stats),
             web.get("/v1/_sim/stats", self.get_stats),
             web.post("/_sim/reset", self.reset),
+            *self.batches.routes(),
         ]
 
     def _error(
         self, status: int, message: str, kind: str, param: str | None = None
     ) -> web.Response:
         return error_response(status, message, kind, param, openai=self.openai)
+
+    def denied(self, request: web.Request) -> web.Response | None:
+        """401 for a missing or wrong key, else None."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token or (self.config.api_key is not None and token != self.config.api_key):
+            return self._error(401, "invalid or missing API key", "authentication_error")
+        return None
 
     def _counted(self, response: web.Response) -> web.Response:
         self.stats.count(response.status)
@@ -176,7 +188,22 @@ class _Simulator:
         keyed = None if self.answer_key is None else self.answer_key.answer(body)
         if self.openai:
             body = neutral_body(body)
-        answer = answer_for(body, reasoning_rate=self.config.reasoning_rate, keyed=keyed)
+        cfg = self.config
+        answer = answer_for(
+            body,
+            reasoning_rate=cfg.reasoning_rate,
+            keyed=keyed,
+            invalid_rate=cfg.invalid_rate,
+            invalid_kinds=cfg.invalid_kinds,
+            seed=cfg.seed,
+        )
+        followup = followup_of(body) if body.get("tools") else None
+        if followup is not None:
+            st.followups += 1
+            if self.log is not None:
+                self.log(f"follow-up #{st.followups}: {followup[:200]}")
+        if answer.invalid is not None:
+            st.invalid_answers[answer.invalid] = st.invalid_answers.get(answer.invalid, 0) + 1
         st.ok += 1
         rid = f"chatcmpl-{self.seed_id:08x}{st.ok:012x}"
         st.prompt_tokens += answer.usage["prompt_tokens"]
@@ -288,81 +315,20 @@ class _Simulator:
         self.replies.clear()
         self.usd_total = Fraction(0)
         self.faults.reset()
+        self.batches.reset(self.stats)
         return web.json_response({"reset": True})
 
 
-_SIM_KEY = web.AppKey("simulator", _Simulator)
+SIM_KEY = web.AppKey("simulator", _Simulator)
 
 
-def make_app(config: SimConfig, *, record_bodies: bool = False) -> web.Application:
-    """The simulator as an aiohttp application (its state at ``app[_SIM_KEY]``)."""
-    sim = _Simulator(config, record_bodies)
+def make_app(
+    config: SimConfig, *, record_bodies: bool = False, log: Callable[[str], None] | None = None
+) -> web.Application:
+    """The simulator as an aiohttp application (its state at ``app[SIM_KEY]``); ``log``
+    hears a line for each follow-up (a re-ask) it answers."""
+    sim = _Simulator(config, record_bodies, log)
     app = web.Application(client_max_size=64 * 1024**2)
-    app[_SIM_KEY] = sim
+    app[SIM_KEY] = sim
     app.add_routes(sim.routes())
     return app
-
-
-def _check_loopback(host: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"the simulator listens on loopback addresses only, not {host!r}")
-
-
-class SimServer:
-    """A running simulator: ``url`` (base URL ending in /v1), ``port``, live ``stats``."""
-
-    def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
-        self._runner = runner
-        self._app = app
-        self.port = port
-        self.url = f"http://{host}:{port}/v1"
-
-    @property
-    def stats(self) -> SimStats:
-        return self._app[_SIM_KEY].stats
-
-
-@contextlib.asynccontextmanager
-async def start_simulator(
-    config: SimConfig, host: str = "127.0.0.1", port: int = 0, *, record_bodies: bool = False
-) -> AsyncIterator[SimServer]:
-    """Serve the simulator until the block ends; port 0 picks a free port."""
-    _check_loopback(host)
-    app = make_app(config, record_bodies=record_bodies)
-    # A stopping simulator does not wait for stalled answers (aiohttp's default is 60 s).
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    real_port = int(runner.addresses[0][1])
-    try:
-        yield SimServer(runner, app, host, real_port)
-    finally:
-        await runner.cleanup()
-
-
-def serve(
-    config: SimConfig,
-    host: str = "127.0.0.1",
-    port: int = 8089,
-    *,
-    ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve until SIGINT/SIGTERM; ``ready(url)`` is called once listening."""
-    _check_loopback(host)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with start_simulator(config, host, port) as sim:
-            if ready is not None:
-                ready(sim.url)
-            await stop.wait()
-
-    asyncio.run(main())

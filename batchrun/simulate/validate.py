@@ -113,12 +113,15 @@ def _gateway(body: dict[str, Any]) -> tuple[str, str] | None:
         tc = body["tool_choice"]
         names = {t["name"] for t in body.get("tools") or ()}
         kind = tc.get("type") if isinstance(tc, dict) else None
-        if not (
-            kind in ("auto", "none", "required") or (kind == "tool" and tc.get("name") in names)
-        ):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        named = (kind == "tool" and tc.get("name") in names) or (
+            kind == "function" and isinstance(fn, dict) and fn.get("name") in names
+        )
+        if not (kind in ("auto", "none", "required") or named):
             return (
                 "tool_choice",
-                'tool_choice must be {"type": "auto"|"none"|"required"} or {"type": "tool", "name": <a tool>}',
+                'tool_choice must be {"type": "auto"|"none"|"required"}, {"type": "function", '
+                '"function": {"name": <a tool>}} or {"type": "tool", "name": <a tool>}',
             )
     return None
 
