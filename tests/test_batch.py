@@ -236,6 +236,9 @@ def test_batch_prices_default_to_half_and_a_price_file_can_set_them(tmp_path: Pa
     assert custom.batch().cost(1_000_000, 1_000_000) == pytest.approx(3.0)
 
 
+SCHEMA = {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}, "required": ["label"]}
+
+
 def _job(tmp_path: Path, **kw: Any) -> Job:
     return Job(
         input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet", mode="batch", **kw
@@ -260,6 +263,15 @@ def test_batch_jobs_refuse_what_the_batch_shape_cannot_carry(tmp_path: Path) -> 
         _job(tmp_path, dedupe=True)
     with pytest.raises(UsageError, match="--dedupe and --cache"):
         _job(tmp_path, cache_dir=tmp_path / "cache")
+    # Re-asks and per-row parameters need live requests.
+    with pytest.raises(UsageError, match="--schema, --choices and --params-column"):
+        _job(tmp_path, params=RequestParams(schema=SCHEMA))
+    with pytest.raises(UsageError, match="--schema, --choices and --params-column"):
+        _job(tmp_path, params_column="params")
+    # The cache keeps no validated arguments: a hit would be an ok row without its fields.
+    with pytest.raises(UsageError, match="--cache does not keep"):
+        Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet",
+            params=RequestParams(schema=SCHEMA), cache_dir=tmp_path / "cache")  # fmt: skip
     # Dedupe's default (on at temperature 0) does not apply to a batch.
     assert not _job(tmp_path, params=RequestParams(temperature=0)).dedupe_enabled
     live = Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "o.parquet",
