@@ -75,7 +75,11 @@ class Report:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    #: Over the models with a price; None when tokens were used but no model has a price.
+    #: Ok rows that paid for an answer that said no usage (tokens null): the token sums
+    #: leave them out, and the estimated cost is unknown (None), never $0.
+    rows_without_usage: int
+    #: Over the models with a price; None when tokens were used but no model has a price,
+    #: or when some answers said no usage.
     estimated_cost_usd: float | None
     cost_by_model: dict[str, float | None]  # models that used tokens; None: no price known
     #: Sum of the costs the server reported; None when no row has one.
@@ -151,6 +155,15 @@ class Report:
             if covered >= width / 2:
                 rates[k] = tp.counts[k] * 1000 / covered
         return rates
+
+    @property
+    def estimate_basis(self) -> str:
+        """What the estimated cost rests on, or why there is none."""
+        if self.estimated_cost_usd is not None:
+            return "list prices"
+        if self.rows_without_usage:
+            return f"{self.rows_without_usage:,} rows without usage"
+        return "no price known"
 
 
 def _tally(col: Any, null_label: str | None) -> dict[str, int]:
@@ -279,6 +292,14 @@ def build_report(
     priced = [v for v in costs.values() if v is not None]
     if unpriced := [k for k, v in costs.items() if v is None]:
         notes.append(f"no price known for {', '.join(unpriced)}; left out of the estimated cost")
+    no_usage = _sum(
+        pc.and_(pc.equal(paid.column("status"), "ok"), pc.is_null(paid.column("total_tokens")))
+    )
+    if no_usage:
+        notes.append(
+            f"{no_usage:,} ok rows came without usage: the token sums leave them out and the "
+            "estimated cost is unknown"
+        )
     reported = pc.drop_null(table.column("reported_cost_usd"))
     ok = pc.equal(table.column("status"), "ok")
     latency = pc.drop_null(pc.filter(table.column("latency_ms"), ok))
@@ -301,7 +322,10 @@ def build_report(
         prompt_tokens=_sum(paid.column("prompt_tokens")),
         completion_tokens=_sum(paid.column("completion_tokens")),
         total_tokens=_sum(paid.column("total_tokens")),
-        estimated_cost_usd=math.fsum(priced) if priced or not costs else None,
+        rows_without_usage=no_usage,
+        estimated_cost_usd=None
+        if no_usage
+        else (math.fsum(priced) if priced or not costs else None),
         cost_by_model=costs,
         reported_cost_usd=math.fsum(reported.to_pylist()) if len(reported) else None,
         rows_cost_reported=len(reported),

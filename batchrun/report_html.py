@@ -137,8 +137,7 @@ def _cards(r: Report, f: _Figures) -> str:
             f"{f.show('tokens-prompt')} in · {f.show('tokens-completion')} out",
         )
     )
-    estimate_note = "list prices" if r.estimated_cost_usd is not None else "no price known"
-    out.append(_card("Estimated cost", f.show("cost-total"), esc(estimate_note)))
+    out.append(_card("Estimated cost", f.show("cost-total"), esc(r.estimate_basis)))
     if r.reported_cost_usd is None:  # the cost panel says so; no row of n/a and 0
         f.used |= {"cost-reported", "cost-reported-rows"}
     else:

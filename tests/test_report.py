@@ -945,3 +945,23 @@ def test_throughput_rates_of_partial_buckets(tmp_path: Path) -> None:
     assert all(rates[k] == pytest.approx(10) for k in range(1, last))
     one = build_report(write(tmp_path / "one.parquet", make_rows(1)))
     assert one.throughput_rates() == {0: pytest.approx(1000)}  # a row in a 1 ms bucket
+
+
+def test_answers_without_usage_make_the_estimate_unknown_never_zero(tmp_path: Path) -> None:
+    # A stream not asked for usage: ok rows with null tokens. Their cost is not $0.
+    rows = make_rows(30)
+    for r in rows:
+        if r["status"] == "ok":
+            r["prompt_tokens"] = r["completion_tokens"] = r["total_tokens"] = None
+            r["reported_cost_usd"] = r["credits_used"] = None
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    report = build_report(write(tmp_path / "nousage.parquet", rows))
+    assert report.rows_without_usage == n_ok > 0
+    assert report.estimated_cost_usd is None and report.total_tokens == 0
+    assert report.estimate_basis == f"{n_ok:,} rows without usage"
+    assert any("without usage" in note for note in report.notes)
+    page, parsed = parse(report)
+    assert parsed.value("cost-total") == "" and f"{n_ok:,} rows without usage" in page
+    assert "$0.0000" not in render_text(report)  # the estimate line says unknown
+    # With usage, the estimate is there as before.
+    assert build_report(write(tmp_path / "usage.parquet", make_rows(30))).rows_without_usage == 0
