@@ -86,7 +86,9 @@ class BatchMode:
         self.api_key = api_key
         self.dialect: GatewayBatches | OpenAIBatches
         if job.batch.api == "openai":
-            self.dialect = OpenAIBatches(system_as_message=job.params.system_as_message)
+            self.dialect = OpenAIBatches(
+                system_as_message=job.params.system_as_message, profile=job.profile
+            )
             room = (openai.MAX_REQUESTS, openai.MAX_BYTES - openai.ENVELOPE_BYTES)
         else:
             self.dialect = GatewayBatches()

@@ -9,12 +9,22 @@ request is not started if spent + reserved + worst case would cross a cap. When 
 finishes, its reservation is replaced by what it really used. So the run stops *before* a
 cap, never more than the requests in flight beyond it (and then only if their prompts were
 underestimated).
+
+An answer **without usage** (an OpenAI-compatible stream that was not asked for it, or a
+server that sends none) is paid for, but nothing says how much. It is booked at an
+estimate rather than at its worst case, which would stop a long run far too early: its
+prompt estimate (characters / 4 + 4, upper-leaning) plus its output counted from what came
+back — one token per 3 UTF-8 bytes of the text, tool calls and reasoning, plus one, at most
+``max_tokens``; the whole ``max_tokens`` when it stopped for length. Rows recorded without
+usage by an earlier run are booked alike on a resume, their prompt at the input's mean
+prompt estimate. Tokens a model spends on reasoning it does not show are not seen: where a
+model does that, the cap is a lower bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from batchrun.checkpoint import PAID, Checkpoint
 from batchrun.errors import UsageError
@@ -23,6 +33,45 @@ from batchrun.pricing import Price, PriceTable
 from batchrun.records import OK, Request, RowResult
 from batchrun.send.attempt import Outcome
 from batchrun.send.reask import ReaskState
+
+#: UTF-8 bytes of output counted as one token when the answer says no usage: English runs
+#: about 4 bytes a token, CJK text about 3 bytes a character and token; 3 leans high.
+OUTPUT_BYTES_PER_TOKEN = 3
+
+
+#: What a run says when the first answer without usage arrives.
+NO_USAGE_NOTICE = (
+    "answers come without usage: their tokens are null, the cost unknown, and budgets book"
+    " them at an estimate (prompt + counted output); an OpenAI-compatible server sends usage"
+    " in a stream only when asked (--provider openai, litellm or vllm ask)"
+)
+
+
+def output_estimate(texts: Iterable[str | None], max_tokens: int, hit_cap: bool) -> int:
+    """Completion tokens booked for an answer without usage (see the module docstring)."""
+    if hit_cap:
+        return max_tokens
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if t)
+    return min(max_tokens, -(-size // OUTPUT_BYTES_PER_TOKEN) + 1)
+
+
+def unknown_usage(
+    ckpt: Checkpoint, below: int, max_tokens: int, *, unpriced: bool = False
+) -> tuple[int, int]:
+    """(rows, estimated completion tokens) of the ok rows recorded without usage
+    (``unpriced``: only those whose cost the API did not report either)."""
+    rows = estimate = 0
+    for text, calls, reasoning, reason, cost in ckpt.db.execute(
+        "SELECT completion, tool_calls, reasoning_content, finish_reason_normalized,"
+        " reported_cost_usd FROM results WHERE position < ? AND status = 'ok'"
+        f" AND prompt_tokens IS NULL AND completion_tokens IS NULL AND {PAID}",
+        (below,),
+    ):
+        if unpriced and cost is not None:
+            continue
+        rows += 1
+        estimate += output_estimate((text, calls, reasoning), max_tokens, reason == "length")
+    return rows, estimate
 
 
 def _estimate(
@@ -72,22 +121,33 @@ def recorded_spend(
 
 
 def start_gate(
-    ckpt: Checkpoint, prices: PriceTable, budget: Budget, model: str, total: int
+    ckpt: Checkpoint,
+    prices: PriceTable,
+    budget: Budget,
+    *,
+    model: str,
+    max_tokens: int,
+    total: int,
+    mean_prompt_estimate: int,
 ) -> BudgetGate:
-    """The gate of a run, with what the output's rows (and the answers of rows left between
-    re-asks) have spent so far."""
+    """The gate of a run, with what the output's rows (those without usage at the estimate
+    of the module docstring) and the answers of rows left between re-asks have spent."""
+    gate = BudgetGate.for_run(
+        budget,
+        prices,
+        ckpt,
+        model=model,
+        max_tokens=max_tokens,
+        below=total,
+        mean_prompt_estimate=mean_prompt_estimate,
+    )
     pending = ckpt.between_reasks(total)
     pending_prompt = sum(r[2] or 0 for r in pending)
     pending_completion = sum(r[3] or 0 for r in pending)
-    price = prices.get(model)
-    pending_usd = price.cost(pending_prompt, pending_completion) if price else 0.0
-    return BudgetGate(
-        budget,
-        price,
-        model=model,
-        spent_usd=(recorded_spend(ckpt, prices, model, total) or 0.0) + pending_usd,
-        spent_tokens=ckpt.aggregate(total)["total_tokens"] + pending_prompt + pending_completion,
-    )
+    if gate.price is not None:
+        gate.spent_usd += gate.price.cost(pending_prompt, pending_completion)
+    gate.spent_tokens += pending_prompt + pending_completion
+    return gate
 
 
 class BudgetGate:
@@ -117,6 +177,31 @@ class BudgetGate:
         #: Set by every settle: a request that did not fit beside the ones in flight may
         #: fit once they are settled at what they really used.
         self.settled = asyncio.Event()
+
+    @classmethod
+    def for_run(
+        cls,
+        budget: Budget,
+        prices: PriceTable,
+        ckpt: Checkpoint,
+        *,
+        model: str,
+        max_tokens: int,
+        below: int,
+        mean_prompt_estimate: int,
+    ) -> BudgetGate:
+        """A gate that has spent what the rows recorded so far used: the spend the API
+        reported, else the estimate from their usage, and for those without usage the
+        estimate of the module docstring."""
+        price = prices.get(model)
+        known = ckpt.aggregate(below)["total_tokens"]
+        rows, output = unknown_usage(ckpt, below, max_tokens)
+        tokens = known + rows * mean_prompt_estimate + output
+        usd = recorded_spend(ckpt, prices, model, below) or 0.0
+        rows, output = unknown_usage(ckpt, below, max_tokens, unpriced=True)
+        if price is not None:
+            usd += price.cost(rows * mean_prompt_estimate, output)
+        return cls(budget, price, model=model, spent_usd=usd, spent_tokens=tokens)
 
     def __repr__(self) -> str:
         return (
@@ -162,18 +247,23 @@ class BudgetGate:
         prompt_tokens: int | None,
         completion_tokens: int | None,
         reported_usd: float | None = None,
+        *,
+        output: Iterable[str | None] = (),
+        hit_cap: bool = True,
     ) -> None:
         """Replace a reservation by what the request really used: nothing if it failed,
-        the reported usage if answered, the worst case if answered without usage (an
-        answer was paid for, and nothing says how much). The cost is the one the API
-        reported (``reported_usd``) when it did, else the estimate from the tokens."""
+        the reported usage if answered, and if answered without usage (paid for, and
+        nothing says how much) the prompt estimate plus ``output`` counted (see the module
+        docstring; ``hit_cap``: it stopped for length, or nothing of it could be read).
+        The cost is the one the API reported (``reported_usd``) when it did, else the
+        estimate from the tokens."""
         usd, tokens = self._worst(prompt_estimate, max_tokens)
         self.reserved_usd -= usd
         self.reserved_tokens -= tokens
         self.in_flight -= 1
         self.settled.set()
         if answered and prompt_tokens is None and completion_tokens is None:
-            p, c = prompt_estimate, max_tokens
+            p, c = prompt_estimate, output_estimate(output, max_tokens, hit_cap)
         else:
             p, c = prompt_tokens or 0, completion_tokens or 0
         self.spent_tokens += p + c
@@ -266,6 +356,15 @@ class RowBudget:
         usd = result.reported_cost_usd if result else None
         if usd is not None:
             usd -= earlier[2] or 0.0
+        r = result if result is not None and result.status == OK else None
         self.gate.settle(
-            request.prompt_tokens, request.max_tokens, answered, prompt, completion, usd
+            request.prompt_tokens,
+            request.max_tokens,
+            answered,
+            prompt,
+            completion,
+            usd,
+            # An answer without usage is booked from its text (see the module docstring).
+            output=(r.completion, r.tool_calls, r.reasoning_content) if r else (),
+            hit_cap=r is None or r.finish_reason_normalized == "length",
         )

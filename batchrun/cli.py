@@ -32,6 +32,7 @@ from batchrun.job import (
     Job,
 )
 from batchrun.plan import dry_run
+from batchrun.profiles import PROFILES
 from batchrun.progress import ProgressView
 from batchrun.runner import run_job
 from batchrun.settings import job_from_settings, resolve_settings
@@ -118,13 +119,19 @@ def main() -> None:
 @click.option("--top-p", type=float, help="Nucleus sampling, 0..1.")
 @click.option("--top-k", type=int, help="Top-k sampling (>= 0).")
 @click.option("--frequency-penalty", type=float, help="Frequency penalty, -2..2.")
-@click.option("--stop", multiple=True, help="Stop sequence (repeatable); sent as stop_sequences.")
+@click.option(
+    "--stop",
+    multiple=True,
+    help="Stop sequence (repeatable); sent as stop_sequences (gateway) or stop (OpenAI-compatible providers).",
+)
 @click.option("--stream/--no-stream", default=None, help="Stream answers (server-sent events).")
-@click.option("--tools", help="Tools as JSON: [{name, description, input_schema}].")
+@click.option(
+    "--tools",
+    help='Tools as JSON: [{name, description, input_schema}] or [{"type": "function", "function": {name, description, parameters}}]; sent in the shape the provider takes.',
+)
 @click.option(
     "--tool-choice",
-    help='Tool choice as JSON: {"type": "auto"|"none"|"required"}, or a named tool as '
-    '{"type": "function", "function": {"name": N}} or {"type": "tool", "name": N}.',
+    help='auto, none, required, or JSON: {"type": "tool", "name": T}, {"type": "function", "function": {"name": T}}, {"type": "auto"} …',
 )
 @click.option(
     "--schema",
@@ -191,7 +198,12 @@ def main() -> None:
 )
 @click.option(
     "--cost-header",
-    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. The gateway's credits header and a stream's meta.usage are read too. LiteLLM: x-litellm-response-cost. [default: {DEFAULT_COST_HEADER}]",
+    help=f"Response header with the cost the server charged (USD), recorded per row; '' reads none. The gateway's credits header, a stream's meta.usage and a usage.cost are read too. [default: the provider's; gateway: {DEFAULT_COST_HEADER}, litellm: x-litellm-response-cost, openai and vllm: none]",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(list(PROFILES)),
+    help="What the server takes and sends (stream usage, tool shapes, stop field, system, retry and cost headers). [default: from the base URL: api.openai.com → openai, port 4000 → litellm, else gateway]",
 )
 @click.option(
     "--expected-column",

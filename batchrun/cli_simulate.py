@@ -64,6 +64,13 @@ from batchrun.simulate.toolargs import INVALID_KINDS
     help="Retry-After seconds on simulated 429s.",
 )
 @click.option(
+    "--first-429s",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Answer the first N requests 429 with --retry-after (then as configured).",
+)
+@click.option(
     "--rate-403",
     default=0.0,
     show_default=True,
@@ -219,6 +226,16 @@ from batchrun.simulate.toolargs import INVALID_KINDS
     "--batch-stray-results",
     is_flag=True,
     help="Batch API: add result lines of no request, a second result for one, and a non-JSON line.",
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(["gateway", "openai"]),
+    default="gateway",
+    show_default=True,
+    help="The server it stands in for. gateway: HTTP 201, usage in every stream, "
+    "{name, description, input_schema} tools, unknown fields refused. openai: HTTP 200, "
+    "stream usage only with stream_options.include_usage, function tools and string "
+    "tool choices, stop, no system or top_k, OpenAI's error objects.",
 )
 def simulate(
     host: str,

@@ -22,8 +22,10 @@ def default_client(job: Job, api_key: str) -> AbstractAsyncContextManager[Comple
         concurrency=job.limits.concurrency,
         timeout_s=job.retry.timeout_s,
         read_timeout_s=job.retry.read_timeout_s if job.params.stream else None,
-        cost_header=job.cost_header,
-        dialect=ChatCompletions(system_as_message=job.params.system_as_message),
+        cost_header=job.read_cost_header,
+        dialect=ChatCompletions(
+            profile=job.profile, system_as_message=job.params.system_as_message
+        ),
     )
 
 

@@ -14,16 +14,18 @@ from batchrun.checks import check, check_base_url, is_int, is_number, template_c
 from batchrun.errors import UsageError
 from batchrun.io.remote import Location, RemotePath, state_dir
 from batchrun.pacing import Budget, Limits, RetryPolicy
-from batchrun.structured import check_schema, named_tool
+from batchrun.profiles import GATEWAY, Profile, get_profile
+from batchrun.structured import check_schema
+from batchrun.tools import normalize_tool_choice, normalize_tools
 
 __all__ = ["Budget", "Job", "Limits", "RequestParams", "RetryPolicy"]
 
 DEFAULT_BASE_URL = "https://api.aimlapi.com/v1"
 DEFAULT_MODEL = "anthropic/claude-3-opus"
 DEFAULT_API_KEY_ENV = "AIMLAPI_KEY"
-#: Response header read for the cost the server charged, in USD: the AI/ML API gateway's
-#: (LiteLLM-based gateways send ``x-litellm-response-cost``, given with --cost-header).
-DEFAULT_COST_HEADER = "x-aimlapi-usd-spent"
+#: Response header read for the cost the server charged, in USD, unless the profile names
+#: another: the AI/ML API gateway's (LiteLLM: ``x-litellm-response-cost``).
+DEFAULT_COST_HEADER = GATEWAY.cost_header
 
 #: Error types a failed row can carry (the ``error_type`` column); ``--only`` takes these.
 ERROR_TYPES = (
@@ -66,8 +68,10 @@ class RequestParams:
     #: Send ``system`` as a leading system message instead of the ``system`` body field
     #: (for OpenAI-compatible servers that do not know the field).
     system_as_message: bool = False
+    #: Tools in either shape (:mod:`batchrun.tools`); kept in the neutral one.
     tools: tuple[dict[str, Any], ...] | None = None
-    tool_choice: dict[str, Any] | None = None
+    #: A word ("auto", "none", "required") or an object; kept in the neutral shape.
+    tool_choice: dict[str, Any] | str | None = None
     metadata: dict[str, Any] | None = None
     #: Fields merged into every body on purpose (``--extra-body``): batchrun itself sends
     #: only what the model's documented schema has (the gateway refuses other fields of
@@ -111,30 +115,13 @@ class RequestParams:
             "stop sequences must be non-empty strings",
         )
         check(isinstance(self.stream, bool), "stream must be true or false")
+        # Either wire shape is accepted; the neutral (gateway) shape is kept, so the
+        # fingerprint does not depend on how the tools were written.
         if self.tools is not None:
-            for i, tool in enumerate(self.tools):
-                check(
-                    isinstance(tool, dict),
-                    f"tools[{i}] must be an object with name, description, input_schema",
-                )
-                check(
-                    isinstance(tool.get("name"), str) and bool(tool["name"]),
-                    f"tools[{i}] needs a non-empty 'name'",
-                )
-                check(
-                    isinstance(tool.get("input_schema"), dict),
-                    f"tools[{i}] ({tool.get('name')}) needs an 'input_schema' object",
-                )
-                check(
-                    isinstance(tool.get("description", ""), str),
-                    f"tools[{i}].description must be a string",
-                )
+            object.__setattr__(self, "tools", normalize_tools(self.tools))
         if self.tool_choice is not None:
-            check(
-                named_tool(self.tool_choice) in {t["name"] for t in self.tools or ()}
-                or self.tool_choice.get("type") in ("auto", "none", "required"),
-                'tool_choice must be {"type": "auto"|"none"|"required"}, {"type": "function", '
-                '"function": {"name": <one of tools>}} or {"type": "tool", "name": <one of tools>}',
+            object.__setattr__(
+                self, "tool_choice", normalize_tool_choice(self.tool_choice, self.tools)
             )
         if self.schema is not None:
             check_schema(self.schema)
@@ -219,8 +206,12 @@ class Job:
     grading: Grading | None = None
     #: A TOML price file merged over the bundled prices.
     prices_path: Path | None = None
-    #: Response header carrying the cost the server charged, in USD (None: read none).
-    cost_header: str | None = DEFAULT_COST_HEADER
+    #: Response header carrying the cost the server charged, in USD (None: the profile's;
+    #: "": read none).
+    cost_header: str | None = None
+    #: The provider profile by name (:data:`batchrun.profiles.PROFILES`); None: the one
+    #: the base URL implies.
+    provider: str | None = None
     #: Send a request repeated within the input once and give every such row its answer.
     #: None: on when the job is deterministic (temperature 0), off otherwise (repeats at a
     #: higher temperature may be wanted as separate samples).
@@ -297,14 +288,20 @@ class Job:
             "--retry-failed and --restart exclude each other",
         )
         check(
-            self.cost_header is None
-            or (isinstance(self.cost_header, str) and bool(self.cost_header)),
+            self.cost_header is None or isinstance(self.cost_header, str),
             f"cost_header must be a header name, got {self.cost_header!r}",
         )
         check(
             all(isinstance(c, str) and c for c in self.image_columns),
             "image columns must be non-empty column names",
         )
+        profile = self.profile  # an unknown provider name is refused here
+        refused = sorted(k for k in profile.refuses if getattr(self.params, k, None) is not None)
+        if refused:
+            raise UsageError(
+                f"the {profile.name} provider does not take {', '.join(refused)}",
+                hint="leave it out, or name a provider that takes it with --provider (vllm, litellm)",
+            )
         if self.limit is not None:
             check(
                 is_int(self.limit) and self.limit >= 1,
@@ -331,6 +328,18 @@ class Job:
         if self.dedupe is not None:
             return self.dedupe
         return self.params.temperature == 0
+
+    @property
+    def profile(self) -> Profile:
+        """The provider profile: ``provider`` by name, else the base URL's."""
+        return get_profile(self.provider, self.base_url)
+
+    @property
+    def read_cost_header(self) -> str | None:
+        """The response header read for each request's cost (None: none)."""
+        if self.cost_header is None:
+            return self.profile.cost_header
+        return self.cost_header or None
 
     @property
     def summary_path(self) -> Location:
@@ -363,6 +372,8 @@ class Job:
             "id_column": self.id_column,
             "params_column": self.params_column,
             "params": json.loads(json.dumps(dataclasses.asdict(self.params), sort_keys=True)),
+            # Only where it is not the gateway's: checkpoints from before profiles resume.
+            **({} if self.profile is GATEWAY else {"provider": self.profile.name}),
         }
         if self.image_columns:  # absent otherwise: older checkpoints resume as they were
             fields["image_columns"] = list(self.image_columns)
@@ -374,5 +385,6 @@ class Job:
         what was asked, and a URL may hold credentials), and the grading."""
         identity = self.fingerprint_fields()
         del identity["base_url"]
+        identity.pop("provider", None)  # where the requests went, as the base URL
         identity["grading"] = None if self.grading is None else dataclasses.asdict(self.grading)
         return identity

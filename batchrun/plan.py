@@ -46,7 +46,8 @@ def dry_run(job: Job) -> str:
     total = min(scan.total_rows, job.limit) if job.limit else scan.total_rows
     # Each row's own max_tokens (--params-column) is in its estimate.
     completion_max = scan.estimated_tokens - scan.estimated_prompt_tokens
-    dialect = ChatCompletions(system_as_message=job.params.system_as_message)
+    profile = job.profile
+    dialect = ChatCompletions(profile=profile, system_as_message=job.params.system_as_message)
     url = job.base_url.rstrip("/") + dialect.path
     key_state = _key_state(job.api_key_env)
     lines = [
@@ -61,6 +62,9 @@ def dry_run(job: Job) -> str:
         _cost_line(job, scan.estimated_prompt_tokens, completion_max),
         *savings.lines(total),
         f"API key: ${job.api_key_env} is {key_state}",
+        f"provider: {profile.name}"
+        + (" (--provider)" if job.provider else " (from the base URL; --provider names another)")
+        + f" — {profile.about}",
         *_typed_line(job, scan),
         "",
     ]
@@ -100,7 +104,7 @@ def _batch_preview(job: Job, previews: list[Request], rows: int) -> list[str]:
     base = job.base_url.rstrip("/")
     if job.batch.api == "openai":
         dialect: GatewayBatches | OpenAIBatches = OpenAIBatches(
-            system_as_message=job.params.system_as_message
+            system_as_message=job.params.system_as_message, profile=job.profile
         )
         size, head, tail = min(job.batch.size, openai.MAX_REQUESTS), "batch.jsonl:", []
         post = f"POST {base}/files (purpose=batch), then POST {base}/batches"

@@ -16,7 +16,7 @@ import sqlite3
 import time
 
 from batchrun.batchmode import BatchMode
-from batchrun.budget import BudgetGate, RowBudget, start_gate
+from batchrun.budget import NO_USAGE_NOTICE, BudgetGate, RowBudget, start_gate
 from batchrun.checkpoint import Checkpoint
 from batchrun.connect import ClientFactory, default_client, get_api_key
 from batchrun.errors import (
@@ -36,7 +36,7 @@ from batchrun.modelcheck import check_model_before_send
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.produce import BUDGET_HINT, Producer
-from batchrun.records import Request, RowResult
+from batchrun.records import OK, Request, RowResult
 from batchrun.send import Limiter, Outcome, Pool
 from batchrun.send.attempt import RowSender
 from batchrun.send.reask import ReaskingSender, ReaskState, load_states
@@ -64,6 +64,8 @@ class _Run:
         self.emit = on_event
         self.api_key = api_key
         self.progress = Progress()
+        #: Said once a run: answers come without usage.
+        self.said_no_usage = False
         self.limiter = Limiter(
             job.limits,
             pause_initial_s=max(0.5, job.retry.backoff_initial_s),
@@ -226,6 +228,9 @@ class _Run:
                 self.writer.forget_inflight(request.position)
             return
         self.writer.record(result, keep_key=outcome.maybe_billed)
+        if result.status == OK and result.total_tokens is None and not self.said_no_usage:
+            self.said_no_usage = True
+            self.notice(NO_USAGE_NOTICE)
         self.count(result)
         # Queued in the same loop turn as the leader's row, so the writer commits them in
         # the same transaction: no crash leaves a leader recorded and its followers not.
@@ -303,9 +308,10 @@ class _Run:
                     "and get its answer without a request"
                 )
             p.total, p.already_done, p.to_send = total, prep.resumed, total - prep.resumed
-            self.budget = RowBudget(
-                start_gate(ckpt, self.prices, job.budget, job.params.model, total)
-            )
+            mean_prompt = prep.scan.estimated_prompt_tokens // max(1, prep.scan.total_rows)
+            self.budget = RowBudget(start_gate(ckpt, self.prices, job.budget, model=job.params.model,
+                                               max_tokens=job.params.max_tokens, total=total,
+                                               mean_prompt_estimate=mean_prompt))  # fmt: skip
             if (
                 prep.already_complete
                 and ckpt.get_meta("finalized") == prep.finished_marker
@@ -345,18 +351,11 @@ class _Run:
     def finish(self, prep: Prepared, started: float) -> Summary:
         total = prep.total
         done = self.ckpt.done_count(below=total)
-        summary = summarize(
-            self.job,
-            self.ckpt,
-            self.progress,
-            self.prices,
-            total=total,
-            resumed=prep.resumed,
-            possibly_charged_twice=self.possibly_charged_twice,
-            wall_s=time.monotonic() - started,
-            state="complete" if done == total else "partial",
-            batch_ignored=self.batch.ignored_total if self.batch else 0,
-        )
+        summary = summarize(self.job, self.ckpt, self.progress, self.prices, total=total,
+                            resumed=prep.resumed, possibly_charged_twice=self.possibly_charged_twice,
+                            wall_s=time.monotonic() - started,
+                            state="complete" if done == total else "partial",
+                            batch_ignored=self.batch.ignored_total if self.batch else 0)  # fmt: skip
         error = self.stop_error
         if error is not None:
             summary.stop_reason = str(error)

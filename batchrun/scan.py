@@ -60,12 +60,16 @@ class Scan:
             "id_column": self.id_column,
             "mode": self.mode,
             "column": self.column,
+            # Prices the rows a resume finds recorded without usage (budget.py).
+            "estimated_prompt_tokens": self.estimated_prompt_tokens,
         }
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Scan:
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
-        return cls(meta["total_rows"], schema, meta["id_column"], meta["mode"], meta["column"])
+        scan = cls(meta["total_rows"], schema, meta["id_column"], meta["mode"], meta["column"])
+        scan.estimated_prompt_tokens = meta.get("estimated_prompt_tokens", 0)
+        return scan
 
 
 def _id_key(value: Any) -> int:

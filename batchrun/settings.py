@@ -22,7 +22,6 @@ from batchrun.io.remote import is_uri, location
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
-    DEFAULT_COST_HEADER,
     DEFAULT_MODEL,
     Budget,
     Grading,
@@ -32,6 +31,7 @@ from batchrun.job import (
     RetryPolicy,
 )
 from batchrun.structured import choices_schema, load_schema
+from batchrun.tools import CHOICE_WORDS
 
 #: Every key a job file may hold (the ``run`` flags, dashes as underscores).
 SETTING_KEYS = frozenset(
@@ -41,8 +41,8 @@ SETTING_KEYS = frozenset(
     max_retry_after
     max_tokens temperature top_p top_k frequency_penalty stop stream tools tool_choice
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
-    max_tokens_total prices cost_header expected_column match group_by image_columns
-    extra_body model_check dedupe cache cache_mode mode batch_api batch_size
+    max_tokens_total prices cost_header provider expected_column match group_by
+    image_columns extra_body model_check dedupe cache cache_mode mode batch_api batch_size
     poll_interval schema choices max_reasks params_column
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
@@ -95,6 +95,14 @@ def _parse_json_setting(name: str, value: Any) -> Any:
     return value
 
 
+def _tool_choice(value: Any) -> Any:
+    """A tool choice setting: a bare word ("auto", "required"; JSON needs no quotes
+    around it on the command line) or a JSON object."""
+    if isinstance(value, str) and value.strip() in CHOICE_WORDS:
+        return value.strip()
+    return _parse_json_setting("tool_choice", value)
+
+
 def _schema(schema: Any, choices: Any) -> dict[str, Any] | None:
     """``schema`` (inline JSON, a TOML table or a file path) or ``choices`` (a, b, c)."""
     check(schema is None or choices is None, "give only one of --schema and --choices")
@@ -124,7 +132,7 @@ def _grading(s: dict[str, Any]) -> Grading | None:
 _TEXT_KEYS = (
     "input", "output", "model", "base_url", "api_key_env", "prompt_column", "messages_column",
     "template", "system", "id_column", "prices", "expected_column", "match", "group_by",
-    "cache", "cache_mode", "mode", "batch_api", "params_column",
+    "provider", "cache", "cache_mode", "mode", "batch_api", "params_column",
 )  # fmt: skip
 #: Settings that are true or false: `restart = "false"` must not discard a checkpoint.
 _FLAG_KEYS = (
@@ -177,7 +185,11 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
     )
     tools = _parse_json_setting("tools", s.pop("tools", None))
     if tools is not None:
-        check(isinstance(tools, list), "tools must be a list of {name, description, input_schema}")
+        check(
+            isinstance(tools, list),
+            "tools must be a list of {name, description, input_schema} or "
+            '{"type": "function", "function": {name, description, parameters}}',
+        )
         tools = tuple(tools)
     stop = s.pop("stop", ())
     if isinstance(stop, str):
@@ -196,7 +208,7 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             system=s.pop("system", None),
             system_as_message=s.pop("system_as_message", False),
             tools=tools,
-            tool_choice=_parse_json_setting("tool_choice", s.pop("tool_choice", None)),
+            tool_choice=_tool_choice(s.pop("tool_choice", None)),
             metadata=_parse_json_setting("metadata", s.pop("metadata", None)),
             extra_body=_parse_json_setting("extra_body", s.pop("extra_body", None)),
             schema=schema,
@@ -243,7 +255,8 @@ def job_from_settings(settings: dict[str, Any]) -> Job:
             ),
             grading=_grading(s),
             prices_path=Path(s.pop("prices")) if s.get("prices") else None,
-            cost_header=s.pop("cost_header", DEFAULT_COST_HEADER) or None,
+            cost_header=s.pop("cost_header", None),
+            provider=s.pop("provider", None),
             dedupe=s.pop("dedupe", None),
             cache_dir=Path(s.pop("cache")) if s.get("cache") else None,
             cache_mode=s.pop("cache_mode", "read-write"),

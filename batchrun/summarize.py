@@ -4,7 +4,7 @@ latency from the output file, accuracy when graded."""
 from __future__ import annotations
 
 from batchrun.batchjournal import batch_summary
-from batchrun.budget import recorded_cost, recorded_spend
+from batchrun.budget import recorded_cost, recorded_spend, unknown_usage
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Progress
 from batchrun.grading import accuracy
@@ -28,6 +28,13 @@ def summarize(
 ) -> Summary:
     """The summary of a run over the first ``total`` rows of the output."""
     agg = ckpt.aggregate(total)
+    without_usage = unknown_usage(ckpt, total, job.params.max_tokens)[0]
+    # Rows whose usage is unknown make the estimate unknown: a sum over the others would
+    # read as the run's cost (and as $0 when no row had usage).
+    estimate = None if without_usage else recorded_cost(ckpt, prices, job.params.model, total)
+    # The spend is known where the API reported it, whatever the usage said.
+    unpriced = unknown_usage(ckpt, total, job.params.max_tokens, unpriced=True)[0]
+    spent = None if unpriced else recorded_spend(ckpt, prices, job.params.model, total)
     p = progress
     output = job.local_output  # read for latency and grades; the summary names OUTPUT
     summary = Summary(
@@ -51,7 +58,8 @@ def summarize(
         latency_ms=latency_percentiles(output) if output.exists() else {},
         errors_by_type=agg["errors_by_type"],
         finish_reasons=agg["finish_reasons"],
-        estimated_cost_usd=_round(recorded_cost(ckpt, prices, job.params.model, total)),
+        estimated_cost_usd=_round(estimate),
+        rows_without_usage=without_usage,
         reported_cost_usd=_round(agg["reported_cost_usd"]),
         rows_cost_reported=agg["rows_cost_reported"],
         rows_served_by_dedupe=agg["rows_served_by_dedupe"],
@@ -61,7 +69,7 @@ def summarize(
             recorded_cost(ckpt, prices, job.params.model, total, saved=True)
         ),
         credits_used=agg["credits_used"],
-        spent_usd=_round(recorded_spend(ckpt, prices, job.params.model, total)),
+        spent_usd=_round(spent),
     )
     if job.mode == "batch" or batch_ignored:
         summary.mode = job.mode

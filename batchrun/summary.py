@@ -41,7 +41,10 @@ class Summary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    #: From the tokens at list prices; None when unknown (no price, or rows without usage).
     estimated_cost_usd: float | None = None
+    #: Ok rows whose answer said no usage (tokens null): their tokens are not in the sums.
+    rows_without_usage: int = 0
     #: Rows answered without a request: by a row with the same request (dedupe), by the
     #: response cache; the tokens their answers used and what those would have cost.
     rows_served_by_dedupe: int = 0
@@ -94,6 +97,9 @@ class Summary:
         est = (
             f"${self.estimated_cost_usd:,.4f}" if self.estimated_cost_usd is not None else "unknown"
         )
+        if self.rows_without_usage:
+            # Never $0: those rows were paid for, and nothing says how much.
+            est += f" ({self.rows_without_usage:,} rows without usage)"
         if self.reported_cost_usd is None:
             return f"  cost: estimated {est} (the API reported none)"
         credits = f", {self.credits_used:,} credits" if self.credits_used is not None else ""
@@ -113,7 +119,12 @@ class Summary:
             + (f", re-asks {self.reasks:,}" if self.reasks else "")
             + ")"
             f", resumed {self.rows_resumed:,} rows, possibly charged twice {self.rows_possibly_charged_twice:,}",
-            f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}",
+            f"  tokens {self.prompt_tokens:,} in + {self.completion_tokens:,} out = {self.total_tokens:,}"
+            + (
+                f" ({self.rows_without_usage:,} rows without usage, not counted)"
+                if self.rows_without_usage
+                else ""
+            ),
             self._cost_line(),
             f"  wall {self.wall_time_s:.1f} s, {self.rows_per_s:,.1f} rows/s"
             + (

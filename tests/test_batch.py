@@ -322,3 +322,29 @@ def test_openai_result_lines_become_rows_or_error_rows() -> None:
         redact,
     )  # fmt: skip
     assert status.ended and files == {"output_file_id": "file-1"}  # a path is no file id
+
+
+def test_openai_batch_lines_are_in_openai_shapes_whatever_the_base_url_implies() -> None:
+    # The job's profile may be the gateway's (an unknown host): the OpenAI Batch API still
+    # takes OpenAI's names and shapes in every line.
+    from batchrun.profiles import GATEWAY, OPENAI
+
+    tool = {"name": "label", "description": "d", "input_schema": {"type": "object"}}
+    request = Request(
+        0,
+        [{"role": "user", "content": "hi"}],
+        {"model": "gpt-4o", "max_tokens": 8, "stop_sequences": ["\n"], "system": "be brief",
+         "tools": [tool], "tool_choice": {"type": "tool", "name": "label"}},
+        8,
+        3,
+    )  # fmt: skip
+    for profile in (GATEWAY, OPENAI, None):
+        body = json.loads(OpenAIBatches(profile=profile).line("r0", request))["body"]
+        assert body["stop"] == ["\n"] and "stop_sequences" not in body
+        assert body["tools"] == [
+            {"type": "function", "function": {"name": "label", "description": "d",
+                                              "parameters": {"type": "object"}}}
+        ]  # fmt: skip
+        assert body["tool_choice"] == {"type": "function", "function": {"name": "label"}}
+        assert body["messages"][0] == {"role": "system", "content": "be brief"}
+        assert "system" not in body

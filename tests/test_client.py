@@ -626,6 +626,33 @@ def test_reported_cost_is_read_from_the_named_header(
 
 
 @pytest.mark.parametrize(
+    "cost_header, usage_cost, headers, expected",
+    [
+        ("x-cost", 0.002, {}, 0.002),  # usage.cost when the header says nothing
+        ("x-cost", 0.002, {"x-cost": "0.003"}, 0.003),  # the header wins
+        ("x-cost", 0.002, {"x-cost": "nonsense"}, 0.002),
+        (None, 0.002, {"x-cost": "0.003"}, 0.002),  # no header read: what the body says
+        ("x-cost", -1, {}, None),
+        ("x-cost", True, {}, None),
+        ("x-cost", "0.002", {}, None),  # a number, not text
+        ("x-cost", 1e400, {}, None),  # infinity
+    ],
+)
+def test_reported_cost_from_usage_cost(
+    cost_header: str | None, usage_cost: Any, headers: dict[str, str], expected: float | None
+) -> None:
+    payload = _ok()
+    payload["usage"] = {**payload["usage"], "cost": usage_cost}
+    result, _ = _run(
+        lambda m: m.post(URL, payload=payload, status=201, headers=headers),
+        lambda c: c.complete(_req(BODY), "key-1"),
+        cost_header=cost_header,
+    )
+    assert isinstance(result, Completion)
+    assert result.reported_cost_usd == expected
+
+
+@pytest.mark.parametrize(
     "payload",
     [
         {"choices": [{"message": "just text", "finish_reason": "stop"}]},

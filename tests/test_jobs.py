@@ -58,11 +58,23 @@ def test_settings_json_cannot_carry_or_of_the_wrong_kind_are_refused(
         job_from_settings({"input": str(src), **settings})
 
 
-@pytest.mark.parametrize(("value", "expected"), [("x-cost", "x-cost"), ("", None)])
-def test_cost_header_setting(tmp_path: Path, value: str, expected: str | None) -> None:
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"cost_header": "x-cost"}, "x-cost"),
+        ({"cost_header": ""}, None),
+        ({}, "x-aimlapi-usd-spent"),  # the gateway profile's
+        ({"provider": "openai"}, None),  # OpenAI reports no cost
+        ({"provider": "openai", "cost_header": "x-cost"}, "x-cost"),
+        ({"base_url": "http://127.0.0.1:4000/v1"}, "x-litellm-response-cost"),
+    ],
+)
+def test_cost_header_setting(
+    tmp_path: Path, settings: dict[str, str], expected: str | None
+) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "hi"}\n')
-    assert job_from_settings({"input": str(src), "cost_header": value}).cost_header == expected
+    assert job_from_settings({"input": str(src), **settings}).read_cost_header == expected
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def test_tool_choice_takes_the_documented_and_the_anthropic_forms(choice: dict[s
 )
 def test_tool_choice_naming_no_tool_is_refused(choice: dict[str, Any]) -> None:
     tools = ({"name": "t", "input_schema": {"type": "object"}},)
-    with pytest.raises(UsageError, match="tool_choice must be"):
+    with pytest.raises(UsageError, match="which is not one of the tools: t"):
         RequestParams(tools=tools, tool_choice=choice)
 
 

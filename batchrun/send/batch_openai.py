@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from batchrun import fastjson
 from batchrun.errors import RowFailed, SendFailed
+from batchrun.profiles import OPENAI, Profile
 from batchrun.records import Request
 from batchrun.send.batch import (
     BATCH_ID,
@@ -50,8 +51,11 @@ _READ = 1 << 20
 class OpenAIBatches:
     """The wire shapes of the OpenAI Batch API."""
 
-    def __init__(self, *, system_as_message: bool = False) -> None:
-        self.chat = ChatCompletions(system_as_message=system_as_message)
+    def __init__(self, *, system_as_message: bool = False, profile: Profile | None = None) -> None:
+        # Its lines are the live endpoint's bodies in OpenAI's shapes (tools, tool choice,
+        # stop, system as a message), whatever profile the base URL implies.
+        shapes = profile if profile is not None and profile.tool_shape == "openai" else OPENAI
+        self.chat = ChatCompletions(profile=shapes, system_as_message=system_as_message)
 
     def line(self, custom_id: str, request: Request) -> bytes:
         body = self.chat.encode(request)

@@ -116,7 +116,8 @@ class ApiClient:
                 raise self._failed(
                     exc.status, exc.message, exc.request_id, inference_id, {}
                 ) from None
-            # A header wins over a stream's meta event (a proxy may add its own).
+            # A header wins over what the body says (a stream's meta event, usage.cost): a
+            # proxy may add its own.
             reported = spend.from_headers(reply.headers, self._cost_header)
             if reported.usd is not None:
                 completion.reported_cost_usd = reported.usd
@@ -176,7 +177,7 @@ class ApiClient:
             error_type_for_status(status),
             self.redact.clean(f"HTTP {status}: {message}", TEXT_MAX),
             status=status,
-            retry_after_s=parse_retry_after(headers),
+            retry_after_s=parse_retry_after(headers, names=self.dialect.profile.retry_headers),
             request_id=self._clean_id(request_id),
         )
         exc.inference_id = self._clean_id(inference_id)

@@ -3,23 +3,28 @@
 A :class:`Request` (provider-neutral) becomes a body; an answer, whole or as server-sent
 events, becomes a :class:`Completion`; an error body becomes a message. The shape is the
 OpenAI-style one the AI/ML API gateway documents, with its habits: Anthropic or OpenAI
-finish reasons, ``reasoning_content`` beside the content, a ``system`` field.
+finish reasons, ``reasoning_content`` beside the content, a ``system`` field. What differs
+between servers (the stop field, tool shapes, stream usage, ``system``) is read from a
+:class:`~batchrun.profiles.Profile`, never from a provider's name.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from batchrun import fastjson
 from batchrun.errors import Retryable, RowFailed
 from batchrun.images import is_claude
+from batchrun.profiles import GATEWAY, Profile
 from batchrun.records import Completion, Request
 from batchrun.send import spend
 from batchrun.send.images import LoadedImage
 from batchrun.send.tracing import server_id
+from batchrun.tools import openai_tool_choice, openai_tools
 
 #: Characters of a server's text quoted in an error message.
 TEXT_MAX = 300
@@ -45,28 +50,56 @@ class ChatCompletions:
 
     path = "/chat/completions"
 
-    def __init__(self, *, system_as_message: bool = False) -> None:
+    def __init__(self, *, profile: Profile = GATEWAY, system_as_message: bool = False) -> None:
+        self.profile = profile
         #: Send ``system`` as a leading system message instead of the body field (for
-        #: OpenAI-compatible servers that do not know the field).
-        self.system_as_message = system_as_message
+        #: OpenAI-compatible servers that do not know the field; the profile may say so).
+        self.system_as_message = system_as_message or not profile.system_field
+        # Rows share one params dict (the job's): translated once, not once a row.
+        self._params_in: dict[str, Any] | None = None
+        self._params_out: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"ChatCompletions(system_as_message={self.system_as_message})"
+        return (
+            f"ChatCompletions(profile={self.profile.name!r}, "
+            f"system_as_message={self.system_as_message})"
+        )
 
     def encode(self, request: Request, images: Sequence[LoadedImage] = ()) -> dict[str, Any]:
         """The request body, in a stable key order (params first, then messages); a row's
         images go first in its last user message, as the model's blocks."""
         params = request.params
+        if params is not self._params_in:
+            self._params_out = self.wire_params(params)
+            self._params_in = params
+        body = dict(self._params_out)
         messages = request.messages
         if images:
             messages = _with_images(messages, images, is_claude(str(params.get("model", ""))))
         if self.system_as_message and "system" in params:
-            body = {k: v for k, v in params.items() if k != "system"}
             body["messages"] = [{"role": "system", "content": params["system"]}, *messages]
-            return body
-        body = dict(params)
-        body["messages"] = messages
+        else:
+            body["messages"] = messages
         return body
+
+    def wire_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The neutral parameters in the profile's names and shapes (messages apart)."""
+        profile = self.profile
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            if name == "system" and self.system_as_message:
+                continue  # a leading message instead (encode)
+            if name == "stop_sequences":
+                out[profile.stop_field] = value
+            elif name == "tools" and profile.tool_shape == "openai":
+                out["tools"] = openai_tools(value)
+            elif name == "tool_choice" and profile.tool_shape == "openai":
+                out["tool_choice"] = openai_tool_choice(value)
+            else:
+                out[name] = value
+        if params.get("stream") and profile.stream_usage:
+            out["stream_options"] = {"include_usage": True}
+        return out
 
     # --- answers ----------------------------------------------------------------------------
 
@@ -92,6 +125,7 @@ class ChatCompletions:
                 model=_str_or_none(payload.get("model")),
                 response_id=_str_or_none(payload.get("id")),
                 reasoning_content=_str_or_none(message.get("reasoning_content")) or None,
+                reported_cost_usd=usage_cost(usage),
             )
         except (*SHAPE_ERRORS, UnicodeDecodeError):
             snippet = raw[:ERROR_BODY_MAX].decode("utf-8", "replace")
@@ -218,6 +252,15 @@ def _content_text(content: Any) -> str | None:
     return str(content)
 
 
+def usage_cost(usage: Any) -> float | None:
+    """``usage.cost`` in USD, where the server reports it there (LiteLLM does in a stream's
+    usage chunk); None when absent or not a finite number >= 0."""
+    cost = usage.get("cost") if isinstance(usage, dict) else None
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        return None
+    return float(cost) if math.isfinite(cost) and cost >= 0 else None
+
+
 def _int_or_none(value: Any) -> int | None:
     """A token count as the journal and the output can hold it (a non-negative int64)."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
@@ -252,8 +295,9 @@ class _StreamState:
         """Merge one chunk; a chunk of the wrong shape raises one of SHAPE_ERRORS."""
         self.model = _str_or_none(chunk.get("model")) or self.model
         self.response_id = _str_or_none(chunk.get("id")) or self.response_id
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
+        usage = chunk.get("usage")
+        if usage and isinstance(usage, dict):
+            self.usage = usage
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             text = _content_text(delta.get("content"))
@@ -287,6 +331,7 @@ class _StreamState:
             model=self.model,
             response_id=self.response_id,
             reasoning_content="".join(self.reasoning) or None,
-            reported_cost_usd=self.spend.usd if self.spend else None,
+            # The gateway's meta event, else a usage.cost (LiteLLM's usage chunk).
+            reported_cost_usd=self.spend.usd if self.spend else usage_cost(self.usage),
             credits_used=self.spend.credits if self.spend else None,
         )

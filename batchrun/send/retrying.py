@@ -18,6 +18,7 @@ from tenacity import RetryCallState
 
 from batchrun.errors import Retryable, RowFailed, SendFailed, StopRun
 from batchrun.job import RetryPolicy
+from batchrun.profiles import STANDARD_RETRY_HEADERS, RetryHeader
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 STOP_STATUSES = frozenset({401, 403})
@@ -51,23 +52,38 @@ def classify_status(status: int) -> type[SendFailed]:
     return RowFailed
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str],
+    now: float | None = None,
+    *,
+    names: tuple[RetryHeader, ...] = STANDARD_RETRY_HEADERS,
+) -> float | None:
     """Seconds the server asks us to wait, or None when it does not say (or says nonsense).
 
-    Reads ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as seconds (integer
-    or decimal) or as an HTTP date. Negative values become 0.
+    Reads the headers ``names`` in order, the first usable one wins: by default
+    ``retry-after-ms`` (milliseconds), then ``Retry-After`` as seconds (integer or decimal)
+    or as an HTTP date; a profile may add its own (LiteLLM relays the upstream's as
+    ``llm_provider-retry-after(-ms)``). Negative values become 0.
     """
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value):
-            return max(0.0, value / 1000.0)
-    raw = headers.get("retry-after")
-    if raw is None:
+    for name, unit in names:
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        value = _milliseconds(raw) if unit == "ms" else _seconds_or_date(raw, now)
+        if value is not None:
+            return value
+    return None
+
+
+def _milliseconds(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
         return None
+    return max(0.0, value / 1000.0) if math.isfinite(value) else None
+
+
+def _seconds_or_date(raw: str, now: float | None) -> float | None:
     raw = raw.strip()
     try:
         value = float(raw)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from batchrun.simulate.answers import Answer, answer_for, completion_for, reasoning_for, usage_for
 from batchrun.simulate.config import MODELS, SimConfig, SimStats
-from batchrun.simulate.server import SimServer, make_app, serve, start_simulator
+from batchrun.simulate.server import make_app
+from batchrun.simulate.serving import SimServer, serve, start_simulator
 from batchrun.simulate.validate import ROLES, known_model, validate
 
 __all__ = [

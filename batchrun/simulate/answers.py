@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun.simulate.toolargs import INVALID_KINDS, arguments_for
+from batchrun.tools import normalize_tool_choice, normalize_tools
 
 _WORDS = [
     "amber", "delta", "river", "quiet", "lantern", "orbit", "maple", "cobalt",
@@ -173,6 +174,20 @@ def reasoning_for(body: dict[str, Any], rate: float) -> str | None:
     n = 4 + seed % 6
     words = [_WORDS[(seed >> (5 * i)) % len(_WORDS)] for i in range(n)]
     return f"Considering the request: {' '.join(words)}. That settles the answer."
+
+
+def neutral_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A validated OpenAI-shaped body in the gateway's names (``stop`` → ``stop_sequences``,
+    tools and tool choice in the neutral shape), so that both flavours answer alike."""
+    out = dict(body)
+    if "stop" in out:
+        stop = out.pop("stop")
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+    if out.get("tools"):
+        out["tools"] = list(normalize_tools(out["tools"]))
+    if "tool_choice" in out:
+        out["tool_choice"] = normalize_tool_choice(out["tool_choice"], out.get("tools"))
+    return out
 
 
 def answer_for(

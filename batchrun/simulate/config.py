@@ -24,6 +24,8 @@ MODELS = (
     "gpt-4o",
 )
 
+FLAVORS = ("gateway", "openai")
+
 _RATES = (
     "error_500_rate",
     "rate_429",
@@ -50,6 +52,9 @@ class SimConfig:
     rate_429: float = 0.0
     rate_429_no_retry_after: float = 0.0
     retry_after_s: float = 1.0
+    #: The first this many admitted requests are answered 429 with ``retry_after_s``
+    #: (a server busy at the start: the retry after it is what is rehearsed).
+    first_429s: int = 0
     rate_403: float = 0.0
     drop_rate: float = 0.0
     rpm_limit: int | None = None
@@ -82,6 +87,11 @@ class SimConfig:
     invalid_rate: float = 0.0
     invalid_kinds: tuple[str, ...] = INVALID_KINDS
     seed: int = 0
+    #: Which server it stands in for: "gateway" (the documented API: HTTP 201, a usage
+    #: chunk in every stream, Anthropic tool shapes, unknown fields refused) or "openai"
+    #: (HTTP 200, stream usage only when asked, OpenAI tool shapes and string tool
+    #: choices, ``stop``, no ``system`` or ``top_k``, OpenAI's error objects).
+    flavor: str = "gateway"
     #: Batch API: seconds from a batch's creation to its end (the time scale), the shares
     #: of its requests that end errored or expired, of polls answered 500, results in
     #: shuffled order, and result lines of no request / a request's second (see batches.py).
@@ -99,8 +109,12 @@ class SimConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
         if self.latency_ms < 0 or self.jitter_ms < 0 or self.retry_after_s < 0:
             raise ValueError("latency, jitter and retry-after must be >= 0")
+        if self.first_429s < 0:
+            raise ValueError("first_429s must be >= 0")
         if self.rpm_limit is not None and self.rpm_limit < 1:
             raise ValueError("rpm_limit must be >= 1")
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
         if self.batch_delay_s < 0 or self.batch_errored_rate + self.batch_expired_rate > 1:
             raise ValueError("batch_delay_s must be >= 0 and the batch fault rates sum to <= 1")
         if self.rpm_window_s <= 0:

@@ -15,8 +15,8 @@ from typing import Literal
 
 from aiohttp import web
 
+from batchrun.simulate import wire
 from batchrun.simulate.config import SimConfig
-from batchrun.simulate.wire import error_response
 
 #: What ``Faults.draw`` returns for a connection to drop without an answer.
 DROP: Literal["drop"] = "drop"
@@ -27,12 +27,22 @@ class Faults:
         self.config = config
         self.rng = random.Random(config.seed)
         self.accepted: deque[float] = deque()
+        self.first_429s_left = config.first_429s
         self.window_cap = (
             math.floor(config.rpm_limit * config.rpm_window_s / 60) if config.rpm_limit else 0
         )
 
+    def error(
+        self, status: int, message: str, kind: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        """An error in the shape of the server simulated."""
+        return wire.error_response(
+            status, message, kind, headers=headers, openai=self.config.flavor == "openai"
+        )
+
     def reset(self) -> None:
         self.accepted.clear()
+        self.first_429s_left = self.config.first_429s
 
     def ratelimit_headers(self) -> dict[str, str]:
         cfg = self.config
@@ -67,32 +77,37 @@ class Faults:
         if self.config.limit_sends_retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(int(wait * 1000))
-        return error_response(
+        return self.error(
             429, "rate limit reached for requests", "rate_limit_error", headers=headers
         )
+
+    def _retry_after(self) -> dict[str, str]:
+        s = self.config.retry_after_s
+        return {"Retry-After": str(max(0, math.ceil(s))), "retry-after-ms": str(int(s * 1000))}
 
     def draw(self) -> web.Response | Literal["drop"] | None:
         """One draw for an admitted request: an injected error, a drop, or None (answer)."""
         cfg = self.config
+        if self.first_429s_left > 0:
+            self.first_429s_left -= 1
+            return self.error(429, "busy (simulated)", "rate_limit_error", self._retry_after())
         r = self.rng.random()
         edge = cfg.rate_403
         if r < edge:
-            return error_response(
+            return self.error(
                 403, "Insufficient credits: top up your balance to continue", "insufficient_quota"
             )
         if r < (edge := edge + cfg.error_500_rate):
-            return error_response(500, "internal error (simulated)", "server_error")
+            return self.error(500, "internal error (simulated)", "server_error")
         if r < (edge := edge + cfg.rate_429):
             s = cfg.retry_after_s
             headers = {
                 "Retry-After": str(max(0, math.ceil(s))),
                 "retry-after-ms": str(int(s * 1000)),
             }
-            return error_response(
-                429, "rate limited (simulated)", "rate_limit_error", headers=headers
-            )
+            return self.error(429, "rate limited (simulated)", "rate_limit_error", headers=headers)
         if r < (edge := edge + cfg.rate_429_no_retry_after):
-            return error_response(429, "rate limited (simulated)", "rate_limit_error")
+            return self.error(429, "rate limited (simulated)", "rate_limit_error")
         if r < edge + cfg.drop_rate:
             return DROP
         return None

@@ -1,17 +1,14 @@
-"""The simulator's HTTP side: the handlers, their routes (registered in ``_Simulator.routes``),
-and the ways to run it (``make_app``, ``start_simulator``, ``serve``)."""
+"""The simulator's HTTP side: the handlers and their routes (registered in
+``_Simulator.routes``), as an aiohttp application (``make_app``); :mod:`.serving` runs it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import json
 import random
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ from aiohttp import web
 from batchrun.pricing import PriceTable
 from batchrun.send.spend import CREDITS_PER_USD, GATEWAY_CREDITS_HEADER, GATEWAY_USD_HEADER
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, is_valid_id
-from batchrun.simulate.answers import Answer, answer_for
+from batchrun.simulate.answers import Answer, answer_for, neutral_body
 from batchrun.simulate.batches import BatchService
 from batchrun.simulate.config import SimConfig, SimStats
 from batchrun.simulate.faults import DROP, Faults
@@ -52,6 +49,9 @@ class _Simulator:
                 seed=config.answers_seed,
             )
         )
+        self.openai = config.flavor == "openai"
+        #: The status of a fresh answer: the gateway's 201, OpenAI's 200.
+        self.ok_status = 200 if self.openai else 201
         self.billed_keys: set[str] = set()
         self.twice_keys: set[str] = set()
         self.replies: dict[str, tuple[int, bytes, dict[str, str]]] = {}
@@ -74,12 +74,17 @@ class _Simulator:
             *self.batches.routes(),
         ]
 
+    def _error(
+        self, status: int, message: str, kind: str, param: str | None = None
+    ) -> web.Response:
+        return error_response(status, message, kind, param, openai=self.openai)
+
     def denied(self, request: web.Request) -> web.Response | None:
         """401 for a missing or wrong key, else None."""
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth.startswith("Bearer ") else ""
         if not token or (self.config.api_key is not None and token != self.config.api_key):
-            return error_response(401, "invalid or missing API key", "authentication_error")
+            return self._error(401, "invalid or missing API key", "authentication_error")
         return None
 
     def _counted(self, response: web.Response) -> web.Response:
@@ -122,7 +127,8 @@ class _Simulator:
             "User-Agent": request.headers.get("User-Agent"),
             "X-Client-Request-Id": request.headers.get(CLIENT_REQUEST_ID_HEADER),
         }
-        self.stats.bodies.append({"body": body, "headers": headers})
+        # When it arrived (monotonic s): what a test of a retry's wait measures.
+        self.stats.bodies.append({"body": body, "headers": headers, "at": time.monotonic()})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         cfg, st = self.config, self.stats
@@ -131,29 +137,27 @@ class _Simulator:
         raw = await request.read()
         if not token or (cfg.api_key is not None and token != cfg.api_key):
             return self._counted(
-                error_response(401, "invalid or missing API key", "authentication_error")
+                self.faults.error(401, "invalid or missing API key", "authentication_error")
             )
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return self._counted(
-                error_response(
-                    400, "request body is not valid JSON", "invalid_request_error", "body"
-                )
+                self._error(400, "request body is not valid JSON", "invalid_request_error", "body")
             )
         key = request.headers.get("Idempotency-Key")
         self._record(request, body)
-        problem = validate(body)
+        problem = validate(body, cfg.flavor)
         if problem is not None:
-            return self._counted(
-                error_response(400, problem[1], "invalid_request_error", problem[0])
-            )
-        refusal = (strict_problem(body) if cfg.strict else None) or content_problem(body)
+            return self._counted(self._error(400, problem[1], "invalid_request_error", problem[0]))
+        # OpenAI's own checks refuse unknown fields already (validate).
+        strict = cfg.strict and not self.openai
+        refusal = (strict_problem(body) if strict else None) or content_problem(body)
         if refusal is not None:
-            return self._counted(error_response(400, refusal, "invalid_request_error"))
+            return self._counted(self._error(400, refusal, "invalid_request_error"))
         if not known_model(body["model"]):
             message = f"model {body['model']!r} not found"
-            return self._counted(error_response(404, message, "model_not_found", "model"))
+            return self._counted(self._error(404, message, "model_not_found", "model"))
         if cfg.honor_idempotency and key and key in self.replies:
             st.replayed += 1
             status, payload, headers = self.replies[key]
@@ -182,6 +186,8 @@ class _Simulator:
     ) -> web.StreamResponse:
         st = self.stats
         keyed = None if self.answer_key is None else self.answer_key.answer(body)
+        if self.openai:
+            body = neutral_body(body)
         cfg = self.config
         answer = answer_for(
             body,
@@ -214,7 +220,8 @@ class _Simulator:
         # The cost header belongs to the answer (a replay repeats it); rate-limit headers
         # describe the moment.
         streamed = bool(body.get("stream"))
-        spent = self._gateway_spend(answer)
+        # OpenAI reports no spend (neither headers nor a meta event).
+        spent = None if self.openai else self._gateway_spend(answer)
         cost_headers = self._cost_headers(answer)
         if spent is not None and not streamed:
             cost_headers[GATEWAY_USD_HEADER] = repr(spent[0])
@@ -222,12 +229,15 @@ class _Simulator:
         headers = self.faults.ratelimit_headers() | cost_headers
         if streamed:
             st.count(200)
-            return await self._stream(request, answer, rid, created, headers, spent)
+            # The gateway sends usage in every stream; OpenAI only when asked.
+            options = body.get("stream_options") or {}
+            usage = not self.openai or options.get("include_usage") is True
+            return await self._stream(request, answer, rid, created, headers, spent, usage)
         payload = completion_body(answer, rid, created)
         if self.config.honor_idempotency and key:
-            self.replies[key] = (201, payload, cost_headers)
+            self.replies[key] = (self.ok_status, payload, cost_headers)
         return self._counted(
-            web.Response(status=201, body=payload, content_type=JSON, headers=headers)
+            web.Response(status=self.ok_status, body=payload, content_type=JSON, headers=headers)
         )
 
     def _cost_headers(self, answer: Answer) -> dict[str, str]:
@@ -265,6 +275,7 @@ class _Simulator:
         created: int,
         headers: dict[str, str],
         spent: tuple[float, int] | None,
+        usage: bool,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             status=200,
@@ -276,7 +287,7 @@ class _Simulator:
             },
         )
         await resp.prepare(request)
-        for i, event in enumerate(sse_events(answer, rid, created, spent)):
+        for i, event in enumerate(sse_events(answer, rid, created, spent, usage=usage)):
             await resp.write(event)
             if i == 0 and self.faults.stalls():
                 await asyncio.sleep(3600)  # stalls until the client gives up and disconnects
@@ -308,88 +319,16 @@ class _Simulator:
         return web.json_response({"reset": True})
 
 
-_SIM_KEY = web.AppKey("simulator", _Simulator)
+SIM_KEY = web.AppKey("simulator", _Simulator)
 
 
 def make_app(
     config: SimConfig, *, record_bodies: bool = False, log: Callable[[str], None] | None = None
 ) -> web.Application:
-    """The simulator as an aiohttp application (its state at ``app[_SIM_KEY]``); ``log``
+    """The simulator as an aiohttp application (its state at ``app[SIM_KEY]``); ``log``
     hears a line for each follow-up (a re-ask) it answers."""
     sim = _Simulator(config, record_bodies, log)
     app = web.Application(client_max_size=64 * 1024**2)
-    app[_SIM_KEY] = sim
+    app[SIM_KEY] = sim
     app.add_routes(sim.routes())
     return app
-
-
-def _check_loopback(host: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"the simulator listens on loopback addresses only, not {host!r}")
-
-
-class SimServer:
-    """A running simulator: ``url`` (base URL ending in /v1), ``port``, live ``stats``."""
-
-    def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
-        self._runner = runner
-        self._app = app
-        self.port = port
-        self.url = f"http://{host}:{port}/v1"
-
-    @property
-    def stats(self) -> SimStats:
-        return self._app[_SIM_KEY].stats
-
-
-@contextlib.asynccontextmanager
-async def start_simulator(
-    config: SimConfig,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    record_bodies: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> AsyncIterator[SimServer]:
-    """Serve the simulator until the block ends; port 0 picks a free port."""
-    _check_loopback(host)
-    app = make_app(config, record_bodies=record_bodies, log=log)
-    # A stopping simulator does not wait for stalled answers (aiohttp's default is 60 s).
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    real_port = int(runner.addresses[0][1])
-    try:
-        yield SimServer(runner, app, host, real_port)
-    finally:
-        await runner.cleanup()
-
-
-def serve(
-    config: SimConfig,
-    host: str = "127.0.0.1",
-    port: int = 8089,
-    *,
-    ready: Callable[[str], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> None:
-    """Serve until SIGINT/SIGTERM; ``ready(url)`` is called once listening, ``log`` with a
-    line for each follow-up answered."""
-    _check_loopback(host)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with start_simulator(config, host, port, log=log) as sim:
-            if ready is not None:
-                ready(sim.url)
-            await stop.wait()
-
-    asyncio.run(main())

@@ -22,8 +22,59 @@ def _is_num(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
-def validate(body: Any) -> tuple[str, str] | None:
+#: The body fields OpenAI's chat completions take; it refuses any other.
+OPENAI_FIELDS = frozenset(
+    [
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "seed",
+        "metadata",
+        "store",
+        "service_tier",
+        "reasoning_effort",
+        "modalities",
+        "prediction",
+        "audio",
+        "web_search_options",
+    ]
+)
+
+
+def validate(body: Any, flavor: str = "gateway") -> tuple[str, str] | None:
     """(param, message) of the first problem with a request body, as the API reports it."""
+    problem = _common(body)
+    if problem is not None or flavor != "openai":
+        return problem or _gateway(body)
+    return _openai(body)
+
+
+def _unknown(body: dict[str, Any], known: frozenset[str]) -> tuple[str, str] | None:
+    extra = sorted(set(body) - known)
+    if extra:
+        return extra[0], f"Unrecognized request argument supplied: {extra[0]}"
+    return None
+
+
+def _common(body: Any) -> tuple[str, str] | None:
+    """What every flavour checks alike: the body, model and messages."""
     if not isinstance(body, dict):
         return "body", "request body must be a JSON object"
     model = body.get("model")
@@ -38,6 +89,11 @@ def validate(body: Any) -> tuple[str, str] | None:
         c = m.get("content")
         if not (isinstance(c, (str, list)) or (c is None and m.get("tool_calls"))):
             return "messages", f"messages[{i}].content must be a string or a list of content parts"
+    return None
+
+
+def _gateway(body: dict[str, Any]) -> tuple[str, str] | None:
+    # Unknown fields: refused for Claude models only (strict_problem), as the gateway does.
     checks: list[tuple[str, Callable[[Any], bool], str]] = [
         ("max_tokens", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("temperature", lambda v: _is_num(v) and 0 <= v <= 1, "a number between 0 and 1"),
@@ -157,4 +213,60 @@ def _data_problem(data: Any, media: str) -> str | None:
     found = sniff(raw)
     if found != media:
         return f"image data is {found or 'not an image'}, not {media}"
+    return None
+
+
+def _is_openai_tool(t: Any) -> bool:
+    fn = t.get("function") if isinstance(t, dict) else None
+    return (
+        t.get("type") == "function"
+        and isinstance(fn, dict)
+        and isinstance(fn.get("name"), str)
+        and isinstance(fn.get("description", ""), str)
+        and isinstance(fn.get("parameters", {}), dict)
+    )
+
+
+def _openai(body: dict[str, Any]) -> tuple[str, str] | None:
+    """OpenAI's checks: its fields only, its ranges, its tool and tool-choice shapes."""
+    problem = _unknown(body, OPENAI_FIELDS)
+    if problem is not None:
+        return problem
+    for i, m in enumerate(body["messages"]):
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            return "messages", f"Missing parameter 'tool_call_id' in messages[{i}] (role tool)"
+    checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("max_tokens", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("temperature", lambda v: _is_num(v) and 0 <= v <= 2, "a number between 0 and 2"),
+        ("top_p", lambda v: _is_num(v) and 0 <= v <= 1, "a number between 0 and 1"),
+        ("frequency_penalty", lambda v: _is_num(v) and -2 <= v <= 2, "a number between -2 and 2"),
+        ("stop", lambda v: isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v)), "a string or a list of up to 4 strings"),
+        ("stream", lambda v: isinstance(v, bool), "a boolean"),
+        ("stream_options", lambda v: isinstance(v, dict) and isinstance(v.get("include_usage", False), bool), "an object {include_usage: bool}"),
+        ("metadata", lambda v: isinstance(v, dict), "an object"),
+        ("tools", lambda v: isinstance(v, list) and all(_is_openai_tool(t) for t in v), 'a list of {"type": "function", "function": {name, description, parameters}}'),
+    ]  # fmt: skip
+    for name, ok, what in checks:
+        if name in body and not ok(body[name]):
+            return name, f"Invalid value for '{name}': must be {what}"
+    if "stream_options" in body and not body.get("stream"):
+        return "stream_options", "stream_options is only allowed when stream is true"
+    if "tool_choice" in body:
+        tc = body["tool_choice"]
+        names = {t["function"]["name"] for t in body.get("tools") or ()}
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not (
+            tc in ("auto", "none", "required")
+            or (
+                isinstance(tc, dict)
+                and tc.get("type") == "function"
+                and isinstance(fn, dict)
+                and fn.get("name") in names
+            )
+        ):
+            return (
+                "tool_choice",
+                'Invalid value for \'tool_choice\': must be "auto", "none", "required" or '
+                '{"type": "function", "function": {"name": <a tool>}}',
+            )
     return None

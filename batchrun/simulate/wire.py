@@ -29,15 +29,34 @@ def error_body(status: int, message: str, path: str = "/v1/chat/completions") ->
     }
 
 
+#: OpenAI's error codes by status (the ``code`` of its error object).
+_OPENAI_CODES = {
+    401: "invalid_api_key",
+    403: "insufficient_quota",
+    404: "model_not_found",
+    429: "rate_limit_exceeded",
+}
+
+
 def error_response(
     status: int,
     message: str,
     kind: str,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    openai: bool = False,
 ) -> web.Response:
     """An error answer as the gateway sends it (``kind`` and ``param`` name the problem in
-    the message, where OpenAI would put them in fields of their own)."""
+    the message, where OpenAI would put them in fields of their own), or with ``openai``
+    as OpenAI does: ``{"error": {message, type, param, code}}`` (param and code null where
+    they do not apply)."""
+    if openai:
+        code = _OPENAI_CODES.get(status, "invalid_value" if status == 400 else None)
+        err = {"message": message, "type": kind, "param": param, "code": code}
+        return web.Response(
+            status=status, body=json.dumps({"error": err}), content_type=JSON, headers=headers
+        )
     del kind  # the gateway's body has no type field
     text = message if param is None or param in message else f"{param}: {message}"
     return web.Response(
@@ -46,7 +65,7 @@ def error_response(
 
 
 def completion_body(answer: Answer, rid: str, created: int) -> bytes:
-    """The non-streamed answer, as the gateway sends it with HTTP 201."""
+    """The non-streamed answer (the gateway sends it with HTTP 201, OpenAI with 200)."""
     call = answer.tool_call
     message: dict[str, Any] = {"role": "assistant", "content": None if call else answer.text}
     if answer.reasoning is not None:
@@ -90,10 +109,16 @@ def _deltas(answer: Answer) -> Iterator[dict[str, Any]]:
 
 
 def sse_events(
-    answer: Answer, rid: str, created: int, spent: tuple[float, int] | None = None
+    answer: Answer,
+    rid: str,
+    created: int,
+    spent: tuple[float, int] | None = None,
+    *,
+    usage: bool = True,
 ) -> Iterator[bytes]:
-    """The streamed answer's server-sent events, the role delta first, the gateway's
-    ``meta.usage`` event with ``spent`` (USD, credits) last before ``[DONE]``."""
+    """The streamed answer's server-sent events, the role delta first, the usage chunk
+    (``choices: []``) when ``usage``, the gateway's ``meta.usage`` event with ``spent``
+    (USD, credits) last before ``[DONE]``."""
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {
@@ -113,7 +138,8 @@ def sse_events(
     for d in _deltas(answer):
         yield delta(d)
     yield delta({}, answer.finish)
-    yield event([], usage=answer.usage)
+    if usage:
+        yield event([], usage=answer.usage)
     if spent is not None:
         # The gateway's last event: what the answer cost (no cost header on a stream).
         usd, credits = spent
