@@ -16,7 +16,8 @@ from aioresponses import CallbackResult, aioresponses
 from batchrun import __version__
 from batchrun.errors import Retryable, RowFailed, SendFailed, StopRun
 from batchrun.records import Completion, Request
-from batchrun.send.client import ApiClient, parse_cost
+from batchrun.send.client import ApiClient
+from batchrun.send.spend import parse_usd
 
 BASE = "https://api.example.test/v1"
 URL = f"{BASE}/chat/completions"
@@ -599,7 +600,7 @@ def test_key_echoed_in_a_stream_chunk_that_is_not_json_is_redacted() -> None:
     ],
 )
 def test_parse_cost(value: str | None, cost: float | None) -> None:
-    assert parse_cost(value) == cost
+    assert parse_usd(value) == cost
 
 
 @pytest.mark.parametrize(

@@ -190,8 +190,3 @@ class ApiClient:
         exc.message = self.redact.clean(exc.message, TEXT_MAX)
         exc.args = (exc.message,)
         return exc
-
-
-def parse_cost(value: str | None) -> float | None:
-    """A cost header's value in USD ("0.0012", "$0.0012"); None if absent or not a number."""
-    return spend.parse_usd(value)
