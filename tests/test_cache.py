@@ -112,6 +112,7 @@ batchrun.cache.FLUSH_EVERY = 1  # a transaction an answer: the writers must meet
 c = ResponseCache(Path(sys.argv[1]))
 c.open()
 me = sys.argv[2]
+Path(sys.argv[1], "ready-" + me).touch()  # imported and open: the test may start both
 while not Path(sys.argv[1], "go").exists():
     time.sleep(0.01)
 start = time.time()
@@ -136,7 +137,13 @@ def test_two_processes_writing_one_cache_at_once_lose_nothing(tmp_path: Path) ->
         )
         for name in ("a", "b")
     ]
-    time.sleep(0.5)
+    # Start both only once both have imported and opened the cache: on a loaded machine a
+    # fixed sleep let one writer finish before the other had even started.
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{n}").exists() for n in ("a", "b")):
+        assert time.monotonic() < deadline, "the writers never got ready"
+        assert all(p.poll() is None for p in procs), "a writer died before it was ready"
+        time.sleep(0.01)
     (tmp_path / "go").touch()
     spans = []
     for p in procs:
