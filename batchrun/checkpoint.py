@@ -197,7 +197,7 @@ class Checkpoint:
                 " AND position NOT IN (SELECT position FROM results)",
                 (below,),
             ).rowcount
-            total = _add_meta_count(db, "possibly_charged_twice", new)
+            total = add_meta_count(db, "possibly_charged_twice", new)
         return total
 
     def forget_failed(self, error_types: tuple[str, ...]) -> int:
@@ -239,7 +239,7 @@ class Checkpoint:
                     for p in doubts
                 )
                 if new:
-                    _add_meta_count(db, "possibly_charged_twice", new)
+                    add_meta_count(db, "possibly_charged_twice", new)
             if reasks:
                 db.executemany("INSERT OR REPLACE INTO reasks VALUES (?, ?, ?, ?)", reasks)
                 db.executemany("DELETE FROM inflight WHERE position=?", [(r[0],) for r in reasks])
@@ -364,7 +364,7 @@ def _corrupt(exc: sqlite3.DatabaseError) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-def _add_meta_count(db: sqlite3.Connection, key: str, n: int) -> int:
+def add_meta_count(db: sqlite3.Connection, key: str, n: int) -> int:
     """Add ``n`` to the count stored under ``key`` (in the caller's transaction)."""
     row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
     total = int(json.loads(row[0]) if row else 0) + n

@@ -56,9 +56,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class _Run:
     """One run of a job; it is also the send path's hooks (journal, progress, stops)."""
 
-    def __init__(
-        self, job: Job, on_event: EventSink, api_key: str, client_factory: ClientFactory
-    ) -> None:
+    def __init__(self, job: Job, on_event: EventSink, api_key: str,
+                 client_factory: ClientFactory, limiter: Limiter | None) -> None:  # fmt: skip
         self.job = job
         self.client_factory = client_factory
         self.emit = on_event
@@ -66,7 +65,7 @@ class _Run:
         self.progress = Progress()
         #: Said once a run: answers come without usage.
         self.said_no_usage = False
-        self.limiter = Limiter(
+        self.limiter = limiter or Limiter(
             job.limits,
             pause_initial_s=max(0.5, job.retry.backoff_initial_s),
             pause_max_s=job.retry.backoff_max_s,
@@ -378,20 +377,20 @@ async def run_job(
     on_event: EventSink | None = None,
     handle_signals: bool = False,
     client_factory: ClientFactory = default_client,
+    limiter: Limiter | None = None,
 ) -> Summary:
-    """Run a job to the end (or to a stop) and return its summary.
+    """Run a job to the end (or to a stop) and return its summary. ``limiter``: limits
+    from elsewhere (a Ray shard leases its share of the cluster's).
 
     Raises UsageError/InvalidInput (nothing sent), CheckpointError, RunStopped or Interrupted;
     the last two carry ``.summary`` and leave a resumable checkpoint.
     """
     api_key = get_api_key(job)
-    run = _Run(job, on_event or (lambda _: None), api_key, client_factory)
+    run = _Run(job, on_event or (lambda _: None), api_key, client_factory, limiter)
     loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if handle_signals:
-        for sig in SIGNALS:
-            loop.add_signal_handler(sig, run.on_signal, sig)
-            installed.append(sig)
+    installed = list(SIGNALS) if handle_signals else []
+    for sig in installed:
+        loop.add_signal_handler(sig, run.on_signal, sig)
     try:
         return await run.run()
     finally:
