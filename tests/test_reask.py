@@ -36,8 +36,12 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 class LabelClient:
     """Answers every request with a call of the ``label`` tool; records each request."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(
+        self, answer: Answer, cost: float | None = None, credits: int | None = None
+    ) -> None:
         self.answer = answer
+        self.cost = cost  # what each answer reports it cost (USD), and in credits
+        self.credits = credits
         self.requests: list[tuple[str, str, Request]] = []
 
     async def complete(self, request: Request, idempotency_key: str) -> Completion:
@@ -59,6 +63,8 @@ class LabelClient:
             total_tokens=14,
             model="test/model",
             response_id=f"r-{prompt}-{n}",
+            reported_cost_usd=self.cost,
+            credits_used=self.credits,
         )
 
     def of(self, prompt: str) -> list[tuple[str, Request]]:
@@ -120,6 +126,29 @@ def test_an_invalid_answer_is_asked_again_with_the_violation(tmp_path: Path) -> 
     assert [r["attempts"] for r in rows] == [1, 2, 1]
     assert [r["total_tokens"] for r in rows] == [14, 28, 14]
     assert summary.reasks == 1 and summary.requests_sent == 4 and summary.total_tokens == 56
+
+
+def test_reasks_count_in_cost_and_credits(tmp_path: Path) -> None:
+    client = LabelClient(lambda p, n: MEH if p == "p1" and n < 3 else YES, cost=0.5, credits=1000)
+    job = _job(tmp_path, 3)
+    summary = _run(job, client)
+    rows = _rows(job)
+    assert [r["attempts"] for r in rows] == [1, 3, 1]
+    # The re-asked row holds what its three sends cost, not just the last answer.
+    assert [r["reported_cost_usd"] for r in rows] == [0.5, 1.5, 0.5]
+    assert [r["credits_used"] for r in rows] == [1000, 3000, 1000]
+    assert summary.credits_used == 5000 and summary.reported_cost_usd == pytest.approx(2.5)
+
+
+def test_a_reask_state_recorded_without_credits_still_loads() -> None:
+    from batchrun.send.reask import ReaskState
+
+    # A journal written before credits_used was kept: the key is absent.
+    old = '{"followup":[],"reasks":1,"attempts":1,"prompt_tokens":10,"completion_tokens":4,'
+    old += '"total_tokens":14,"reported_cost_usd":0.5}'
+    state = ReaskState.from_json(old)
+    assert state.credits_used is None and state.reported_cost_usd == 0.5
+    assert ReaskState.from_json(state.to_json()) == state
 
 
 def test_a_row_still_invalid_after_the_reasks_is_an_invalid_output_row(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 is checked; an invalid one (no call of the tool, arguments that are not JSON or do not
 match the schema) is followed by the answer and the violation, and sent again, up to
 ``max_reasks`` times; then the row is an ``invalid_output`` error naming the violation.
-Every send counts in the row's attempts, tokens and cost.
+Every send counts in the row's attempts, tokens, cost and credits.
 
 A re-ask is another request: it gets its own Idempotency-Key. Before it leaves, the driver
 records its :class:`ReaskState` (``before_reask``), so that after a crash the rerun sends
@@ -73,12 +73,15 @@ class ReaskState:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     reported_cost_usd: float | None = None
+    credits_used: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ReaskState:
+        # A key a journal written before it was kept lacks (credits_used) takes its
+        # default, None: what the earlier answers used is then unknown, not zero.
         return cls(**json.loads(text))
 
     @property
@@ -96,6 +99,7 @@ class ReaskState:
             completion_tokens=_add(self.completion_tokens, answer.completion_tokens),
             total_tokens=_add(self.total_tokens, answer.total_tokens),
             reported_cost_usd=_add_cost(self.reported_cost_usd, answer.reported_cost_usd),
+            credits_used=_add(self.credits_used, answer.credits_used),
         )
 
     def request_for(self, original: Request) -> Request:
@@ -110,7 +114,7 @@ class ReaskState:
         )
 
     def merged(self, result: RowResult) -> RowResult:
-        """``result`` with the earlier answers' attempts, tokens and cost added."""
+        """``result`` with the earlier answers' attempts, tokens, cost and credits added."""
         return replace(
             result,
             attempts=self.attempts + result.attempts,
@@ -118,6 +122,7 @@ class ReaskState:
             completion_tokens=_add(self.completion_tokens, result.completion_tokens),
             total_tokens=_add(self.total_tokens, result.total_tokens),
             reported_cost_usd=_add_cost(self.reported_cost_usd, result.reported_cost_usd),
+            credits_used=_add(self.credits_used, result.credits_used),
         )
 
 
