@@ -8,6 +8,8 @@ import ast
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 import batchrun.send
 from batchrun.errors import NotSent, SendFailed
-from batchrun.job import Limits, RetryPolicy
+from batchrun.pacing import Limits, RetryPolicy
 from batchrun.records import Completion, Request
 from batchrun.send import ApiClient, Limiter, Outcome, Pool, Redactor, RowSender
 from batchrun.send.redact import MIN_RUN
@@ -43,6 +45,31 @@ def test_the_send_package_imports_nothing_of_the_journal_runner_or_cli() -> None
                 assert not name.startswith(FORBIDDEN), f"{path.name} imports {name}"
                 assert name.split(".")[0] not in FORBIDDEN_TOP, f"{path.name} imports {name}"
     assert seen > 20  # the walk did look at the package's imports
+
+
+# Modules a worker that only sends must not pay for: the static walk above misses what
+# batchrun/__init__.py or a shared module (job.py) drags in when the package is imported.
+NOT_LOADED = (
+    "batchrun.runner",
+    "batchrun.checkpoint",
+    "batchrun.sink",
+    "batchrun.journal_schema",
+    "batchrun.prepare",
+    "batchrun.cli",
+    "click",
+    "tqdm",
+)
+
+
+def test_importing_the_send_package_loads_nothing_of_the_journal_runner_or_cli() -> None:
+    # A fresh interpreter: this one has imported the whole package already.
+    code = "import batchrun.send, sys; print(sorted(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(ast.literal_eval(out))
+    assert "batchrun.send.attempt" in loaded  # the list is the real one
+    assert sorted(loaded.intersection(NOT_LOADED)) == []
 
 
 class FakeReply:

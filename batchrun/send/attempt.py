@@ -17,7 +17,7 @@ from typing import Protocol
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from batchrun.errors import NotSent, Retryable, RowFailed, SendFailed, StopRun
-from batchrun.job import RetryPolicy
+from batchrun.pacing import RetryPolicy
 from batchrun.records import OK, Completion, Request, RowResult
 from batchrun.send.client import CompletionClient
 from batchrun.send.limits import Limiter

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from asyncio_throttle.throttler import Throttler
 
 from batchrun.errors import Stopped
-from batchrun.job import Limits
+from batchrun.pacing import Limits
 
 #: Seconds over which accepted requests are counted to estimate the sustainable rate.
 RATE_WINDOW_S = 10.0

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from tenacity import RetryCallState
 
 from batchrun.errors import Retryable, RowFailed, SendFailed, StopRun
-from batchrun.job import RetryPolicy
+from batchrun.pacing import RetryPolicy
 from batchrun.profiles import STANDARD_RETRY_HEADERS, RetryHeader
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
