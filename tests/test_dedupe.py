@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from batchrun.dedupe import Followers, digest, find_followers, request_body
@@ -14,6 +16,7 @@ from batchrun.images import ImageRef
 from batchrun.records import Request, RowResult
 from batchrun.send import ChatCompletions
 from batchrun.settings import job_from_settings, resolve_settings
+from tests.conftest import run_cli, write_jsonl
 
 
 def _request(content: str, **params: object) -> Request:
@@ -148,3 +151,27 @@ def test_rows_with_the_same_text_and_other_images_are_other_requests(tmp_path: P
     before = by_path[a]
     a.write_bytes(png + b"edited")
     assert with_images(ImageRef("path", str(a), "a.png")) != before
+
+
+@pytest.mark.e2e
+def test_rows_with_one_prompt_and_other_per_row_max_tokens_are_other_requests(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    # A per-row parameter changes the body that goes: the rows must not share an answer.
+    sim = sim_factory(record_bodies=True)
+    rows = [
+        {"id": "a", "prompt": "Label this.", "opts": {"max_tokens": 16}},
+        {"id": "b", "prompt": "Label this.", "opts": {"max_tokens": 32}},
+        {"id": "c", "prompt": "Label this.", "opts": {"max_tokens": 16}},  # repeats row a
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    proc = run_cli(
+        "run", "--input", str(src), "--output", str(out), "--base-url", sim.url,
+        "--temperature", "0", "--params-column", "opts", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sim.stats.requests == 2
+    assert sorted(b["body"]["max_tokens"] for b in sim.stats.bodies) == [16, 32]
+    got = pq.read_table(out).to_pylist()
+    assert [g["served_by"] for g in got] == [None, None, 0]
