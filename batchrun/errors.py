@@ -19,7 +19,22 @@
         └── Stopped               the limiter is stopped: no slot, no pause, no send
 
 ``SendFailed`` and ``NotSent`` never reach the CLI: the send path turns them into error rows
-or a ``RunStopped``. Messages never contain the API key: every text that came from a server
+or a ``RunStopped``.
+
+Internal, caught inside the package, never escape it (each where it is caught)::
+
+    ValueError                    so that a parser's ``except ValueError`` holds them too
+    ├── UnpairedSurrogate         fastjson: a lone surrogate escape at ``path`` → InputError
+    ├── NestingTooDeep            fastjson: nested deeper than the stack allows → InputError
+    ├── ImageProblem              an image cannot be sent → InputError (validation) or
+    │                             RowFailed (read or fetched when its row is sent)
+    ├── Mismatch                  a validated value its typed column cannot hold → a re-ask
+    └── BadLine                   a Batch API results line that is no result: counted, skipped
+    Exception
+    └── EmbeddedError             a 2xx whose body is the gateway's error body → SendFailed
+
+This module imports nothing of the package: every module, :mod:`batchrun.send` and
+:mod:`batchrun.fastjson` included, can import it without a cycle. Messages never contain the API key: every text that came from a server
 is redacted (:mod:`batchrun.send.redact`) before it is cut, stored or printed.
 """
 
@@ -191,3 +206,49 @@ class NotSent(BatchrunError):
 
 class Stopped(NotSent):
     """The limiter is stopped: every wait in it ends at once, no slot is handed out."""
+
+
+# Internal: each is caught inside the package and turned into one of the above (or counted).
+
+
+def format_path(path: list[str | int]) -> str:
+    """``["messages", 0, "content"]`` → ``messages[0].content``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(the value itself)"
+
+
+class UnpairedSurrogate(ValueError):
+    """A string (or key) holds a lone surrogate escape; ``path`` says where, e.g.
+    ``["messages", 0, "content"]``."""
+
+    def __init__(self, path: list[str | int]) -> None:
+        self.path = path
+        super().__init__(f"unpaired surrogate escape at {format_path(path)}")
+
+
+class NestingTooDeep(ValueError):
+    """Arrays and objects nested deeper than the parser's stack allows."""
+
+
+class ImageProblem(ValueError):
+    """Why an image cannot be sent (the message names the image)."""
+
+
+class Mismatch(ValueError):
+    """A validated value its column cannot hold (an integer beyond 64 bits, say)."""
+
+
+class BadLine(ValueError):
+    """A results line that is not a result (counted and skipped: never attributed)."""
+
+
+class EmbeddedError(Exception):
+    """A success status whose body is the gateway's error body (``statusCode`` inside)."""
+
+    def __init__(self, status: int, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.request_id = request_id

@@ -27,6 +27,12 @@ from typing import Any
 
 import orjson
 
+# Defined with the package's other exceptions; the names stay importable from here, where
+# the parser's callers look for them. (errors.py imports nothing of the package.)
+from batchrun.errors import NestingTooDeep as NestingTooDeep
+from batchrun.errors import UnpairedSurrogate as UnpairedSurrogate
+from batchrun.errors import format_path as format_path
+
 # Integers orjson keeps exactly lie in -2**63 .. 2**64-1; anything outside has at least 19
 # digits (-9223372036854775809). Digits inside strings match too: they only cost the
 # slower parser. Spelled out: faster to search for than \d{19}.
@@ -34,27 +40,6 @@ _LONG_DIGITS = re.compile(rb"\d" * 19)
 # A \uD800-\uDFFF escape: the text may hold a surrogate, paired or not. (An escaped
 # backslash before "u" matches too: it only costs the walk that looks.)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-class UnpairedSurrogate(ValueError):
-    """A string (or key) holds a lone surrogate escape; ``path`` says where, e.g.
-    ``["messages", 0, "content"]``."""
-
-    def __init__(self, path: list[str | int]) -> None:
-        self.path = path
-        super().__init__(f"unpaired surrogate escape at {format_path(path)}")
-
-
-class NestingTooDeep(ValueError):
-    """Arrays and objects nested deeper than the parser's stack allows."""
-
-
-def format_path(path: list[str | int]) -> str:
-    """``["messages", 0, "content"]`` → ``messages[0].content``."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out or "(the value itself)"
 
 
 def loads(data: bytes, *, exact_ints: bool = True) -> Any:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Defined with the package's other exceptions; the name stays importable from here, where
+# the builder looks for it.
+from batchrun.errors import ImageProblem as ImageProblem
 from batchrun.errors import UsageError
 from batchrun.io.files import open_regular
 
@@ -121,10 +124,6 @@ class ImageRef:
     value: str | bytes
     #: How messages name it (the path as given, the URL; never the bytes).
     label: str
-
-
-class ImageProblem(ValueError):
-    """Why an image cannot be sent (the message names the image)."""
 
 
 def refs_of(value: Any, base_dir: Path) -> list[ImageRef]:

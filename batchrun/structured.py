@@ -21,9 +21,9 @@ from typing import Any
 
 from batchrun import fastjson
 from batchrun.checks import check
-from batchrun.errors import UsageError
+from batchrun.errors import Mismatch, UsageError
 from batchrun.io.files import open_regular
-from batchrun.typed import Mismatch, coerce, typed_columns
+from batchrun.typed import coerce, typed_columns
 
 #: Name of the tool when the schema has no usable ``title`` (OpenAI allows [A-Za-z0-9_-]{1,64}).
 DEFAULT_TOOL_NAME = "record_answer"

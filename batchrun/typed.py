@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchrun import fastjson
+from batchrun.errors import Mismatch
 
 #: How deep nested schemas are typed; deeper (or recursive) ones are JSON text.
 MAX_DEPTH = 16
@@ -110,10 +111,6 @@ def typed_columns(schema: dict[str, Any]) -> list[Column]:
     """One column per top-level property, in the schema's order."""
     props = schema.get("properties") or {}
     return [Column(str(name), kind_of(node, schema, 1)) for name, node in props.items()]
-
-
-class Mismatch(ValueError):
-    """A validated value its column cannot hold (an integer beyond 64 bits, say)."""
 
 
 def coerce(value: Any, kind: Kind, path: list[str | int]) -> Any:

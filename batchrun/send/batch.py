@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from batchrun import fastjson
-from batchrun.errors import RowFailed, SendFailed
+from batchrun.errors import BadLine, RowFailed, SendFailed
 from batchrun.records import Completion, Request
 from batchrun.send.dialect import ERROR_BODY_MAX, SHAPE_ERRORS, TEXT_MAX, ChatCompletions
 from batchrun.send.redact import Redactor
@@ -112,10 +112,6 @@ class BatchResult:
     #: batch_errored / batch_canceled / batch_expired (None with a completion).
     error_type: str | None = None
     error: str | None = None
-
-
-class BadLine(ValueError):
-    """A results line that is not a result (counted and skipped: never attributed)."""
 
 
 class GatewayBatches:

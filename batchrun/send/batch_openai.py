@@ -22,12 +22,11 @@ from typing import Any
 from urllib.parse import quote
 
 from batchrun import fastjson
-from batchrun.errors import RowFailed, SendFailed
+from batchrun.errors import BadLine, RowFailed, SendFailed
 from batchrun.profiles import OPENAI, Profile
 from batchrun.records import Request
 from batchrun.send.batch import (
     BATCH_ID,
-    BadLine,
     BatchClient,
     BatchResult,
     BatchStatus,

@@ -13,10 +13,10 @@ from types import TracebackType
 from typing import Protocol
 
 from batchrun import fastjson
-from batchrun.errors import SendFailed
+from batchrun.errors import EmbeddedError, SendFailed
 from batchrun.records import Completion, Request
 from batchrun.send import spend
-from batchrun.send.dialect import ERROR_BODY_MAX, TEXT_MAX, ChatCompletions, EmbeddedError
+from batchrun.send.dialect import ERROR_BODY_MAX, TEXT_MAX, ChatCompletions
 from batchrun.send.images import ImageLoader
 from batchrun.send.redact import Redactor
 from batchrun.send.retrying import classify_status, error_type_for_status, parse_retry_after

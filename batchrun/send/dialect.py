@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from batchrun import fastjson
-from batchrun.errors import Retryable, RowFailed
+from batchrun.errors import EmbeddedError, Retryable, RowFailed
 from batchrun.images import is_claude
 from batchrun.profiles import GATEWAY, Profile
 from batchrun.records import Completion, Request
@@ -33,16 +33,6 @@ ERROR_BODY_MAX = 64 * 1024
 
 #: What a success body of the wrong shape raises while it is taken apart.
 SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
-
-
-class EmbeddedError(Exception):
-    """A success status whose body is the gateway's error body (``statusCode`` inside)."""
-
-    def __init__(self, status: int, message: str, request_id: str | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.request_id = request_id
 
 
 class ChatCompletions:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from batchrun import __version__
-from batchrun.errors import Retryable, RowFailed
+from batchrun.errors import ImageProblem, Retryable, RowFailed
 from batchrun.images import (
-    ImageProblem,
     ImageRef,
     check_bytes,
     decode_data_url,
