@@ -88,6 +88,7 @@ class RequestBuilder:
         #: Shared by every request of the job (rows do not change it).
         self._params = request_params(job.params)
         self._system_chars = len(job.params.system or "")
+        self._profile = job.profile  # what a row's own parameters are checked against
         self._template_columns = template_columns(job.template) if job.template else []
         self.mode: str | None = None
         self.column: str | None = None
@@ -193,7 +194,9 @@ class RequestBuilder:
         )
         column = self.job.params_column
         if column is not None:
-            own = row_overrides(row.get(column), self.job.params.model, self.file, column, where)
+            own = row_overrides(
+                row.get(column), self.job.params.model, self._profile, self.file, column, where
+            )
             if own:
                 params = {**params, **own}
                 max_tokens = own.get("max_tokens", max_tokens)

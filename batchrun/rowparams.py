@@ -1,7 +1,8 @@
 """Per-row request parameters (``--params-column``): an object per row with any of the
 parameters below, checked with the job's ranges in the validation pass, sent for that row
 only. They live in the row's :class:`~batchrun.records.Request` (its params, its max_tokens,
-its prompt estimate), so budgets and a request's identity include them."""
+its prompt estimate), so budgets and a request's identity include them. A parameter the
+provider's profile refuses is refused per row as it is for the whole job."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from batchrun import fastjson
 from batchrun.errors import InputError, UsageError
 from batchrun.io.readers import Where
 from batchrun.job import RequestParams
+from batchrun.profiles import PROFILES, Profile
 
 #: What a row may set for itself (the API's names).
 ROW_PARAMS = (
@@ -25,12 +27,14 @@ ROW_PARAMS = (
 )
 
 
-def row_overrides(value: Any, model: str, file: str, column: str, where: Where) -> dict[str, Any]:
+def row_overrides(
+    value: Any, model: str, profile: Profile, file: str, column: str, where: Where
+) -> dict[str, Any]:
     """The row's own parameters (empty: none); raises InputError naming file, line/row and
-    column, with the parameter and its allowed range."""
+    column, with the parameter and its allowed range, or the provider that refuses it."""
 
-    def refuse(message: str) -> InputError:
-        return InputError(message, file=file, column=column, **where)
+    def refuse(message: str, hint: str | None = None) -> InputError:
+        return InputError(message, file=file, column=column, hint=hint, **where)
 
     if value is None:
         return {}
@@ -47,6 +51,16 @@ def row_overrides(value: Any, model: str, file: str, column: str, where: Where) 
     if unknown:
         raise refuse(
             f"params has unknown key {unknown[0]!r}; a row may set {', '.join(ROW_PARAMS)}"
+        )
+    # Job.validate refuses these for the whole job; a row's own would reach the wire
+    # unchecked and fail there (OpenAI answers 400 to top_k), after other rows were paid.
+    refused = sorted(k for k in given if k in profile.refuses)
+    if refused:
+        takers = [p.name for p in PROFILES.values() if not p.refuses & set(refused)]
+        raise refuse(
+            f"params: the {profile.name} provider does not take {', '.join(refused)}",
+            hint=f"leave it out, or name a provider that takes it with --provider "
+            f"({', '.join(takers)})",
         )
     stop = given.get("stop_sequences")
     if stop is not None and not isinstance(stop, list):

@@ -197,3 +197,26 @@ def test_an_out_of_range_row_parameter_exits_2_before_any_request(
         "row 1, column 'opts': params: temperature must be between 0 and 1, got 3.0" in proc.stderr
     )
     assert "Traceback" not in proc.stderr and sim.stats.requests == 0
+
+
+def test_a_row_parameter_the_provider_refuses_exits_2_like_the_job_level_one(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    # The openai profile refuses top_k (OpenAI rejects it): per row as for the whole job.
+    sim = sim_factory()
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"prompt": "a"}, {"prompt": "b", "opts": {"top_k": 3}}],
+    )
+    job_level = _run(src, tmp_path / "a.parquet", sim.url, "--provider", "openai",
+                     "--top-k", "3")  # fmt: skip
+    assert job_level.returncode == 2 and "does not take top_k" in job_level.stderr
+    proc = _run(src, tmp_path / "b.parquet", sim.url, "--provider", "openai",
+                "--params-column", "opts")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "line 2, column 'opts': params: the openai provider does not take top_k" in proc.stderr
+    assert "Traceback" not in proc.stderr and sim.stats.requests == 0
+    # A provider that takes it sends it.
+    vllm = _run(src, tmp_path / "c.parquet", sim.url, "--provider", "vllm",
+                "--params-column", "opts")  # fmt: skip
+    assert vllm.returncode == 0, vllm.stderr
