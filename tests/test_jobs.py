@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,14 +13,18 @@ from batchrun.checks import check_api_key, check_base_url
 from batchrun.errors import UsageError
 from batchrun.scan import scan_input
 from batchrun.settings import job_from_settings, resolve_settings
+from tests.conftest import run_cli
 
-JOBS = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.toml"))
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = sorted((ROOT / "jobs").glob("*.toml"))
 
 
 def test_there_are_job_files() -> None:
     assert {p.name for p in JOBS} >= {
         "demo.toml",
+        "extract_fields.toml",
         "label_sentiment.toml",
+        "label_sentiment_batch.toml",
         "nightly_eval.toml",
         "reprocess_failed.toml",
     }
@@ -30,6 +36,26 @@ def test_job_file_loads_and_its_input_is_valid(path: Path) -> None:
     assert job.input_path.exists()
     scan = scan_input(job)
     assert scan.invalid_rows == 0 and scan.total_rows > 0
+
+
+def _readme_commands() -> list[list[str]]:
+    """The README's commands over the bundled job files (not those with shell variables)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"^batchrun ((?:run|cancel) jobs/\S+\.toml[^#\n]*)", text, re.MULTILINE)
+    return [shlex.split(c) for c in found if "$" not in c]
+
+
+@pytest.mark.parametrize("command", _readme_commands(), ids=" ".join)
+def test_the_readmes_commands_over_the_job_files_are_accepted(command: list[str]) -> None:
+    # A job file changed under the README (label_sentiment took --choices, which batch mode
+    # refuses) must not leave it showing a command that exits 2.
+    verb, job, *flags = command
+    if verb == "cancel":  # it cancels what a batch run of that file left open
+        assert job_from_settings(resolve_settings(ROOT / job, {})).mode == "batch"
+        return
+    dry = [] if "--dry-run" in flags else ["--dry-run"]
+    proc = run_cli("run", job, *flags, *dry)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_reprocessing_job_is_the_labeling_job() -> None:
