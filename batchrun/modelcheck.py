@@ -5,6 +5,10 @@
 shown as one) and, for a model its provider retired, when. When the list cannot be had
 (no such endpoint, an error, no answer) the run goes on with a warning: the check is
 advice, not a gate the gateway must pass. ``--no-model-check`` skips it.
+
+A model that names a retired snapshot itself gets a one-line warning however the check
+goes (listed, list unavailable, skipped, dry run): the note is batchrun's own knowledge,
+and a user should read it once rather than infer it from a streak of failed rows.
 """
 
 from __future__ import annotations
@@ -34,14 +38,23 @@ def family(name: str) -> str:
     return _DATE.sub("", base)
 
 
-def retired_note(model: str) -> str | None:
-    """ "Anthropic retired X on D" for the model or a dated snapshot of its family."""
-    fam = family(model)
+def retired_note(model: str, *, aliases: bool = True) -> str | None:
+    """ "Anthropic retired X on D" for the model or (``aliases``) a dated snapshot of its
+    family. Without ``aliases`` only a model naming the retired snapshot itself: an undated
+    alias (``anthropic/claude-3-opus``, batchrun's default) is what an API may route to a
+    model it still serves, so it is named only when the API does not list it."""
+    fam, own = family(model), model.rsplit("/", 1)[-1].lower()
     for name, when in RETIRED.items():
-        if name == model.rsplit("/", 1)[-1] or family(name) == fam:
+        if name == own or (aliases and family(name) == fam):
             provider = "Anthropic" if name.startswith("claude") else "its provider"
             return f"{provider} retired {name} on {when}"
     return None
+
+
+def retired_warning(model: str, then: str) -> str | None:
+    """The one line a run (or dry run) of a retired snapshot shows before sending."""
+    note = retired_note(model, aliases=False)
+    return f"warning: {note}, so requests for {model!r} will likely fail; {then}" if note else None
 
 
 def closest(model: str, listed: list[str]) -> list[str]:
@@ -73,16 +86,18 @@ def not_served(job: Job, listed: list[str]) -> UsageError:
 
 async def check_model(job: Job, client: object) -> str | None:
     """Raise UsageError if the API lists models and not the job's; return a warning when
-    the list cannot be had (None when the model is listed, or the client cannot list)."""
+    the list cannot be had or the model is a retired snapshot (else None)."""
+    model, where = job.params.model, f"{job.base_url.rstrip('/')}/models"
     lister = getattr(client, "list_models", None)
     if lister is None:
-        return None
+        return retired_warning(model, "going on")
     try:
         listed: list[str] = await lister()
     except SendFailed as exc:
-        return f"warning: could not check the model against {job.base_url.rstrip('/')}/models ({exc.message}); going on"
-    if not listed or job.params.model in listed:
-        return None
+        failed = f"could not check the model against {where} ({exc.message}); going on"
+        return retired_warning(model, failed) or f"warning: {failed}"
+    if not listed or model in listed:
+        return retired_warning(model, f"{where} still lists it; going on")
     raise not_served(job, listed)
 
 
@@ -91,7 +106,10 @@ async def check_model_before_send(
 ) -> str | None:
     """The check as a run makes it, before its first chat request. A refusal of a job that
     recorded nothing yet (``fresh``) discards its new journal: the corrected command then
-    starts afresh instead of meeting "the job changed". Returns the warning, if any."""
+    starts afresh instead of meeting "the job changed". Returns the warning, if any;
+    with ``--no-model-check`` only the retirement's, which needs no request."""
+    if not job.model_check:
+        return retired_warning(job.params.model, "--no-model-check: the API was not asked")
     try:
         return await check_model(job, client)
     except UsageError:

@@ -14,6 +14,7 @@ from batchrun.errors import InvalidInput, UsageError
 from batchrun.finalize import final_schema
 from batchrun.io.readers import InputBatch
 from batchrun.job import Job
+from batchrun.modelcheck import retired_warning
 from batchrun.pricing import PriceTable
 from batchrun.records import Request
 from batchrun.scan import Scan, scan_input
@@ -60,6 +61,8 @@ def dry_run(job: Job) -> str:
         f" + up to {completion_max:,} completion"
         f" (max_tokens {job.params.max_tokens} a row)",
         _cost_line(job, scan.estimated_prompt_tokens, completion_max),
+        # batchrun's own knowledge: the dry run asks no API, and need not for this.
+        *filter(None, [retired_warning(job.params.model, "pass --model with a current one")]),
         *savings.lines(total),
         f"API key: ${job.api_key_env} is {key_state}",
         f"provider: {profile.name}"

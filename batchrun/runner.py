@@ -32,7 +32,7 @@ from batchrun.errors import (
 from batchrun.events import Event, EventSink, Progress
 from batchrun.finalize import write_output
 from batchrun.job import Budget, Job
-from batchrun.modelcheck import check_model_before_send
+from batchrun.modelcheck import check_model_before_send, retired_note
 from batchrun.prepare import Prepared, check_input_unchanged, prepare
 from batchrun.pricing import PriceTable
 from batchrun.produce import BUDGET_HINT, Producer
@@ -173,12 +173,11 @@ class _Run:
         count = self.same_error[1] + 1 if self.same_error[0] == sig else 1
         self.same_error = (sig, count)
         if count >= self.job.retry.same_error_stop_after:
-            self.stop(
-                RunStopped(
-                    f"{count} rows in a row failed with the same error ({message})",
-                    hint=self.resume_hint(retry_failed=True),
-                )
-            )
+            why = f"{count} rows in a row failed with the same error ({message})"
+            # A retired snapshot is the likely cause: the line that stops the run says so.
+            if note := retired_note(self.job.params.model, aliases=False):
+                why += f"; note: {note}"
+            self.stop(RunStopped(why, hint=self.resume_hint(retry_failed=True)))
 
     def succeeded(self) -> None:
         self.same_error = ("", 0)
@@ -251,10 +250,9 @@ class _Run:
             self.batch = BatchMode(self, self.job, self.ckpt, prep, self.api_key)
             return await self.batch.drive()
         async with self.client_factory(self.job, self.api_key) as client:
-            if self.job.model_check:
-                fresh = not prep.resumed and not prep.inflight_keys
-                if warning := await check_model_before_send(self.job, client, self.ckpt, fresh):
-                    self.emit(Event("warning", self.progress, message=warning))
+            fresh = not prep.resumed and not prep.inflight_keys  # (it heeds --no-model-check)
+            if warning := await check_model_before_send(self.job, client, self.ckpt, fresh):
+                self.emit(Event("warning", self.progress, message=warning))
             self.writer = writer = JournalWriter(self.ckpt, on_failure=self.journal_failed)
             writer.start()
             self._ticker = asyncio.get_running_loop().call_later(TICK_S, self.tick)

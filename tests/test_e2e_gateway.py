@@ -307,3 +307,60 @@ def test_no_model_list_is_a_warning_and_no_model_check_skips_it(
     proc = _run(src, tmp_path / "b.parquet", listed.url, "--no-model-check")
     assert proc.returncode == 0, proc.stderr
     assert listed.stats.model_lists == 0
+
+
+RETIRED_LINE = "Anthropic retired claude-3-opus-20240229 on 2026-01-05"
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "retired" in line]
+
+
+def test_a_retired_model_is_named_in_one_line_however_the_check_goes(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(3)])
+    opus = ("--model", "claude-3-opus-20240229")
+    # The default simulator still lists the snapshot: a warning, and the run goes on.
+    sim = sim_factory()
+    proc = _run(src, tmp_path / "a.parquet", sim.url, *opus)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _warnings(proc.stderr)
+    assert RETIRED_LINE in line and "still lists it" in line
+    assert sim.stats.model_lists == 1 and sim.stats.requests == 3
+    # No model list: the retirement and the failed check in the same one line.
+    unlisted = sim_factory(models=None)
+    proc = _run(src, tmp_path / "b.parquet", unlisted.url, *opus)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _warnings(proc.stderr)
+    assert RETIRED_LINE in line and "could not check the model" in line
+    assert "could not check" not in proc.stderr.replace(line, "")
+    # --no-model-check: batchrun's own knowledge, no request for it.
+    skipped = sim_factory()
+    proc = _run(src, tmp_path / "c.parquet", skipped.url, *opus, "--no-model-check")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _warnings(proc.stderr)
+    assert RETIRED_LINE in line and "--no-model-check" in line
+    assert skipped.stats.model_lists == 0
+    # The dry run says it too.
+    proc = run_cli("run", "--input", str(src), *opus, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert RETIRED_LINE in proc.stdout
+    # An undated alias (the default model) is what the API routes as it likes: no warning.
+    proc = _run(src, tmp_path / "d.parquet", sim.url)
+    assert proc.returncode == 0, proc.stderr
+    assert _warnings(proc.stderr) == []
+
+
+def test_the_same_error_stop_names_a_retired_model(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(error_500_rate=1.0)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(40)])
+    flags = ("--max-attempts", "1", "--concurrency", "1", "--no-model-check")
+    proc = _run(src, tmp_path / "out.parquet", sim.url, *flags, "--model", "claude-3-opus-20240229")
+    assert proc.returncode == 4, proc.stderr
+    (stop,) = [ln for ln in proc.stderr.splitlines() if "rows in a row failed" in ln]
+    assert "internal error (simulated)" in stop and f"note: {RETIRED_LINE}" in stop
+    # Another model's stop says nothing of retirements.
+    proc = _run(src, tmp_path / "other.parquet", sim.url, *flags, "--model", "gpt-4o")
+    assert proc.returncode == 4, proc.stderr
+    assert "rows in a row failed" in proc.stderr and "retired" not in proc.stderr
