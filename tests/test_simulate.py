@@ -194,3 +194,26 @@ def test_simulate_rejects_an_answers_file_it_cannot_use(tmp_path: Path) -> None:
     assert "no row has a prompt (messages or prompt) and a value in column 'answer'" in (
         wrong_column.stderr
     )
+
+
+# --- tracing: x-client-request-id -----------------------------------------------------------------
+
+
+def test_only_a_valid_client_request_id_is_echoed_and_the_others_are_counted() -> None:
+    ids = ["bad id!", "a" * 129, "job-1:row.2_ok"]
+
+    async def main() -> tuple[list[str | None], Any]:
+        echoed = []
+        async with start_simulator(SimConfig()) as sim, aiohttp.ClientSession() as session:
+            for i, cid in enumerate(ids):
+                headers = {**_AUTH, "X-Client-Request-Id": cid}
+                url = f"{sim.url}/chat/completions"
+                async with session.post(url, json=_body(i), headers=headers) as resp:
+                    assert resp.status == 201 and resp.headers.get("x-inference-id")
+                    echoed.append(resp.headers.get("x-client-request-id"))
+            return echoed, sim.stats
+
+    echoed, stats = asyncio.run(main())
+    # The gateway silently drops an id outside 1-128 of A-Z a-z 0-9 . _ : -
+    assert echoed == [None, None, "job-1:row.2_ok"]
+    assert stats.client_request_ids == 1 and stats.client_request_ids_invalid == 2
