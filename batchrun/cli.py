@@ -24,6 +24,7 @@ from batchrun.cli_common import (
 )
 from batchrun.cli_simulate import simulate
 from batchrun.cli_tools import compare, report
+from batchrun.cluster.options import pop_engine_options
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.job import (
     DEFAULT_API_KEY_ENV,
@@ -270,6 +271,27 @@ def main() -> None:
     type=float,
     help="Seconds between polls of a running batch; doubled on errors up to 300. [default: 30]",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="local: this process; ray: K shards, each an ordinary run, on a Ray cluster, with "
+    "--concurrency/--rpm/--tpm held as cluster totals (needs batchrun[ray]). [default: local]",
+)
+@click.option(
+    "--ray-address",
+    help="A running Ray cluster (e.g. ray://head:10001 or auto); without it a local Ray is "
+    "started and stopped. Workers read the API key from their own environment.",
+)
+@click.option(
+    "--shards", type=int, help="Row ranges the input is cut into (--engine ray). [default: 8]"
+)
+@click.option("--workers", type=int, help="Shards running at once (--engine ray). [default: 2]")
+@click.option(
+    "--output-dataset/--no-output-dataset",
+    default=None,
+    help="--engine ray: keep the shards' parts as a Parquet dataset folder at OUTPUT instead "
+    "of merging them into one file.",
+)
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display.")
 def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags override the file.
@@ -290,12 +312,18 @@ def run(job_file: Path | None, input_: str | None, **flags: Any) -> None:
         settings = resolve_settings(job_file, flags)
         dry = bool(settings.get("dry_run"))
         quiet = bool(settings.get("quiet"))
+        engine = pop_engine_options(settings)
         job = job_from_settings(settings)
         if job.dry_run:
             out.echo(dry_run(job))
             return
         view = ProgressView(quiet=quiet)
-        summary = run_async(run_job(job, on_event=view, handle_signals=True))
+        if engine.engine == "ray":
+            from batchrun.cluster.driver import run_on_ray  # Ray is imported only here
+
+            summary = run_on_ray(job, engine, say, quiet)
+        else:
+            summary = run_async(run_job(job, on_event=view, handle_signals=True))
     except BatchrunError as exc:
         if exc.summary is not None:
             for line in exc.summary.lines():

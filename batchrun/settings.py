@@ -43,7 +43,8 @@ SETTING_KEYS = frozenset(
     metadata retry_failed only restart dry_run limit quiet max_failure_rate max_cost
     max_tokens_total prices cost_header provider expected_column match group_by
     image_columns extra_body model_check dedupe cache cache_mode mode batch_api batch_size
-    poll_interval schema choices max_reasks params_column
+    poll_interval schema choices max_reasks params_column engine ray_address shards workers
+    output_dataset
     """.split()  # noqa: SIM905 - a word list reads better than 40 quoted strings
 )
 

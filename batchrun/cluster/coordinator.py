@@ -1,0 +1,188 @@
+"""The cluster's one set of limits: a coordinator every shard leases its share from.
+
+``--concurrency``, ``--rpm`` and ``--tpm`` are cluster totals. Each shard renews a lease
+every :data:`LEASE_S` seconds; a lease is the shard's fair share of what is free, valid
+for :data:`LEASE_TTL_S`: a shard that finishes (or dies) gives its share back at once (or
+when its lease lapses), so shards finishing unevenly waste nothing. In-flight requests
+count against the concurrency until they end, so a shrinking share never lets the cluster
+exceed the total; a rate share is granted only out of what the others' leases leave.
+
+One controller for 429s. A shard that sees a storm (429s a real share of its sends, see
+:class:`~batchrun.send.limits.Limiter`) reports it; the whole cluster pauses for the
+Retry-After (or a doubling pause). Without ``--rpm``, the coordinator also *finds* the
+rate, as a single run's limiter does, but once for the cluster: on the first storm it paces
+the cluster at 90 % of what the server accepted over the last seconds (summed over the
+shards' reports) and cuts the window; both grow back slowly while no storm comes. Shards
+never probe the limit on their own, so N shards do not hit it N times.
+
+One stop for the cluster: a shard that stops (401/403, the same-error stop, a budget) or
+the driver (a signal) stops every shard; each keeps its journal, and a rerun resumes all.
+
+Plain Python: the driver runs it as a Ray actor; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrun.send.limits import (
+    DECREASE_FACTOR,
+    HEADROOM,
+    INCREASE_PER_S,
+    MIN_RATE_PER_S,
+    RATE_WINDOW_S,
+)
+
+#: Seconds between a shard's lease renewals.
+LEASE_S = 0.5
+#: A lease not renewed within this many seconds is free again (a dead shard's share).
+LEASE_TTL_S = 3.0
+
+
+@dataclass
+class _Lease:
+    slots: int = 0
+    in_flight: int = 0
+    rpm: float = 0.0
+    tpm: float = 0.0
+    wants: bool = True
+    renewed: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def _fair(total: float, me: int, active: list[int], integral: bool) -> float:
+    """My fair share of ``total`` among ``active`` shards (integral: remainder to the first)."""
+    if me not in active:
+        return 0
+    n = len(active)
+    if not integral:
+        return total / n
+    base, extra = divmod(int(total), n)
+    return base + (1 if active.index(me) < extra else 0)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        concurrency: int,
+        rpm: float | None,
+        tpm: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.concurrency = concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock = clock
+        self.leases: dict[int, _Lease] = {}
+        self.pause_until = 0.0
+        self.stopped_by: int | None = None
+        self.pauses = 0
+        # The cluster's own pace without --rpm (requests per second; None until a storm).
+        self.adaptive = rpm is None
+        self.window = concurrency
+        self.rate: float | None = None
+        self._accepted: deque[tuple[float, int]] = deque()
+        self._last_increase = clock()
+
+    def _live(self, now: float) -> dict[int, _Lease]:
+        return {s: le for s, le in self.leases.items() if now - le.renewed <= LEASE_TTL_S}
+
+    def lease(
+        self,
+        shard: int,
+        in_flight: int,
+        wants: bool,
+        stats: dict[str, int] | None = None,
+        accepted: int = 0,
+    ) -> dict[str, Any]:
+        """Renew ``shard``'s lease (``accepted``: its answers other than 429 since the
+        last renewal); returns its share and the cluster's pause and stop."""
+        now = self._clock()
+        mine = self.leases.setdefault(shard, _Lease())
+        mine.in_flight, mine.wants, mine.renewed = in_flight, wants, now
+        if stats is not None:
+            mine.stats = stats
+        if accepted:
+            self._accepted.append((now, accepted))
+        self._grow(now)
+        live = self._live(now)
+        active = sorted(s for s, le in live.items() if le.wants)
+        others = [le for s, le in live.items() if s != shard]
+        # Never more than what the others leave: their lease or their flight, the larger.
+        free_slots = self.window - sum(max(le.slots, le.in_flight) for le in others)
+        mine.slots = max(0, min(int(_fair(self.window, shard, active, True)), free_slots))
+        rpm = self.rpm if self.rpm else (self.rate * 60 if self.rate else None)
+        if rpm:
+            free = rpm - sum(le.rpm for le in others)
+            mine.rpm = max(0.0, min(_fair(rpm, shard, active, False), free))
+        if self.tpm:
+            free = self.tpm - sum(le.tpm for le in others)
+            mine.tpm = max(0.0, min(_fair(self.tpm, shard, active, False), free))
+        return {
+            "slots": mine.slots,
+            "rpm": mine.rpm if rpm else None,
+            "tpm": mine.tpm if self.tpm else None,
+            "pause_s": max(0.0, self.pause_until - now),
+            "stop": self.stopped_by is not None,
+        }
+
+    def _grow(self, now: float) -> None:
+        """Without a storm for a second: the pace and the window grow a little."""
+        elapsed = now - self._last_increase
+        if not self.adaptive or elapsed < 1.0 or now < self.pause_until:
+            return
+        self._last_increase = now
+        if self.rate is not None:
+            self.rate *= (1 + INCREASE_PER_S) ** elapsed
+        if self.window < self.concurrency:
+            self.window += 1
+
+    def pause(self, seconds: float) -> None:
+        """A shard hit the limit (a storm of 429s): the whole cluster waits; without
+        --rpm the cluster's pace and window come down (once a storm, not once a shard)."""
+        now = self._clock()
+        if now < self.pause_until:
+            # Another shard's report of the same storm: the pause may only grow.
+            self.pause_until = max(self.pause_until, now + seconds)
+            return
+        self.pause_until = now + seconds
+        self.pauses += 1
+        self._last_increase = self.pause_until
+        if not self.adaptive:
+            return
+        self.window = max(1, int(self.window * DECREASE_FACTOR))
+        while self._accepted and now - self._accepted[0][0] > RATE_WINDOW_S:
+            self._accepted.popleft()
+        if not self._accepted:
+            return  # nothing accepted yet: no rate to pace at; the pause and window act
+        accepted = max(MIN_RATE_PER_S, HEADROOM * sum(n for _, n in self._accepted) / RATE_WINDOW_S)
+        self.rate = accepted if self.rate is None else min(self.rate * DECREASE_FACTOR, accepted)
+        self.rate = max(MIN_RATE_PER_S, self.rate)
+
+    def stop(self, shard: int) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = shard
+
+    def release(self, shard: int) -> None:
+        """The shard's run ended: its share is free at once."""
+        self.leases.pop(shard, None)
+
+    def reported(self, shard: int) -> int:
+        """The rows the shard last said it had done (its worker may since be lost)."""
+        lease = self.leases.get(shard)
+        return int(lease.stats.get("done", 0)) if lease is not None else 0
+
+    def progress(self) -> dict[str, int]:
+        """The running shards' counters summed (for the driver's one progress display)."""
+        out: dict[str, int] = {}
+        for le in self.leases.values():
+            for k, v in le.stats.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"stopped_by": self.stopped_by, "pauses": self.pauses, "rate": self.rate}

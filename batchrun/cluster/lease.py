@@ -1,0 +1,115 @@
+"""A shard's limiter: the ordinary :class:`~batchrun.send.limits.Limiter`, with its
+window, its pace and its tokens/min set from the coordinator's lease (renewed every
+:data:`~batchrun.cluster.coordinator.LEASE_S` seconds) instead of from the job.
+
+The shard never finds the rate on its own (that is the coordinator's, once for the
+cluster): it spaces its sends at its leased share with the limiter's pacer, whose rate
+changes in place, so a new share never lets a burst through. A storm it sees pauses it at
+once and is reported, so the whole cluster pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from batchrun.errors import Stopped
+from batchrun.job import Limits
+from batchrun.send.limits import Limiter, _Pacer
+
+#: Renews the lease: (in_flight, wants more, answers accepted since) → the lease.
+Renew = Callable[[int, bool, int], Awaitable[dict[str, Any]]]
+
+
+class LeasedLimiter(Limiter):
+    def __init__(
+        self,
+        limits: Limits,
+        renew: Renew,
+        on_storm: Callable[[float], None],
+        on_stop: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(limits, **kwargs)
+        self._renew = renew
+        self._on_storm = on_storm
+        self._on_stop = on_stop
+        self.adaptive = False  # the coordinator finds the cluster's rate
+        self._throttler = None  # the pacer, at the leased share, does its work
+        self.window = 0  # nothing in flight before the first lease
+        self._leased = asyncio.Event()  # a rate share above zero is held (when rates are)
+        self._rate_leased = False
+        self._accepted_since = 0
+        self.cluster_stopped = False
+        self.done = False
+
+    async def renew_forever(self, every_s: float) -> None:
+        """Renew until the run ends (cancelled) — the lease is the only source of slots."""
+        while True:
+            accepted, self._accepted_since = self._accepted_since, 0
+            try:
+                self.apply(await self._renew(self.in_flight, not self.done, accepted))
+            except Exception:  # a lost renewal: the last lease holds, the count carries
+                self._accepted_since += accepted
+            await asyncio.sleep(every_s)
+
+    def apply(self, lease: dict[str, Any]) -> None:
+        if lease["stop"]:
+            if not self.cluster_stopped:
+                self.cluster_stopped = True
+                super().stop()
+            return
+        self.window = max(0, int(lease["slots"]))
+        self._wake()
+        rpm = lease["rpm"]
+        self._rate_leased = rpm is not None
+        if rpm:
+            if self._pacer is None:
+                self._pacer = _Pacer(rpm / 60.0, self._clock)
+            else:
+                self._pacer.rate = rpm / 60.0
+            self._leased.set()
+        else:
+            self._leased.clear()
+        tpm = lease["tpm"]
+        if tpm is not None:
+            self._tok_rate = tpm / 60.0
+            self._tok_capacity = self._tok_rate  # one second of budget: no burst of the cluster's
+            self._tokens = min(self._tokens, self._tok_capacity)
+        pause = float(lease["pause_s"])
+        if pause > 0:
+            self._pause_until = max(self._pause_until, self._clock() + pause)
+
+    async def before_send(self, estimated_tokens: int) -> None:
+        if self._rate_leased and not self._leased.is_set():
+            waiter = asyncio.ensure_future(self._leased.wait())
+            stopper = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            if self._stopped.is_set():
+                raise Stopped
+        await super().before_send(estimated_tokens)
+
+    def on_success(self) -> None:
+        self._accepted_since += 1
+        super().on_success()
+
+    def on_rate_limited(self, retry_after_s: float | None) -> None:
+        before = self._pause_until
+        super().on_rate_limited(retry_after_s)
+        if self._pause_until > before:  # this shard saw a storm: the cluster pauses
+            with contextlib.suppress(Exception):
+                self._on_storm(self._pause_until - self._clock())
+
+    def stop(self) -> None:
+        """This shard stops for its own reason (a 401/403, the same-error stop, a budget,
+        a journal failure): so does every other."""
+        if not self._stopped.is_set() and not self.cluster_stopped:
+            with contextlib.suppress(Exception):
+                self._on_stop()
+        super().stop()

@@ -1,0 +1,217 @@
+"""The pieces of a Ray run that need no Ray: the coordinator's leases, the leased limiter,
+the row ranges, the manifest, the store and the merge of the parts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.cluster.coordinator import LEASE_TTL_S, Coordinator
+from batchrun.cluster.lease import LeasedLimiter
+from batchrun.cluster.manifest import Manifest
+from batchrun.cluster.options import pop_engine_options
+from batchrun.cluster.shards import merge_parts, part_name, ranges
+from batchrun.cluster.store import Store
+from batchrun.errors import CheckpointError, UsageError
+from batchrun.io.writers import JOB_KEY
+from batchrun.job import Limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ranges_cover_every_row_once_in_order() -> None:
+    for total in (1, 7, 8, 9, 1000):
+        for k in (1, 3, 8, 50):
+            spans = ranges(total, k)
+            assert spans[0][0] == 0 and spans[-1][1] == total
+            assert all(a < b for a, b in spans)  # no empty shard
+            assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+            sizes = [b - a for a, b in spans]
+            assert max(sizes) - min(sizes) <= 1
+            assert len(spans) == min(k, total)
+
+
+def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends() -> None:
+    clock = Clock()
+    c = Coordinator(concurrency=10, rpm=600, tpm=None, clock=clock)
+    leases = {s: c.lease(s, 0, True) for s in range(3)}
+    # The first shard took all it was fair to take at the time; the others what was left.
+    assert sum(le["slots"] for le in leases.values()) <= 10
+    assert sum(le["rpm"] for le in leases.values()) <= 600
+    for _ in range(3):  # a few renewals: every shard settles on its fair share
+        leases = {s: c.lease(s, 0, True) for s in range(3)}
+    assert sorted(le["slots"] for le in leases.values()) == [3, 3, 4]
+    assert sum(le["rpm"] for le in leases.values()) == pytest.approx(600)
+    # Shard 0 has 4 requests in flight and wants no more: its share is free, its flight not.
+    c.lease(0, 4, False)
+    one = c.lease(1, 0, True)
+    two = c.lease(2, 0, True)
+    assert one["slots"] + two["slots"] + 4 <= 10
+    c.lease(0, 0, False)
+    one, two = c.lease(1, 0, True), c.lease(2, 0, True)
+    assert one["slots"] + two["slots"] == 10
+    assert one["rpm"] + two["rpm"] == pytest.approx(600)
+    c.release(2)
+    assert c.lease(1, 0, True)["slots"] == 10
+
+
+def test_a_dead_shards_lease_lapses() -> None:
+    clock = Clock()
+    c = Coordinator(concurrency=8, rpm=None, tpm=1000, clock=clock)
+    for _ in range(2):
+        a, b = c.lease(0, 0, True), c.lease(1, 0, True)
+    assert a["slots"] + b["slots"] == 8 and a["tpm"] + b["tpm"] == pytest.approx(1000)
+    clock.now += LEASE_TTL_S + 0.1  # shard 1 died without a word
+    assert c.lease(0, 0, True)["slots"] == 8
+    assert c.lease(0, 0, True)["tpm"] == pytest.approx(1000)
+
+
+def test_one_storm_pauses_the_cluster_once_and_sets_one_pace() -> None:
+    clock = Clock()
+    c = Coordinator(concurrency=20, rpm=None, tpm=None, clock=clock)
+    for _ in range(10):  # 10 s of 30 accepted answers a second, over two shards
+        c.lease(0, 5, True, accepted=15)
+        c.lease(1, 5, True, accepted=15)
+        clock.now += 1.0
+    assert c.lease(0, 0, True)["rpm"] is None  # no pace before a storm
+    c.pause(2.0)
+    c.pause(2.0)  # the other shard's report of the same storm
+    assert c.pauses == 1
+    assert c.rate == pytest.approx(0.9 * 300 / 10)  # 90 % of what was accepted
+    assert c.window == 17
+    a = c.lease(0, 0, True)
+    assert a["pause_s"] == pytest.approx(2.0)
+    b = c.lease(1, 0, True)
+    a = c.lease(0, 0, True)
+    assert a["rpm"] + b["rpm"] == pytest.approx(c.rate * 60)
+    clock.now += 5.0  # after the pause, without a storm: the pace grows
+    c.lease(0, 0, True)
+    assert c.rate > 0.9 * 30
+
+
+def test_a_stop_reaches_every_shard() -> None:
+    c = Coordinator(concurrency=4, rpm=None, tpm=None)
+    assert not c.lease(0, 0, True)["stop"]
+    c.stop(1)
+    c.stop(2)
+    assert c.state()["stopped_by"] == 1
+    assert c.lease(0, 0, True)["stop"]
+
+
+def test_the_leased_limiter_waits_for_its_share_and_paces_at_it() -> None:
+    async def main() -> None:
+        storms: list[float] = []
+        stops: list[bool] = []
+
+        async def renew(in_flight: int, wants: bool, accepted: int) -> dict[str, Any]:
+            return {"slots": 2, "rpm": 600.0, "tpm": None, "pause_s": 0.0, "stop": False}
+
+        lim = LeasedLimiter(
+            Limits(concurrency=50), renew, storms.append, lambda: stops.append(True)
+        )
+        slot = asyncio.ensure_future(lim.slot())
+        await asyncio.sleep(0.01)
+        assert not slot.done()  # no lease yet: no slot
+        lim.apply(await renew(0, True, 0))
+        await asyncio.wait_for(slot, 1)
+        await lim.slot()
+        third = asyncio.ensure_future(lim.slot())
+        await asyncio.sleep(0.01)
+        assert not third.done()  # the lease's two slots are taken
+        lim.release_slot()
+        await asyncio.wait_for(third, 1)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(6):
+            await lim.before_send(1)
+        # 600/min is one request every 0.1 s: six sends take at least half a second.
+        assert loop.time() - start >= 0.45
+        lim.stop()
+        assert stops == [True]  # its own stop is the cluster's
+        lim2 = LeasedLimiter(
+            Limits(concurrency=5), renew, storms.append, lambda: stops.append(True)
+        )
+        lim2.apply({"slots": 1, "rpm": None, "tpm": None, "pause_s": 0.0, "stop": True})
+        assert lim2.cluster_stopped and stops == [True]  # the cluster's stop is not re-sent
+
+    asyncio.run(main())
+
+
+def test_engine_options_are_checked() -> None:
+    opts = pop_engine_options({"engine": "ray", "shards": 4, "workers": 3})
+    assert (opts.engine, opts.shards, opts.workers) == ("ray", 4, 3)
+    with pytest.raises(UsageError, match="engine must be one of"):
+        pop_engine_options({"engine": "spark"})
+    with pytest.raises(UsageError, match="shards must be an integer"):
+        pop_engine_options({"engine": "ray", "shards": 0})
+    with pytest.raises(UsageError, match="need --engine ray"):
+        pop_engine_options({"shards": 4})
+    settings = {"engine": "local", "model": "m"}
+    pop_engine_options(settings)
+    assert settings == {"model": "m"}  # the engine keys are taken out, the rest left
+
+
+def test_the_manifest_names_what_changed(tmp_path: Path) -> None:
+    path = tmp_path / "out.manifest.json"
+    m = Manifest("d1", 4, {"params": {"max_tokens": 10}}, [(0, 5), (5, 9)], ["pending"] * 2)
+    m.save(path, tmp_path / "staging.json")
+    loaded = Manifest.load(path)
+    assert loaded == m
+    with pytest.raises(CheckpointError, match=r"the input and --shards \(4 then, 8 now\)"):
+        m.check_same(path, "d2", 8, {"params": {"max_tokens": 10}})
+    with pytest.raises(CheckpointError, match=r"the job \(params.max_tokens\)"):
+        m.check_same(path, "d1", 4, {"params": {"max_tokens": 11}})
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Manifest.load(path)
+    assert Manifest.load(tmp_path / "none.json") is None
+
+
+def test_the_store_writes_whole_files_and_reads_them_back(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out.shards")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    store.put(src, "a.bin")
+    assert src.exists() and store.exists("a.bin")
+    store.move_in(src, "b.bin")
+    assert not src.exists() and store.exists("b.bin")
+    back = tmp_path / "back" / "b.bin"
+    assert store.get("b.bin", back) and back.read_bytes() == b"x" * 1000
+    assert not store.get("none", tmp_path / "none")
+    assert store.read_text("none") is None
+    assert not list((tmp_path / "out.shards").glob("*.tmp"))
+    store.clear()
+    assert not (tmp_path / "out.shards").exists()
+
+
+def test_parts_merge_in_shard_order_with_unified_types(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    (tmp_path / "s").mkdir()
+    parts = [
+        pa.table({"id": [0, 1], "x": pa.array([None, None], pa.null()), "y": ["a", "b"]}),
+        pa.table({"id": [2], "x": pa.array([1.5]), "y": ["c"]}),
+        pa.table({"id": [3, 4], "x": pa.array([2.0, None]), "y": ["d", "e"]}),
+    ]
+    for i, t in enumerate(parts):
+        pq.write_table(
+            t.replace_schema_metadata({JOB_KEY: b'{"shard": 1}'}), store.at(part_name(i))
+        )
+    out = tmp_path / "out.parquet"
+    merge_parts(store, 3, out, json.dumps({"job": "whole"}).encode())
+    t = pq.read_table(out)
+    assert t.column("id").to_pylist() == [0, 1, 2, 3, 4]
+    assert t.column("x").to_pylist() == [None, None, 1.5, 2.0, None]
+    assert t.schema.field("x").type == pa.float64()
+    assert json.loads(t.schema.metadata[JOB_KEY]) == {"job": "whole"}
