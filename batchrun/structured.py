@@ -6,7 +6,8 @@ tool is forced, and each answer's tool-call arguments are validated against the 
 - :func:`choices_schema` is ``--choices a,b,c``: one required enum property ``label``;
 - :func:`tool_fields` is the request's ``tools`` and ``tool_choice`` for a schema;
 - :class:`AnswerCheck` takes a row's answer apart: the validated arguments (JSON text), or
-  the first violation and the follow-up messages that re-ask for valid arguments.
+  the violation jsonschema's ``best_match`` picks (not the first found: the least deep
+  one) and the follow-up messages that re-ask for valid arguments.
 
 How the arguments become typed columns is :mod:`batchrun.typed`.
 """
@@ -141,7 +142,8 @@ def tool_fields(schema: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """An answer checked: ``arguments`` (compact JSON of the validated object) when valid,
-    else the first ``violation`` and the ``followup`` messages that ask again."""
+    else the ``violation`` (of several, ``best_match``'s) and the ``followup`` messages
+    that ask again."""
 
     arguments: str | None
     violation: str | None = None

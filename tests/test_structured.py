@@ -177,7 +177,7 @@ def test_a_valid_answer_gives_its_arguments() -> None:
         ("[1, 2]", "not a JSON object"),
     ],
 )
-def test_an_invalid_answer_names_its_first_violation_and_is_followed_up(
+def test_an_invalid_answer_names_its_violation_and_is_followed_up(
     args: Any, violation: str
 ) -> None:
     raw = args if isinstance(args, str) else json.dumps(args)
@@ -187,6 +187,14 @@ def test_an_invalid_answer_names_its_first_violation_and_is_followed_up(
     assert assistant["role"] == "assistant" and assistant["tool_calls"][0]["id"] == "call_1"
     assert reply["role"] == "tool" and reply["tool_call_id"] == "call_1"
     assert violation in reply["content"] and "record_review" in reply["content"]
+
+
+def test_of_several_violations_the_least_deep_is_named_not_the_first_found() -> None:
+    # jsonschema finds $.topics[1] first (schema order); best_match prefers the shallower
+    # $.item, as the README says.
+    args = {**VALID, "topics": ["price", 5], "item": "kettle"}
+    verdict = AnswerCheck(SCHEMA)(None, _calls(json.dumps(args)))
+    assert verdict.violation == "'kettle' is not of type 'object' (at $.item)"
 
 
 def test_an_answer_without_the_tool_call_is_asked_to_call_it() -> None:
