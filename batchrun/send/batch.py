@@ -27,6 +27,7 @@ from batchrun.errors import BadLine, RowFailed, SendFailed
 from batchrun.records import Completion, Request
 from batchrun.send.dialect import ERROR_BODY_MAX, SHAPE_ERRORS, TEXT_MAX, ChatCompletions
 from batchrun.send.redact import Redactor
+from batchrun.send.replies import MAX_LINE, read_up_to, split_lines
 from batchrun.send.retrying import classify_status, error_type_for_status, parse_retry_after
 from batchrun.send.transport import BatchTransport, Reply
 
@@ -57,8 +58,6 @@ PARAMS = (
 ENDED = "ended"
 RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
-#: A results line longer than this is not a result (bounded against a hostile server).
-MAX_LINE = 16 * 1024 * 1024
 _READ = 1 << 20
 
 
@@ -182,17 +181,6 @@ class GatewayBatches:
             return BatchResult(cid, redact.fields(_message(result["message"])))
         except SHAPE_ERRORS:
             return BatchResult(cid, None, "invalid_response", "the batch result is not a message")
-
-
-async def read_up_to(reply: Reply, limit: int) -> bytes:
-    """The body, or its first ``limit`` bytes (a read may hand back less than it was asked)."""
-    buf = bytearray()
-    while len(buf) < limit:
-        piece = await reply.read(limit - len(buf))
-        if not piece:
-            break
-        buf += piece
-    return bytes(buf)
 
 
 def _json_or_none(raw: bytes) -> Any:
@@ -365,31 +353,3 @@ class _Poll:
                 yield dialect.result(raw, redact)
             except BadLine:
                 self.bad_lines += 1
-
-
-async def split_lines(head: bytes, reply: Reply) -> AsyncIterator[bytes]:
-    """Non-empty lines of ``head`` + the rest of the body; an overlong line is skipped
-    whole (yielded as an empty line, which is no result)."""
-    buf = bytearray(head)
-    skipping = False
-    while True:
-        while (nl := buf.find(b"\n")) >= 0:
-            line = bytes(buf[:nl]).strip()
-            del buf[: nl + 1]
-            if skipping:
-                skipping = False
-                yield b"-"  # the tail of an overlong line: counted as a bad line
-            elif line:
-                yield line
-        if len(buf) > MAX_LINE:
-            buf.clear()
-            skipping = True
-        piece = await reply.read(_READ)
-        if not piece:
-            break
-        buf += piece
-    tail = bytes(buf).strip()
-    if tail and not skipping:
-        yield tail
-    elif skipping:
-        yield b"-"

@@ -30,11 +30,10 @@ from batchrun.send.batch import (
     BatchClient,
     BatchResult,
     BatchStatus,
-    read_up_to,
-    split_lines,
 )
 from batchrun.send.dialect import SHAPE_ERRORS, TEXT_MAX, ChatCompletions
 from batchrun.send.redact import Redactor
+from batchrun.send.replies import read_up_to, split_lines
 from batchrun.send.transport import BatchTransport
 
 MAX_REQUESTS = 50_000
