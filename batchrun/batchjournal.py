@@ -178,10 +178,16 @@ def set_status(ckpt: Checkpoint, chunk: Chunk, status: str, counts: dict[str, in
     chunk.status, chunk.counts = status, counts
 
 
-def set_done(ckpt: Checkpoint, chunk: Chunk) -> None:
+def set_done(ckpt: Checkpoint, chunk: Chunk, counts: dict[str, int] | None = None) -> None:
+    """The chunk's rows are all recorded; ``counts``: the request counts it ended with."""
     with ckpt.transaction() as db:
-        db.execute("UPDATE batches SET state=? WHERE chunk=?", (DONE, chunk.chunk))
+        db.execute(
+            "UPDATE batches SET state=?, counts=coalesce(?, counts) WHERE chunk=?",
+            (DONE, None if counts is None else json.dumps(counts), chunk.chunk),
+        )
     chunk.state = DONE
+    if counts is not None:
+        chunk.counts = counts
 
 
 def forget_unanswered(db: sqlite3.Connection) -> None:

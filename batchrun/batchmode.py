@@ -247,6 +247,7 @@ class BatchMode:
             bj.set_batch(
                 self.ckpt, chunk, status.id, status.processing_status, status.request_counts
             )
+            self.host.progress.batch_counts[chunk.chunk] = status.request_counts
             self.notice(f"created {chunk.name()}: {chunk.rows:,} requests")
             return
         if not maybe_created and not chunk.in_doubt:
@@ -280,6 +281,9 @@ class BatchMode:
     async def poll_all(self) -> None:
         waiting = bj.chunks(self.ckpt, [bj.OPEN])
         interval = self.job.batch.poll_interval_s
+        for chunk in waiting:  # a rerun shows the counts the last run saw until its first poll
+            if chunk.counts:
+                self.host.progress.batch_counts[chunk.chunk] = chunk.counts
         while waiting and not self.host.stopping():
             errors = False
             for chunk in list(waiting):
@@ -318,12 +322,13 @@ class BatchMode:
                     chunk.counts,
                 ):
                     bj.set_status(self.ckpt, chunk, status.processing_status, status.request_counts)
+                    self.host.progress.batch_counts[chunk.chunk] = status.request_counts
                     self.notice(
                         f"{chunk.name()}: {status.processing_status}"
                         + (f" — {status.counts_text()}" if status.request_counts else "")
                     )
                 return False
-            await self.results.record(chunk, answer.results())
+            await self.results.record(chunk, answer.results(), answer.ended)
             self.results.ignored["not_a_result"] += answer.bad_lines
         return True
 

@@ -19,7 +19,7 @@ from batchrun.batchjournal import Chunk
 from batchrun.checkpoint import Checkpoint
 from batchrun.events import Event
 from batchrun.records import RowResult
-from batchrun.send.batch import BatchResult
+from batchrun.send.batch import RESULT_TYPES, BatchResult, BatchStatus, counts_text
 
 if TYPE_CHECKING:
     from batchrun.batchmode import BatchHost
@@ -62,9 +62,12 @@ class ResultRecorder:
         #: Lines ignored: not a result, a custom_id of no row of the batch, a row's second.
         self.ignored = {"not_a_result": 0, "unknown_custom_id": 0, "duplicate_custom_id": 0}
 
-    async def record(self, chunk: Chunk, results: AsyncIterator[BatchResult]) -> None:
+    async def record(
+        self, chunk: Chunk, results: AsyncIterator[BatchResult], ended: BatchStatus | None = None
+    ) -> None:
         """Join results on custom_id and record them as they are read; rows the results
-        leave out become error rows; then the chunk is done."""
+        leave out become error rows; then the chunk is done. ``ended``: the batch object as
+        it ended, if the shape sends one."""
         expected = bj.chunk_rows(self.ckpt, chunk.chunk)
         recorded = {
             p
@@ -77,6 +80,8 @@ class ResultRecorder:
         seen: set[str] = set()
         twice: set[str] = set()
         group: list[RowResult] = []
+        #: Result lines by type, in the gateway's names (its request_counts once ended).
+        tally = dict.fromkeys(RESULT_TYPES, 0)
         async for r in results:
             pos = expected.get(r.custom_id)
             if pos is None:
@@ -90,6 +95,9 @@ class ResultRecorder:
                     group.append(failed(pos, "the batch sent more than one result for this row"))
                 continue
             seen.add(r.custom_id)
+            kind = "succeeded" if r.completion is not None else (r.error_type or "")
+            kind = kind.removeprefix("batch_")
+            tally[kind if kind in tally else "errored"] += 1
             if pos in recorded:
                 continue  # recorded by a run that died while reading these results
             if r.completion is not None:
@@ -109,9 +117,17 @@ class ResultRecorder:
             failed(p, "the batch's results have no line for this row") for p in sorted(missing)
         ]
         self.commit(group)
-        bj.set_done(self.ckpt, chunk)
+        # The counts the batch ended with: the provider's where the shape sends its object
+        # (OpenAI's), else what its results say (the gateway answers with them instead).
+        counts = ended.request_counts if ended is not None and ended.request_counts else tally
+        bj.set_done(self.ckpt, chunk, counts)
+        self.host.progress.batch_counts[chunk.chunk] = counts
         self.host.emit(
-            Event("notice", self.host.progress, message=f"{chunk.name()}: results recorded")
+            Event(
+                "notice",
+                self.host.progress,
+                message=f"{chunk.name()}: results recorded — {counts_text(counts)}",
+            )
         )
 
     def commit(self, group: list[RowResult]) -> None:

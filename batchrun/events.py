@@ -29,6 +29,9 @@ class Progress:
     limiter: Limiter | None = None
     #: position → monotonic time its current send started, for rows in a send now.
     sending_since: dict[int, float] = field(default_factory=dict)
+    #: Batch mode: each batch's last request counts as the provider sent them, by chunk
+    #: number (a live run has no requests in flight to show; the progress line shows these).
+    batch_counts: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def count(self, result: RowResult, *, paid: bool = True) -> None:
         """A row recorded: its status, and its tokens if it paid for its answer (a row

@@ -9,6 +9,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from batchrun.events import Event, Progress
+from batchrun.send.batch import counts_text
 
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_INTERVAL_S = 10.0
@@ -28,6 +29,13 @@ def _postfix(p: Progress) -> str:
             parts.append(f"oldest={oldest:,.0f}s")
         if lim.pacing_rate is not None:
             parts.append(f"pace={lim.pacing_rate * 60:,.0f}/min")
+    if p.batch_counts:
+        parts.append(
+            "; ".join(
+                f"batch {n}: {counts_text(c) or 'no counts yet'}"
+                for n, c in sorted(p.batch_counts.items())
+            )
+        )
     return " ".join(parts)
 
 

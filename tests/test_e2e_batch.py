@@ -38,10 +38,13 @@ def _expected(prompt: str) -> tuple[str, dict[str, int]]:
 APIS = pytest.mark.parametrize("api", ["gateway", "openai"])
 
 
-def _batch_args(src: Path, out: Path, url: str, *extra: str, api: str = "gateway") -> list[str]:
+def _batch_args(
+    src: Path, out: Path, url: str, *extra: str, api: str = "gateway", quiet: bool = True
+) -> list[str]:
     return [
         "run", "--input", str(src), "--output", str(out), "--base-url", url,
-        "--mode", "batch", "--batch-api", api, "--poll-interval", "0.1", "--quiet", *extra,
+        "--mode", "batch", "--batch-api", api, "--poll-interval", "0.1",
+        *(["--quiet"] if quiet else []), *extra,
     ]  # fmt: skip
 
 
@@ -73,12 +76,29 @@ def _summary(out: Path) -> dict[str, Any]:
 def test_3000_rows_in_3_batches_no_chat_request_each_row_its_own_answer(
     tmp_path: Path, sim_factory: Any, api: str
 ) -> None:
-    sim = sim_factory(batch_delay_s=0.3)
+    sim = sim_factory(batch_delay_s=1.5)
     rows = _rows(3000)
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.parquet"
-    proc = run_cli(*_batch_args(src, out, sim.url, "--batch-size", "1000", api=api))
+    proc = run_cli(*_batch_args(src, out, sim.url, "--batch-size", "1000", api=api, quiet=False))
     assert proc.returncode == 0, proc.stderr
+    # Each poll of a running batch that moved says its request counts, in the shape's names.
+    running = (
+        r"processing [\d,]+, succeeded [\d,]+, errored 0, canceled 0, expired 0"
+        if api == "gateway"
+        else r"total 1,000, completed [\d,]+, failed 0"
+    )
+    assert re.search(rf"^batchrun: chunk \d \(rows [^)]+\): in_progress — {running}$",
+                     proc.stderr, re.M), proc.stderr  # fmt: skip
+    # The progress line shows each batch's counts: here the last one, as each batch ended.
+    ended = (
+        "succeeded 1,000, errored 0, canceled 0, expired 0"
+        if api == "gateway"
+        else "total 1,000, completed 1,000, failed 0"
+    )
+    last = proc.stderr.strip().splitlines()
+    line = next(x for x in reversed(last) if x.startswith("batchrun: 3,000/3,000 rows"))
+    assert line.endswith("; ".join(f"batch {n}: {ended}" for n in range(3))), line
     assert sim.stats.batches_created == 3
     assert sim.stats.batch_requests == 3000
     assert sim.stats.requests == 0  # not one chat completion

@@ -58,6 +58,8 @@ PARAMS = (
 ENDED = "ended"
 RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 COUNT_KEYS = ("processing", "succeeded", "errored", "canceled", "expired")
+#: The OpenAI shape's request counts (:mod:`batchrun.send.batch_openai` reads them).
+OPENAI_COUNT_KEYS = ("total", "completed", "failed")
 _READ = 1 << 20
 
 
@@ -98,8 +100,13 @@ class BatchStatus:
         return self.processing_status == ENDED
 
     def counts_text(self) -> str:
-        c = self.request_counts
-        return ", ".join(f"{k} {c[k]:,}" for k in COUNT_KEYS if k in c)
+        return counts_text(self.request_counts)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``processing 10, succeeded 90``: the request counts of either shape (a job uses one,
+    and its journal keeps what the shape sent)."""
+    return ", ".join(f"{k} {counts[k]:,}" for k in (*COUNT_KEYS, *OPENAI_COUNT_KEYS) if k in counts)
 
 
 @dataclass(slots=True)
@@ -310,6 +317,8 @@ class _Poll:
         self._reply: Reply | None = None
         self._head = b""
         self.status: BatchStatus | None = None
+        #: The batch object as it ended: never here (an ended batch answers with its results).
+        self.ended: BatchStatus | None = None
         #: Lines of the results that were not results (skipped, never attributed).
         self.bad_lines = 0
 

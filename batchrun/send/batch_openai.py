@@ -27,6 +27,7 @@ from batchrun.profiles import OPENAI, Profile
 from batchrun.records import Request
 from batchrun.send.batch import (
     BATCH_ID,
+    OPENAI_COUNT_KEYS,
     BatchClient,
     BatchResult,
     BatchStatus,
@@ -85,7 +86,7 @@ class OpenAIBatches:
             if not isinstance(bid, str) or not BATCH_ID.match(bid) or not isinstance(state, str):
                 raise ValueError("batch")
             counts = payload.get("request_counts") or {}
-            done = {k: counts[k] for k in ("total", "completed", "failed") if _count(counts.get(k))}
+            done = {k: counts[k] for k in OPENAI_COUNT_KEYS if _count(counts.get(k))}
             files = {
                 k: payload[k]
                 for k in ("output_file_id", "error_file_id")
@@ -179,6 +180,8 @@ class _OpenAIPoll:
         self._client = client
         self._id = batch_id
         self.status: BatchStatus | None = None
+        #: The batch object as it ended (its final request counts), once it has.
+        self.ended: BatchStatus | None = None
         self._files: dict[str, str] = {}
         self.bad_lines = 0
 
@@ -186,7 +189,9 @@ class _OpenAIPoll:
         c = self._client
         async with c.transport.stream_get(f"/batches/{quote(self._id, safe='')}") as r:
             status, self._files = c.shape.status(await c._json(r), c.redact)
-        if not status.ended:
+        if status.ended:
+            self.ended = status
+        else:
             self.status = status
         return self
 
