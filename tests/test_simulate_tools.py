@@ -110,3 +110,56 @@ def test_a_forced_call_is_answered_from_its_schema_and_follow_ups_are_logged() -
     jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMA)
     assert answers[0]["choices"][0]["finish_reason"] == "tool_calls"
     assert lines == ["follow-up #1: Error: 'label' is a required property"]
+
+
+#: What the gateway's documentation lists for tool_choice, and the Anthropic objects it
+#: takes too, each with whether it forces the tool.
+GATEWAY_CHOICES: list[tuple[Any, bool]] = [
+    ("auto", False),
+    ("none", False),
+    ("required", True),
+    ({"type": "function", "function": {"name": "rec"}}, True),
+    ({"type": "auto"}, False),
+    ({"type": "none"}, False),
+    ({"type": "required"}, True),
+    ({"type": "tool", "name": "rec"}, True),
+]
+
+
+def _post_choices(choices: list[Any]) -> list[tuple[int, dict[str, Any]]]:
+    tools = [{"name": "rec", "description": "", "input_schema": SCHEMA}]
+
+    async def main() -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        async with start_simulator(SimConfig()) as sim, aiohttp.ClientSession() as session:
+            for choice in choices:
+                body = {
+                    "model": "anthropic/claude-3-opus",
+                    "messages": [{"role": "user", "content": "label this"}],
+                    "tools": tools,
+                    "tool_choice": choice,
+                }
+                url = f"{sim.url}/chat/completions"
+                async with session.post(url, json=body, headers={"Authorization": "Bearer k"}) as r:
+                    out.append((r.status, json.loads(await r.read())))
+        return out
+
+    return asyncio.run(main())
+
+
+def test_the_gateway_flavour_takes_every_documented_tool_choice() -> None:
+    answers = _post_choices([choice for choice, _ in GATEWAY_CHOICES])
+    for (choice, forces), (status, answer) in zip(GATEWAY_CHOICES, answers, strict=True):
+        assert status == 201, (choice, answer)
+        message = answer["choices"][0]["message"]
+        called = [c["function"]["name"] for c in message.get("tool_calls") or ()]
+        assert called == (["rec"] if forces else []), choice
+
+
+@pytest.mark.parametrize(
+    "choice",
+    ["any", "sometimes", {"type": "function", "function": {"name": "nope"}}, {"type": "tool"}, 3],
+)
+def test_the_gateway_flavour_refuses_other_tool_choices(choice: Any) -> None:
+    ((status, answer),) = _post_choices([choice])
+    assert status == 400 and answer["message"].startswith("tool_choice must be")

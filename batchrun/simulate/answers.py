@@ -123,10 +123,13 @@ def usage_for(body: dict[str, Any], text: str | None = None) -> dict[str, int]:
 
 
 def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool a request forces: ``required`` (the first), or one named in the documented
-    ``{"type": "function", "function": {"name"}}`` or Anthropic's ``{"type": "tool", "name"}``."""
+    """The tool a request forces: ``required`` (the first; the word or ``{"type"}``), or one
+    named in the documented ``{"type": "function", "function": {"name"}}`` or Anthropic's
+    ``{"type": "tool", "name"}``."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
+    if tools and choice == "required":
+        return dict(tools[0])
     if not tools or not isinstance(choice, dict):
         return None
     kind = choice.get("type")

@@ -117,11 +117,14 @@ def _gateway(body: dict[str, Any]) -> tuple[str, str] | None:
         named = (kind == "tool" and tc.get("name") in names) or (
             kind == "function" and isinstance(fn, dict) and fn.get("name") in names
         )
-        if not (kind in ("auto", "none", "required") or named):
+        # The documented forms (the words and the function object) and Anthropic's objects.
+        words = ("auto", "none", "required")
+        if not (tc in words or kind in words or named):
             return (
                 "tool_choice",
-                'tool_choice must be {"type": "auto"|"none"|"required"}, {"type": "function", '
-                '"function": {"name": <a tool>}} or {"type": "tool", "name": <a tool>}',
+                'tool_choice must be "auto", "none", "required", {"type": "function", "function": '
+                '{"name": <a tool>}}, {"type": "auto"|"none"|"required"} or {"type": "tool", '
+                '"name": <a tool>}',
             )
     return None
 
