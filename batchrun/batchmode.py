@@ -280,7 +280,8 @@ class BatchMode:
 
     async def poll_all(self) -> None:
         waiting = bj.chunks(self.ckpt, [bj.OPEN])
-        interval = self.job.batch.poll_interval_s
+        base = interval = self.job.batch.poll_interval_s
+        failed_rounds = 0
         for chunk in waiting:  # a rerun shows the counts the last run saw until its first poll
             if chunk.counts:
                 self.host.progress.batch_counts[chunk.chunk] = chunk.counts
@@ -305,9 +306,13 @@ class BatchMode:
             if waiting:
                 crash_point("polling")
                 self.host.emit(Event("tick", self.host.progress))
-                interval = (
-                    min(interval * 2, MAX_WAIT_S) if errors else self.job.batch.poll_interval_s
-                )
+                # After a failed round the usual interval, after each next one in a row twice
+                # the last, up to 5 minutes (as creates retry); an answered round resets it.
+                if errors:
+                    interval = min(interval * 2, MAX_WAIT_S) if failed_rounds else base
+                    failed_rounds += 1
+                else:
+                    interval, failed_rounds = base, 0
                 await self.sleep(interval)
 
     async def poll(self, chunk: Chunk) -> bool:

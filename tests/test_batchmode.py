@@ -1,11 +1,12 @@
-"""Batch mode's stage on its own: how rows are cut into chunks, with a real journal and input
-file but no server."""
+"""Batch mode's stage on its own: how rows are cut into chunks, and how polls back off, with
+a real journal and input file but no server (a fake client)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,17 @@ import pytest
 
 import batchrun.batchmode as batchmode
 import batchrun.send.batch_openai as batch_openai
-from batchrun.batchmode import BatchMode
+from batchrun import batchjournal as bj
+from batchrun.batchmode import MAX_WAIT_S, BatchMode
 from batchrun.batchopts import BatchOptions
 from batchrun.checkpoint import Checkpoint
-from batchrun.errors import BatchrunError
+from batchrun.errors import BatchrunError, Retryable
 from batchrun.events import Event, Progress
 from batchrun.job import Job
 from batchrun.prepare import Prepared
+from batchrun.records import Completion
 from batchrun.scan import scan_input
-from batchrun.send.batch import ENVELOPE_BYTES
+from batchrun.send.batch import ENVELOPE_BYTES, BatchResult, BatchStatus
 
 
 class Host:
@@ -95,3 +98,55 @@ def test_chunks_are_cut_by_bytes_before_the_batch_size(
 def test_the_batch_size_cuts_first_when_the_bytes_allow(tmp_path: Path) -> None:
     with batch_mode(tmp_path, _prompts(250), size=100) as mode:
         assert [len(c) for c in mode.plan()] == [100, 100, 50]
+
+
+class FlakyClient:
+    """Polls fail ``failures`` times (a 503 each), then the batch runs once, then it ends."""
+
+    def __init__(self, failures: int, positions: list[int]) -> None:
+        self.answers: list[str] = ["fail"] * failures + ["running", "ended"]
+        self.positions = positions
+
+    @contextlib.asynccontextmanager
+    async def poll(self, batch_id: str) -> AsyncIterator[Any]:
+        answer = self.answers.pop(0)
+        if answer == "fail":
+            raise Retryable("server_error", "HTTP 503: busy", status=503)
+        running = BatchStatus(batch_id, "in_progress", {"processing": len(self.positions)})
+        yield _Answer(running if answer == "running" else None, self.positions)
+
+
+class _Answer:
+    def __init__(self, status: BatchStatus | None, positions: list[int]) -> None:
+        self.status, self.positions = status, positions
+        self.ended: BatchStatus | None = None
+        self.bad_lines = 0
+
+    async def results(self) -> AsyncIterator[BatchResult]:
+        for p in self.positions:
+            yield BatchResult(f"r{p}", Completion("ok", "end_turn", None, 1, 1, 2, "m", "msg_1"))
+
+
+@pytest.mark.parametrize("failures", [0, 1, 6])
+def test_polls_back_off_from_the_interval_doubling_to_5_minutes_and_reset_on_success(
+    tmp_path: Path, failures: int
+) -> None:
+    with batch_mode(tmp_path, _prompts(3)) as mode:
+        chunk = bj.record_chunk(mode.ckpt, "key-1", [(p, f"r{p}") for p in range(3)])
+        bj.set_batch(mode.ckpt, chunk, "msgbatch_1", "in_progress", {})
+        mode.client = FlakyClient(failures, [0, 1, 2])  # type: ignore[assignment]
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        mode.sleep = sleep  # type: ignore[method-assign]
+        asyncio.run(mode.poll_all())
+        assert mode.ckpt.done_bitmap(3) == bytearray([0b111])
+    interval = mode.job.batch.poll_interval_s
+    assert interval == 30.0 and MAX_WAIT_S == 300.0  # the defaults the figures below assume
+    backoff = [30.0, 60.0, 120.0, 240.0, 300.0, 300.0][:failures]
+    # After each failed poll the wait doubles, from the interval up to 5 minutes; a poll
+    # answered brings it back to the interval.
+    assert slept == [*backoff, 30.0]
+    assert not mode.host.stopped  # type: ignore[attr-defined]
