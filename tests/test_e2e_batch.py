@@ -140,6 +140,33 @@ def test_errored_and_expired_rows_are_error_rows_and_retry_failed_sends_exactly_
     assert set(still) <= set(failed) and len(still) < len(failed)
 
 
+@APIS
+def test_retry_failed_in_live_mode_sends_exactly_the_failed_batch_rows_as_chat_requests(
+    tmp_path: Path, sim_factory: Any, api: str
+) -> None:
+    sim = sim_factory(batch_delay_s=0.2, batch_errored_rate=0.05, batch_expired_rate=0.05)
+    rows = _rows(300)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    first = run_cli(*_batch_args(src, out, sim.url, "--batch-size", "100", api=api))
+    assert first.returncode == 3, first.stderr
+    types = pq.read_table(out).column("error_type").to_pylist()
+    failed = {i for i, t in enumerate(types) if t is not None}
+    assert {types[i] for i in failed} == {"batch_errored", "batch_expired"}
+    created, in_batches = sim.stats.batches_created, sim.stats.batch_requests
+    live = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url,
+                   "--retry-failed", "--quiet")  # fmt: skip
+    assert live.returncode == 0, live.stderr
+    # Exactly the failed rows, each as one chat request; no batch made, none added to.
+    assert sim.stats.requests == len(failed)
+    assert (sim.stats.batches_created, sim.stats.batch_requests) == (created, in_batches)
+    table = _check_rows(out, rows)  # every row ok now, each with its own answer
+    # A batch row has no latency of its own; a live one does: the sent rows are the failed.
+    latency = table.column("latency_ms").to_pylist()
+    assert {i for i, ms in enumerate(latency) if ms is not None} == failed
+    assert _summary(out)["mode"] == "live"
+
+
 def test_rows_the_batch_shape_cannot_carry_are_refused_before_anything_is_sent(
     tmp_path: Path, sim_factory: Any
 ) -> None:
