@@ -34,8 +34,10 @@ class Profile:
     #: Ask for a stream's usage chunk (``stream_options: {"include_usage": true}``);
     #: OpenAI-compatible servers send no usage in a stream otherwise.
     stream_usage: bool
-    #: The tool and tool-choice shapes it takes: the gateway's documented (Anthropic)
+    #: The tool shape it takes: the gateway's documented (Anthropic)
     #: ``{name, description, input_schema}`` or OpenAI's ``{"type": "function", …}``.
+    #: Tool choices go to every server in the forms the gateway documents as well:
+    #: ``"auto"``, ``"none"``, ``"required"``, ``{"type": "function", "function": {"name"}}``.
     tool_shape: Literal["anthropic", "openai"]
     #: The body field for stop sequences.
     stop_field: Literal["stop_sequences", "stop"]

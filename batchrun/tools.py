@@ -10,8 +10,10 @@ Accepted as well, and turned into the neutral shape: OpenAI tools
 ``{"type": "function", "function": {"name", "description"?, "parameters"?}}``, the string
 choices ``"auto"``, ``"none"``, ``"required"`` (and Anthropic's ``"any"``, which means
 required), ``{"type": "any"}``, ``{"type": "function", "function": {"name"}}`` and
-``{"type": "function", "name"}``. :func:`openai_tools` / :func:`openai_tool_choice` give
-the OpenAI shapes back for servers that take those (see :mod:`batchrun.send.profiles`).
+``{"type": "function", "name"}``. :func:`openai_tools` gives the OpenAI tool shape back
+for servers that take it (see :mod:`batchrun.profiles`); :func:`openai_tool_choice` gives
+the choice as it is sent to every server, the gateway included (its documentation lists
+the words and the function object).
 """
 
 from __future__ import annotations
@@ -130,8 +132,8 @@ def openai_tools(tools: Iterable[Any]) -> list[Any]:
 
 
 def openai_tool_choice(choice: Any) -> Any:
-    """A neutral tool choice in OpenAI's shape: a word, or the named function (anything
-    else, from ``--extra-body``, as it is)."""
+    """A neutral tool choice in the documented (OpenAI) shape: a word, or the named
+    function (anything else, from ``--extra-body``, as it is)."""
     if not isinstance(choice, dict):
         return choice
     if choice.get("type") == "tool" and "name" in choice:

@@ -145,7 +145,7 @@ def test_every_documented_parameter_reaches_the_wire(tmp_path: Path, sim_factory
         "stop_sequences": ["END", "STOP"],
         "system": "Be terse.",
         "tools": tools,
-        "tool_choice": {"type": "auto"},
+        "tool_choice": "auto",  # written as Anthropic's object, sent in the documented form
         "metadata": {"job": "e2e"},
         "messages": [{"role": "user", "content": "Q: weather in Oslo?"}],
     }

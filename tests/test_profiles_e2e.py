@@ -152,6 +152,29 @@ def test_tools_of_either_shape_reach_an_openai_server_in_its_shape(
     assert body["tools"] == [OPENAI_TOOL] and body["tool_choice"] == "required"
 
 
+@pytest.mark.parametrize(
+    ("flag", "sent"),
+    [
+        ("required", "required"),
+        ('{"type": "tool", "name": "look"}', {"type": "function", "function": {"name": "look"}}),
+    ],
+)
+def test_the_gateway_gets_tool_choices_in_its_documented_forms(
+    tmp_path: Path, sim_factory: Any, flag: str, sent: Any
+) -> None:
+    sim = sim_factory(record_bodies=True)
+    tool = {"name": "look", "input_schema": {"type": "object", "properties": {}}}
+    proc, out = _run(
+        tmp_path, sim.url, "tools", "--model", "anthropic/claude-3-opus",
+        "--tools", json.dumps([tool]), "--tool-choice", flag, rows=10,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(c) for c in pq.read_table(out).column("tool_calls").to_pylist()]
+    assert all(c[0]["function"]["name"] == "look" for c in calls)
+    body = sim.stats.bodies[0]["body"]
+    assert body["tools"] == [tool] and body["tool_choice"] == sent
+
+
 def test_a_stream_without_usage_is_unknown_cost_never_zero(
     tmp_path: Path, sim_factory: Any
 ) -> None:

@@ -83,7 +83,9 @@ class ChatCompletions:
                 out[profile.stop_field] = value
             elif name == "tools" and profile.tool_shape == "openai":
                 out["tools"] = openai_tools(value)
-            elif name == "tool_choice" and profile.tool_shape == "openai":
+            elif name == "tool_choice":
+                # Every profile takes these forms: the gateway's documentation lists them
+                # too. The job keeps the neutral one, so fingerprints stay as they were.
                 out["tool_choice"] = openai_tool_choice(value)
             else:
                 out[name] = value
