@@ -19,10 +19,13 @@ from batchrun.errors import CheckpointError, SendFailed, UsageError
 from batchrun.send.transport import HttpTransport
 
 
-def open_batches(output: Path) -> tuple[str, str, list[tuple[str, str | None, str]]]:
+def open_batches(
+    checkpoint: Path, output: str
+) -> tuple[str, str, list[tuple[str, str | None, str]]]:
     """(base URL, batch API shape, [(chunk name, batch id, state)]) of the job writing
-    ``output``."""
-    journal = output.with_suffix(".checkpoint") / "journal.sqlite"
+    ``output``, whose journal is in ``checkpoint`` (the job's ``checkpoint_dir``: beside a
+    local output, on the local disk for one in object storage)."""
+    journal = checkpoint / "journal.sqlite"
     if not journal.is_file():
         raise UsageError(
             f"{output} has no checkpoint ({journal} not found)",
@@ -53,10 +56,16 @@ def open_batches(output: Path) -> tuple[str, str, list[tuple[str, str | None, st
 
 
 async def cancel_batches(
-    output: Path, api_key: str, *, base_url: str | None = None, api_key_env: str = ""
+    checkpoint: Path,
+    output: str,
+    api_key: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "",
 ) -> list[str]:
-    """Cancel the open batches of the job writing ``output``; one line of news each."""
-    recorded_url, api, batches = open_batches(output)
+    """Cancel the open batches of the job writing ``output`` (its journal in
+    ``checkpoint``); one line of news each."""
+    recorded_url, api, batches = open_batches(checkpoint, output)
     url = base_url or recorded_url
     check_base_url(url, api_key_env)
     if not batches:
