@@ -43,6 +43,13 @@ CREATE INDEX IF NOT EXISTS batch_rows_by_chunk ON batch_rows (chunk);
 """
 
 PENDING, OPEN, DONE = "pending", "open", "done"
+#: What a done chunk's status says: how its batch ended, in the provider's words (the
+#: gateway's ended, canceled, expired; OpenAI's completed, failed, expired, cancelled), or
+#: refused (its create was refused for good: no batch). A journal written before these were
+#: kept holds the last status seen while the batch ran: such a chunk is only "done".
+FINAL_STATES = frozenset(
+    {"ended", "canceled", "expired", "completed", "failed", "cancelled", "refused"}
+)
 
 
 @dataclass
@@ -178,14 +185,15 @@ def set_status(ckpt: Checkpoint, chunk: Chunk, status: str, counts: dict[str, in
     chunk.status, chunk.counts = status, counts
 
 
-def set_done(ckpt: Checkpoint, chunk: Chunk, counts: dict[str, int] | None = None) -> None:
-    """The chunk's rows are all recorded; ``counts``: the request counts it ended with."""
+def set_done(ckpt: Checkpoint, chunk: Chunk, counts: dict[str, int] | None, final: str) -> None:
+    """The chunk's rows are all recorded; ``counts``: the request counts it ended with,
+    ``final``: how it ended (one of FINAL_STATES)."""
     with ckpt.transaction() as db:
         db.execute(
-            "UPDATE batches SET state=?, counts=coalesce(?, counts) WHERE chunk=?",
-            (DONE, None if counts is None else json.dumps(counts), chunk.chunk),
+            "UPDATE batches SET state=?, status=?, counts=coalesce(?, counts) WHERE chunk=?",
+            (DONE, final, None if counts is None else json.dumps(counts), chunk.chunk),
         )
-    chunk.state = DONE
+    chunk.state, chunk.status = DONE, final
     if counts is not None:
         chunk.counts = counts
 
@@ -201,13 +209,19 @@ def forget_unanswered(db: sqlite3.Connection) -> None:
 
 
 def batch_summary(ckpt: Checkpoint) -> dict[str, Any]:
-    """What the summary says of the job's batches: how many in each state (the provider's
-    last seen state for open ones), and the chunks counted as possibly created twice."""
+    """What the summary says of the job's batches: how many in each state, with the
+    provider's last seen status for open ones and how it ended for done ones (``done
+    (canceled)``), and the chunks counted as possibly created twice."""
     states: dict[str, int] = {}
     for state, status, n in ckpt.db.execute(
         "SELECT state, coalesce(status, ''), count(*) FROM batches GROUP BY 1, 2"
     ):
-        label = state if state != OPEN else f"open ({status or 'unknown'})"
+        if state == OPEN:
+            label = f"open ({status or 'unknown'})"
+        elif state == DONE and status in FINAL_STATES:
+            label = f"done ({status})"
+        else:
+            label = state
         states[label] = states.get(label, 0) + n
     doubt = [c.name() for c in chunks(ckpt) if c.in_doubt]
     return {"batches": states, "batches_in_doubt": doubt}

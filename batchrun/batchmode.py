@@ -265,7 +265,7 @@ class BatchMode:
         for i in range(0, len(positions), 10_000):
             group = [failed(p, exc.message, exc.error_type) for p in positions[i : i + 10_000]]
             self.results.commit(group)
-        bj.set_done(self.ckpt, chunk)
+        bj.set_done(self.ckpt, chunk, None, "refused")
         self.notice(f"{chunk.name()} was refused: {exc.message}")
 
     # --- polling ----------------------------------------------------------------------------

@@ -54,6 +54,15 @@ def failed(position: int, message: str, error_type: str = "batch_errored") -> Ro
     )  # fmt: skip
 
 
+def final_status(tally: dict[str, int]) -> str:
+    """How a gateway batch ended, from its results (an ended batch answers with them, not
+    with its object): only a cancel ends requests ``canceled``, and only a batch that ran
+    past its 24 hours leaves them ``expired``; else it simply ``ended``."""
+    if tally.get("canceled"):
+        return "canceled"
+    return "expired" if tally.get("expired") else "ended"
+
+
 class ResultRecorder:
     """Records the results of the job's batches (one per run)."""
 
@@ -120,13 +129,14 @@ class ResultRecorder:
         # The counts the batch ended with: the provider's where the shape sends its object
         # (OpenAI's), else what its results say (the gateway answers with them instead).
         counts = ended.request_counts if ended is not None and ended.request_counts else tally
-        bj.set_done(self.ckpt, chunk, counts)
+        final = (ended.final if ended is not None else None) or final_status(tally)
+        bj.set_done(self.ckpt, chunk, counts, final)
         self.host.progress.batch_counts[chunk.chunk] = counts
         self.host.emit(
             Event(
                 "notice",
                 self.host.progress,
-                message=f"{chunk.name()}: results recorded — {counts_text(counts)}",
+                message=f"{chunk.name()}: {final}, results recorded — {counts_text(counts)}",
             )
         )
 

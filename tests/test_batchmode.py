@@ -150,3 +150,21 @@ def test_polls_back_off_from_the_interval_doubling_to_5_minutes_and_reset_on_suc
     # answered brings it back to the interval.
     assert slept == [*backoff, 30.0]
     assert not mode.host.stopped  # type: ignore[attr-defined]
+
+
+def test_the_summary_groups_finished_batches_by_how_they_ended(tmp_path: Path) -> None:
+    with batch_mode(tmp_path, _prompts(6)) as mode:
+        ckpt = mode.ckpt
+        made = [bj.record_chunk(ckpt, f"k{p}", [(p, f"r{p}")]) for p in range(6)]
+        for chunk in made[:5]:
+            bj.set_batch(ckpt, chunk, f"b{chunk.chunk}", "in_progress", {"processing": 1})
+        for chunk, final in zip(made, ["ended", "canceled", "ended", "expired"], strict=False):
+            bj.set_done(ckpt, chunk, {"succeeded": 1}, final)
+        assert bj.batch_summary(ckpt)["batches"] == {
+            "done (ended)": 2, "done (canceled)": 1, "done (expired)": 1,
+            "open (in_progress)": 1, "pending": 1,
+        }  # fmt: skip
+        # A chunk done under a batchrun that kept no final status: its status is the last
+        # one seen while it ran, which says nothing of how it ended.
+        ckpt.db.execute("UPDATE batches SET status='in_progress' WHERE chunk=0")
+        assert bj.batch_summary(ckpt)["batches"]["done"] == 1

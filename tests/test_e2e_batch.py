@@ -105,7 +105,8 @@ def test_3000_rows_in_3_batches_no_chat_request_each_row_its_own_answer(
     _check_rows(out, rows)
     summary = _summary(out)
     assert summary["mode"] == "batch"
-    assert summary["batches"] == {"done": 3}
+    # Grouped by how each batch ended, in the shape's words.
+    assert summary["batches"] == {f"done ({'ended' if api == 'gateway' else 'completed'})": 3}
     assert summary["rows_possibly_charged_twice"] == 0
     # The cost is at the batch rate: half the list price of the tokens used.
     list_cost = (summary["prompt_tokens"] * 15 + summary["completion_tokens"] * 75) / 1e6
@@ -328,6 +329,9 @@ def test_cancel_cancels_the_open_batches_and_the_rerun_records_them_as_canceled(
     table = pq.read_table(out)
     assert set(table.column("error_type").to_pylist()) <= {"batch_canceled", None}
     assert "batch_canceled" in table.column("error_type").to_pylist()
+    # The summary tells cancelled batches from those that ran to their end.
+    canceled = "canceled" if api == "gateway" else "cancelled"
+    assert _summary(out)["batches"] == {f"done ({canceled})": 2}
 
 
 def test_the_dry_run_shows_the_live_and_the_batch_estimate_and_the_batch_lines(

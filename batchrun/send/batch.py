@@ -94,6 +94,9 @@ class BatchStatus:
     id: str
     processing_status: str
     request_counts: dict[str, int] = field(default_factory=dict)
+    #: Once ended, how, where the shape says (OpenAI's completed, failed, expired, cancelled;
+    #: the gateway's ended batch answers with its results instead).
+    final: str | None = None
 
     @property
     def ended(self) -> bool:

@@ -95,8 +95,9 @@ class OpenAIBatches:
         except (*SHAPE_ERRORS, UnicodeDecodeError):
             shown = redact.clean(json.dumps(payload)[:TEXT_MAX], TEXT_MAX)
             raise RowFailed("invalid_response", f"not a batch object: {shown}") from None
-        ended = state in TERMINAL
-        return BatchStatus(bid, "ended" if ended else redact.clean(state, 40), done), files
+        if state in TERMINAL:
+            return BatchStatus(bid, "ended", done, final=state), files
+        return BatchStatus(bid, redact.clean(state, 40), done), files
 
     def result(self, raw: bytes, redact: Redactor) -> BatchResult:
         try:
