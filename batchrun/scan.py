@@ -145,7 +145,11 @@ def scan_input(
                 job.mode == "batch"
                 and (problem := batch_problem(request, job.batch.api)) is not None
             ):
-                add(InputError(problem, file=file, column=builder.column, **where))
+                # Images are the one thing no shape carries: name the column that holds them.
+                column = builder.column
+                if request.images:
+                    column = next((c for c in job.image_columns if row.get(c) is not None), column)
+                add(InputError(problem, file=file, column=column, **where))
                 continue
             if builder.id_column is not None:
                 if first_id is None:

@@ -18,6 +18,7 @@ import pytest
 
 from batchrun.simulate import completion_for, usage_for
 from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.imagefiles import png
 
 pytestmark = pytest.mark.e2e
 
@@ -184,6 +185,15 @@ def test_rows_the_batch_shape_cannot_carry_are_refused_before_anything_is_sent(
     assert "one user message" in lines[0]
     stream = run_cli(*_batch_args(src, tmp_path / "p.parquet", sim.url, "--stream"))
     assert stream.returncode == 2 and "stream" in stream.stderr
+    # A row with an image: the line names the image column, not the prompt's.
+    (tmp_path / "cat.png").write_bytes(png())
+    pics = write_jsonl(tmp_path / "pics.jsonl", [{"prompt": "hi", "photo": None},
+                                                 {"prompt": "what is it?", "photo": "cat.png"}])  # fmt: skip
+    image = run_cli(*_batch_args(pics, tmp_path / "q.parquet", sim.url, "--image-column", "photo"))
+    assert image.returncode == 2
+    lines = image.stderr.strip().splitlines()
+    assert len(lines) == 1 and "line 2" in lines[0] and "images are not sent" in lines[0]
+    assert "'photo'" in lines[0] and "'prompt'" not in lines[0], lines[0]
     assert sim.stats.batches_created == 0 and sim.stats.batch_polls == 0
 
 
