@@ -3,6 +3,7 @@ until it exits 0; then every input id must be in the output exactly once.
 
     python -m bench.kill_loop [--rows 5000] [--concurrency 32] [--kills 20]
     python -m bench.kill_loop --batch [--batch-size 500]   # the same through the Batch API
+    python -m bench.kill_loop --batch --batch-api openai   # through the OpenAI Batch API shape
 
 Reports unique ids, duplicate paid requests (the simulator counts fresh answers given twice
 for one Idempotency-Key) and the bound they are held to (kills x concurrency).
@@ -49,6 +50,12 @@ def main() -> None:
     )
     ap.add_argument("--batch", action="store_true", help="--mode batch (the Batch API)")
     ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument(
+        "--batch-api",
+        choices=("gateway", "openai"),
+        default="gateway",
+        help="the Batch API shape with --batch (the simulator serves both)",
+    )
     opts = ap.parse_args()
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="batchrun-kill-") as d:
@@ -78,6 +85,8 @@ def main() -> None:
                 str(opts.batch_size),
                 "--poll-interval",
                 "0.2",
+                "--batch-api",
+                opts.batch_api,
             ]
         env = dict(os.environ, AIMLAPI_KEY="bench-key")
         kills = runs = 0
@@ -123,7 +132,7 @@ def main() -> None:
         )
         if opts.batch:
             print(
-                f"batches: {stats['batches_created']} created ({stats['batch_creates_replayed']} creates "
+                f"batches ({opts.batch_api} shape): {stats['batches_created']} created ({stats['batch_creates_replayed']} creates "
                 f"answered with an existing batch), {stats['batch_requests']:,} requests in them: "
                 f"{stats['batch_requests'] - opts.rows:,} beyond one a row; chunks possibly created "
                 f"twice: {len(summary['batches_in_doubt'])}"
