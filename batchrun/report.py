@@ -28,6 +28,9 @@ __all__ = ["Report", "build_report", "recorded_group_by"]
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 #: Distinct (error type, message) pairs the report lists, the most frequent first.
 TOP_ERRORS = 5
+#: The server's request id a failed row's message ends with (see send/attempt.py): one per
+#: row, so messages are counted without it, or every gateway error would be its own kind.
+_REQUEST_ID = r" \(requestId [A-Za-z0-9._:-]{1,128}\)$"
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,8 @@ def _top_errors(table: pa.Table) -> list[ErrorKind]:
     failed = table.filter(pc.equal(table.column("status"), "error"))
     if failed.num_rows == 0:
         return []
+    message = pc.replace_substring_regex(failed.column("error"), _REQUEST_ID, "")
+    failed = failed.set_column(failed.schema.get_field_index("error"), "error", message)
     counts = (
         failed.select(["error_type", "error", "status"])
         .group_by(["error_type", "error"])

@@ -742,6 +742,26 @@ def test_clean_run_shows_no_errors_section(tmp_path: Path) -> None:
     assert any(e.message == "HTTP 400: bad field" and e.rows == 1 for e in report.top_errors)
 
 
+def test_commonest_messages_count_a_gateway_error_once_whatever_its_request_ids(
+    tmp_path: Path,
+) -> None:
+    # Each failed row keeps the gateway's own requestId in its message (for its support);
+    # the commonest messages group the rows by the message, not by that id.
+    rows = rows_ok_and_instant_errors()
+    failed = [r for r in rows if r["status"] == "error"]
+    for k, r in enumerate(failed):
+        r["error_type"] = "server_error"
+        after = " (after 6 attempts)" if k % 2 else ""
+        r["error"] = f"HTTP 500: internal error{after} (requestId 0a1b-{k}:c.d_e)"
+    failed[0]["error"] = "HTTP 500: internal error (requestId is down)"  # no id: kept as is
+    report = build_report(write(tmp_path / "out.parquet", rows))
+    assert [(e.message, e.rows) for e in report.top_errors] == [
+        ("HTTP 500: internal error (after 6 attempts)", 5),
+        ("HTTP 500: internal error", 4),
+        ("HTTP 500: internal error (requestId is down)", 1),
+    ]
+
+
 HOSTILE_MODEL = "<script>alert(1)</script>\x1b[31mred\x07\u202egnp.exe"
 HOSTILE_ERROR = "boom\x1b]0;pwned\x07 <img src=x onerror=alert(1)>\r\nnext\x00"
 HOSTILE_GROUP = '</table><script>x</script>"\x1b[2J'
