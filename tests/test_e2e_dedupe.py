@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.pricing import PriceTable
 from batchrun.simulate import completion_for
 from tests.conftest import ROOT, kill_at_random_moments, run_cli, write_jsonl
 
@@ -181,6 +183,27 @@ def test_a_second_run_with_the_cache_sends_nothing_and_max_tokens_changes_the_ke
     assert f"{len(rows) - distinct:,} rows repeat an earlier row's request" in dry.stdout
     assert f"would serve {distinct:,} rows" in dry.stdout
     assert sim.stats.requests == 2 * distinct
+    # And what that saves, priced from the first run's output at the model's list prices.
+    price = PriceTable.default().get("anthropic/claude-3-opus")
+    assert price is not None
+    usd_in, usd_out = price.input_per_mtok / 1e6, price.output_per_mtok / 1e6
+    leaders = [r for r in one if r["served_by"] is None]
+    followers = [r for r in one if r["served_by"] is not None]
+    cache_saved = sum(
+        r["prompt_tokens"] * usd_in + r["completion_tokens"] * usd_out for r in leaders
+    )
+    got = re.search(r"would serve [\d,]+ rows \(\$([\d,.]+) at list prices\)", dry.stdout)
+    assert got and float(got[1]) == pytest.approx(cache_saved, abs=5e-5), dry.stdout
+    dedupe = re.search(r"saves \$([\d,.]+) for the prompts, up to \$([\d,.]+) with the answers",
+                       dry.stdout)  # fmt: skip
+    assert dedupe, dry.stdout
+    prompts, most = float(dedupe[1]), float(dedupe[2])
+    # The dry run prices the followers' prompts by the estimate, which counts a token more
+    # than the simulator does where a prompt's length is a multiple of 4 characters.
+    paid = sum(r["prompt_tokens"] for r in followers) * usd_in
+    assert paid - 5e-5 <= prompts <= paid + len(followers) * usd_in + 5e-5
+    # "Up to": each follower's answer at --max-tokens (512) on top.
+    assert most == pytest.approx(prompts + len(followers) * 512 * usd_out, abs=1e-4)
 
 
 def test_read_only_adds_nothing_and_refresh_sends_everything(
