@@ -217,13 +217,23 @@ class Row:
     note: str = ""
     #: Rows per second from the first request sent to the last answer (from the output).
     sending_rows_per_s: float = 0.0
+    #: The ideal of the while-sending figure where it has its own (I: dedupe off's); else
+    #: that column is compared to ``ideal`` too.
+    sending_ideal: float = 0.0
 
     @property
     def ratio(self) -> float:
         return self.rows_per_s / self.ideal if self.ideal else 0.0
 
-    def rate_cell(self, rate: float) -> str:
-        return f"{rate:,.0f}" + (f" ({rate / self.ideal:.1%})" if self.ideal else "")
+    def rate_cell(self, rate: float, ideal: float | None = None) -> str:
+        ideal = self.ideal if ideal is None else ideal
+        return f"{rate:,.0f}" + (f" ({rate / ideal:.1%})" if ideal else "")
+
+    def ideal_cell(self) -> str:
+        if not self.ideal:
+            return "—"
+        both = f" / {self.sending_ideal:,.0f} while sending" if self.sending_ideal else ""
+        return f"{self.ideal:,.0f}{both}"
 
 
 def sending_rate(output: Path) -> float:
@@ -460,19 +470,20 @@ def main() -> None:
             on, off = (
                 sorted(rates[m], key=lambda r: r.rows_per_s)[1] for m in ("on", "off")
             )  # the median of three
-            on.scenario, on.setup, on.ideal = (
-                "I",
-                "as A at temperature 0, dedupe on, no repeats",
-                off.rows_per_s,
-            )
+            on.scenario, on.setup = "I", "as A at temperature 0, dedupe on, no repeats"
+            # Each figure against dedupe off's same figure: end to end against end to end,
+            # while sending against while sending (not against off's end-to-end rate).
+            on.ideal, on.sending_ideal = off.rows_per_s, off.sending_rows_per_s
             on.target = "≥ 95 % of dedupe off"
             table.append(on)
+            sending_ratio = on.sending_rows_per_s / max(off.sending_rows_per_s, 1e-9)
             extra.append(
                 f"- I: dedupe on with no repeats {on.rows_per_s:,.0f} rows/s end to end "
                 f"({on.sending_rows_per_s:,.0f} while sending) against dedupe off "
                 f"{off.rows_per_s:,.0f} ({off.sending_rows_per_s:,.0f}): ratio "
-                f"{on.rows_per_s / off.rows_per_s:.3f}; client CPU-s / 1k rows {on.cpu_per_1k:.3f} "
-                f"against {off.cpu_per_1k:.3f} (medians of three runs each, alternated)."
+                f"{on.rows_per_s / off.rows_per_s:.3f} end to end, {sending_ratio:.3f} while "
+                f"sending; client CPU-s / 1k rows {on.cpu_per_1k:.3f} against "
+                f"{off.cpu_per_1k:.3f} (medians of three runs each, alternated)."
             )
         if want("J"):  # batch mode: the Batch API, two batches of 100,000
             n = 50_000 if q else 200_000
@@ -502,7 +513,7 @@ def main() -> None:
     for r in table:
         lines.append(
             f"| {r.scenario} | {r.setup} | {r.rows:,} | {r.rate_cell(r.rows_per_s)} | "
-            f"{r.rate_cell(r.sending_rows_per_s)} | {f'{r.ideal:,.0f}' if r.ideal else '—'} | "
+            f"{r.rate_cell(r.sending_rows_per_s, r.sending_ideal or None)} | {r.ideal_cell()} | "
             f"{r.target} | {r.cpu_per_1k:.3f} | {r.rss_mb:.0f} | {r.requests:,} | "
             f"{r.retries:,} | {r.s429:,} | {r.note} |"
         )
