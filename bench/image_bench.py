@@ -51,7 +51,7 @@ def make_input(tmp: Path, rows: int, files: int = 100) -> Path:
 
 def scenario(tmp: Path, rows: int) -> list[str]:
     """The two runs; Markdown lines for bench/latest.md."""
-    from bench.run import Simulator, run_client  # bench.run imports this module
+    from bench.harness import Simulator, run_client
 
     src = make_input(tmp, rows)
     size = (tmp / "H-images" / "0.png").stat().st_size

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.run import HERE, Simulator, make_input
+from bench.harness import HERE, Simulator, make_input
 
 ROOT = HERE.parent
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench.run import Simulator
+from bench.harness import Simulator
 
 
 def main() -> None:
