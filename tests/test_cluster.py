@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.cluster.coordinator import LEASE_TTL_S, Coordinator
+from batchrun.cluster.coordinator import LEASE_TTL_S, RPM_HEADROOM, Coordinator
 from batchrun.cluster.lease import LeasedLimiter
 from batchrun.cluster.manifest import Manifest
 from batchrun.cluster.options import pop_engine_options
 from batchrun.cluster.shards import merge_parts, part_name, ranges
 from batchrun.cluster.store import Store
-from batchrun.errors import CheckpointError, UsageError
+from batchrun.errors import CheckpointError, Stopped, UsageError
 from batchrun.io.writers import JOB_KEY
 from batchrun.job import Limits
 
@@ -53,7 +53,7 @@ def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends(
     for _ in range(3):  # a few renewals: every shard settles on its fair share
         leases = {s: c.lease(s, 0, True) for s in range(3)}
     assert sorted(le["slots"] for le in leases.values()) == [3, 3, 4]
-    assert sum(le["rpm"] for le in leases.values()) == pytest.approx(600)
+    assert sum(le["rpm"] for le in leases.values()) == pytest.approx(600 * RPM_HEADROOM)
     # Shard 0 has 4 requests in flight and wants no more: its share is free, its flight not.
     c.lease(0, 4, False)
     one = c.lease(1, 0, True)
@@ -62,7 +62,7 @@ def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends(
     c.lease(0, 0, False)
     one, two = c.lease(1, 0, True), c.lease(2, 0, True)
     assert one["slots"] + two["slots"] == 10
-    assert one["rpm"] + two["rpm"] == pytest.approx(600)
+    assert one["rpm"] + two["rpm"] == pytest.approx(600 * RPM_HEADROOM)
     c.release(2)
     assert c.lease(1, 0, True)["slots"] == 10
 
@@ -95,7 +95,7 @@ def test_one_storm_pauses_the_cluster_once_and_sets_one_pace() -> None:
     assert a["pause_s"] == pytest.approx(2.0)
     b = c.lease(1, 0, True)
     a = c.lease(0, 0, True)
-    assert a["rpm"] + b["rpm"] == pytest.approx(c.rate * 60)
+    assert a["rpm"] + b["rpm"] == pytest.approx(c.rate * 60 * RPM_HEADROOM)
     clock.now += 5.0  # after the pause, without a storm: the pace grows
     c.lease(0, 0, True)
     assert c.rate > 0.9 * 30
@@ -215,3 +215,27 @@ def test_parts_merge_in_shard_order_with_unified_types(tmp_path: Path) -> None:
     assert t.column("x").to_pylist() == [None, None, 1.5, 2.0, None]
     assert t.schema.field("x").type == pa.float64()
     assert json.loads(t.schema.metadata[JOB_KEY]) == {"job": "whole"}
+
+
+def test_a_shard_whose_coordinator_is_gone_stops() -> None:
+    async def main() -> None:
+        calls = 0
+
+        async def renew(in_flight: int, wants: bool, accepted: int) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"slots": 4, "rpm": None, "tpm": None, "pause_s": 0.0, "stop": False}
+            raise ConnectionError("the actor died with its driver")
+
+        lim = LeasedLimiter(Limits(concurrency=4), renew, lambda s: None, lambda: None)
+        task = asyncio.ensure_future(lim.renew_forever(0.01, lapse_s=0.1))
+        await asyncio.sleep(0.05)
+        assert lim.window == 4 and not lim.cluster_stopped  # a lost renewal: the lease holds
+        await asyncio.sleep(0.2)
+        assert lim.cluster_stopped  # none for longer than the lapse: stopped
+        with pytest.raises(Stopped):
+            await lim.slot()
+        task.cancel()
+
+    asyncio.run(main())

@@ -41,6 +41,11 @@ from batchrun.send.limits import (
 LEASE_S = 0.5
 #: A lease not renewed within this many seconds is free again (a dead shard's share).
 LEASE_TTL_S = 3.0
+#: Share of --rpm leased out when several shards pace at once. Each shard's pacer spaces
+#: its own sends evenly, but their phases are independent: in any window of the server's,
+#: each may land one request more than its share (4 shards at 7.5/s put up to 64, not
+#: 60, in a 2 s window). 5 % keeps that within the limit for windows of a second or more.
+RPM_HEADROOM = 0.95
 
 
 @dataclass
@@ -116,6 +121,8 @@ class Coordinator:
         free_slots = self.window - sum(max(le.slots, le.in_flight) for le in others)
         mine.slots = max(0, min(int(_fair(self.window, shard, active, True)), free_slots))
         rpm = self.rpm if self.rpm else (self.rate * 60 if self.rate else None)
+        if rpm and len(active) > 1:
+            rpm *= RPM_HEADROOM
         if rpm:
             free = rpm - sum(le.rpm for le in others)
             mine.rpm = max(0.0, min(_fair(rpm, shard, active, False), free))

@@ -3,9 +3,8 @@ window, its pace and its tokens/min set from the coordinator's lease (renewed ev
 :data:`~batchrun.cluster.coordinator.LEASE_S` seconds) instead of from the job.
 
 The shard never finds the rate on its own (that is the coordinator's, once for the
-cluster): it spaces its sends at its leased share with the limiter's pacer, whose rate
-changes in place, so a new share never lets a burst through. A storm it sees pauses it at
-once and is reported, so the whole cluster pauses.
+cluster): it throttles its sends to its leased share, as a single run throttles to --rpm.
+A storm it sees pauses it at once and is reported, so the whole cluster pauses.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 
 from batchrun.errors import Stopped
 from batchrun.job import Limits
-from batchrun.send.limits import Limiter, _Pacer
+from batchrun.send.limits import Limiter, _rpm_throttler
 
 #: Renews the lease: (in_flight, wants more, answers accepted since) → the lease.
 Renew = Callable[[int, bool, int], Awaitable[dict[str, Any]]]
@@ -37,7 +36,7 @@ class LeasedLimiter(Limiter):
         self._on_storm = on_storm
         self._on_stop = on_stop
         self.adaptive = False  # the coordinator finds the cluster's rate
-        self._throttler = None  # the pacer, at the leased share, does its work
+        self._throttler = None  # until a lease gives a share of the rate
         self.window = 0  # nothing in flight before the first lease
         self._leased = asyncio.Event()  # a rate share above zero is held (when rates are)
         self._rate_leased = False
@@ -45,14 +44,22 @@ class LeasedLimiter(Limiter):
         self.cluster_stopped = False
         self.done = False
 
-    async def renew_forever(self, every_s: float) -> None:
-        """Renew until the run ends (cancelled) — the lease is the only source of slots."""
+    async def renew_forever(self, every_s: float, lapse_s: float) -> None:
+        """Renew until the run ends (cancelled) — the lease is the only source of slots.
+        A lost renewal leaves the last lease in force; none for ``lapse_s`` seconds means
+        the coordinator (and so the driver) is gone: stop, resumably, rather than send on
+        with nobody holding the cluster's limits or taking the results."""
+        last_ok = self._clock()
         while True:
             accepted, self._accepted_since = self._accepted_since, 0
             try:
                 self.apply(await self._renew(self.in_flight, not self.done, accepted))
-            except Exception:  # a lost renewal: the last lease holds, the count carries
+                last_ok = self._clock()
+            except Exception:
                 self._accepted_since += accepted
+                if self._clock() - last_ok > lapse_s and not self.cluster_stopped:
+                    self.cluster_stopped = True
+                    super().stop()
             await asyncio.sleep(every_s)
 
     def apply(self, lease: dict[str, Any]) -> None:
@@ -66,10 +73,15 @@ class LeasedLimiter(Limiter):
         rpm = lease["rpm"]
         self._rate_leased = rpm is not None
         if rpm:
-            if self._pacer is None:
-                self._pacer = _Pacer(rpm / 60.0, self._clock)
+            # asyncio-throttle, as a single run's --rpm: it counts the sends actually made,
+            # so sends held up by a busy loop never go out in a bunch. One throttler for the
+            # life of the shard, its limits changed in place: tasks already waiting in it
+            # see the new share (a new throttler would let them through at the old one).
+            new = _rpm_throttler(rpm)
+            if self._throttler is None:
+                self._throttler = new
             else:
-                self._pacer.rate = rpm / 60.0
+                self._throttler.rate_limit, self._throttler.period = new.rate_limit, new.period
             self._leased.set()
         else:
             self._leased.clear()

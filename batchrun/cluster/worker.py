@@ -6,8 +6,10 @@ worker's state folder (``$BATCHRUN_STATE_DIR/ray/…``). A consistent copy (SQLi
 API, a snapshot even while rows are written) goes to the store every ``copy_every_s``
 seconds and when the shard ends. A shard started where its journal is not (another node,
 a lost disk) resumes from the copy: the rows answered after the copy are sent again and
-are counted as possibly charged twice — the coordinator's count of rows the shard had
-answered when known, else the copy's own rate over one interval (see :func:`restore`).
+are counted as possibly charged twice: the coordinator's count of rows the shard had
+answered when known, else the copy's own rate over the longest a shard sends without a
+copy (an interval, plus the lease lapse after which a shard without its driver stops;
+see :func:`restore`). An estimate from a measured rate, not a proof.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.checkpoint import add_meta_count
-from batchrun.cluster.coordinator import LEASE_S
+from batchrun.cluster.coordinator import LEASE_S, LEASE_TTL_S
 from batchrun.cluster.lease import LeasedLimiter
 from batchrun.cluster.shards import input_name, part_name
 from batchrun.cluster.store import Store
@@ -110,7 +112,7 @@ async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
         pause_initial_s=max(0.5, job.retry.backoff_initial_s),
         pause_max_s=job.retry.backoff_max_s,
     )  # fmt: skip
-    renewer = asyncio.create_task(limiter.renew_forever(LEASE_S))
+    renewer = asyncio.create_task(limiter.renew_forever(LEASE_S, LEASE_TTL_S))
     copier = asyncio.create_task(copies.forever(spec.copy_every_s))
     result: dict[str, Any] = {"index": index, "restored": restored}
     try:
@@ -199,7 +201,9 @@ def restore(spec: ShardSpec, store: Store, journal: Path) -> dict[str, Any] | No
         row = db.execute("SELECT value FROM meta WHERE key=?", (_COPY_META,)).fetchone()
         info = json.loads(row[0]) if row else {"at": time.time(), "done": 0, "rate": 0.0}
         pending = _rows_in_shard(db, info)
-        estimate = math.ceil(info["rate"] * spec.copy_every_s)
+        # Rows answered after the copy: until the next copy was due, or until the shard
+        # noticed its coordinator gone (a lease lapses) and stopped.
+        estimate = math.ceil(info["rate"] * (spec.copy_every_s + LEASE_TTL_S + LEASE_S))
         at_risk = max(estimate, spec.reported_done - info["done"])
         at_risk = max(0, min(at_risk, pending))
         add_meta_count(db, "possibly_charged_twice", int(at_risk))

@@ -1,0 +1,227 @@
+"""End to end on a local Ray (2 CPUs, started and stopped by batchrun): the real CLI,
+shards as Ray tasks, against the simulator over real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun.simulate.serving import SIM_KEY
+from tests.conftest import ROOT, run_cli, write_jsonl
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.e2e
+
+#: Columns that differ between any two runs of the same rows (ids of the answer, timing,
+#: and the tracing id, which names the output it was sent for).
+_PER_SEND = {"response_id", "latency_ms", "finished_at", "client_request_id", "inference_id"}
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "prompt": f"say {i}", "group": i % 3} for i in range(n)]
+
+
+def _ray(tmp: Path, sim: Any, src: Path, out: Path, *extra: str, **kw: Any) -> Any:
+    return run_cli(
+        "run", "--input", str(src), "--output", str(out), "--base-url", sim.url, "--quiet",
+        "--engine", "ray", *extra, env=_env(tmp), **kw,
+    )  # fmt: skip
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {"BATCHRUN_STATE_DIR": str(tmp / "state"), "BATCHRUN_JOURNAL_COPY_S": "0.5"}
+
+
+def _ray_processes() -> list[str]:
+    """Ray's own processes that outlive their driver for good (the raylet and GCS; its
+    agents exit by themselves once these are gone)."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if "raylet" in line or "gcs_server" in line]
+
+
+def test_shards_give_the_single_process_output_row_for_row(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=40, jitter_ms=20, reasoning_rate=0.25)
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(1000))
+    single = tmp_path / "single.parquet"
+    r = run_cli("run", "--input", str(src), "--output", str(single), "--base-url", sim.url,
+                "--quiet", "--concurrency", "16")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sent_before = sim.stats.requests
+    out = tmp_path / "out.parquet"
+    r = _ray(tmp_path, sim, src, out, "--shards", "8", "--workers", "2", "--concurrency", "16")
+    assert r.returncode == 0, r.stderr
+    assert "Ray started in" in r.stderr
+    assert sim.stats.requests - sent_before == 1000  # one request a row, no more
+    assert sim.stats.max_in_flight <= 16  # the concurrency is the cluster's total
+    a, b = pq.read_table(single), pq.read_table(out)
+    assert a.schema.names == b.schema.names
+    assert a.schema.metadata[b"batchrun.job"] == b.schema.metadata[b"batchrun.job"]
+    for name in a.schema.names:
+        if name not in _PER_SEND:
+            assert a.column(name).to_pylist() == b.column(name).to_pylist(), name
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["rows_ok"] == 1000 and summary["requests_sent"] == 1000
+    assert summary["state"] == "complete" and summary["latency_ms"]["p50"] > 0
+    assert not _ray_processes()  # the local Ray batchrun started is gone with it
+
+    # A rerun sends nothing and starts no Ray; another K or job is refused, naming it.
+    r = _ray(tmp_path, sim, src, out, "--shards", "8", "--workers", "2", "--concurrency", "16")
+    assert r.returncode == 0 and "already complete" in r.stderr
+    assert "Ray started" not in r.stderr and sim.stats.requests - sent_before == 1000
+    r = _ray(tmp_path, sim, src, out, "--shards", "4")
+    assert r.returncode == 5 and "--shards (8 then, 4 now)" in r.stderr
+    r = _ray(tmp_path, sim, src, out, "--shards", "8", "--max-tokens", "64")
+    assert r.returncode == 5 and "params.max_tokens" in r.stderr
+
+
+def test_bad_input_is_refused_before_ray_starts_or_anything_is_sent(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory()
+    rows = _rows(50)
+    rows[40]["id"] = "r3"  # a duplicate id in another shard than its first
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    r = _ray(tmp_path, sim, src, tmp_path / "out.parquet", "--shards", "4")
+    assert r.returncode == 2
+    assert "r3" in r.stderr and "line 41" in r.stderr
+    assert "Ray started" not in r.stderr and sim.stats.requests == 0
+    r = _ray(tmp_path, sim, src, tmp_path / "o.parquet", "--max-cost", "1")
+    assert r.returncode == 2 and "does not take --max-cost" in r.stderr
+
+
+def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=150, jitter_ms=50)
+    n, concurrency = 1500, 16
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
+    out = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "6",
+            "--concurrency", str(concurrency)]  # fmt: skip
+    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    kills = 0
+    for wait_s in (9.0, 11.0):  # Ray starts in ~5 s: the kills land while rows are sent
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        time.sleep(wait_s)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(30)
+    assert kills >= 1
+    assert 0 < sim.stats.requests < n  # each killed mid-way
+    r = _ray(tmp_path, sim, src, out, "--shards", "6", "--concurrency", str(concurrency),
+             timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert ids == [f"r{i}" for i in range(n)]  # every row once, in input order
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    # Rows paid twice are those in flight at a kill (resent with their key, which this
+    # simulator does not honour): within the bound, and every one counted.
+    extra = sim.stats.requests - n
+    assert extra == sim.stats.keys_billed_twice <= kills * concurrency
+    assert summary["rows_possibly_charged_twice"] >= extra
+
+
+def test_a_lost_worker_disk_resumes_from_the_journal_copy(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(latency_ms=100)
+    n = 1200
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
+    out = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "2",
+            "--concurrency", "8"]  # fmt: skip
+    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    time.sleep(11)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    copies = sorted(p.name for p in (tmp_path / "out.shards").glob("journal-*.sqlite"))
+    assert copies, "no journal copy in the store after seconds of sending"
+    import shutil
+
+    shutil.rmtree(tmp_path / "state" / "ray")  # the workers' disks are gone
+    first = sim.stats.requests
+    assert 0 < first < n
+    r = _ray(tmp_path, sim, src, out, "--shards", "2", "--concurrency", "8", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from its journal copy" in r.stderr
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert ids == [f"r{i}" for i in range(n)]
+    # The copy kept most of what was done: far fewer than every row were sent again.
+    resent = sim.stats.requests - n
+    assert resent < first
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["rows_possibly_charged_twice"] >= resent
+
+
+def test_rpm_is_the_clusters_and_a_403_on_one_shard_stops_them_all(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    limit = 1800  # 30 a second, enforced by the simulator over 2 s windows
+    sim = sim_factory(rpm_limit=limit, rpm_window_s=2.0)
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(300))
+    out = tmp_path / "out.parquet"
+    r = _ray(tmp_path, sim, src, out, "--shards", "4", "--workers", "4", "--rpm", str(limit),
+             "--concurrency", "32")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sim.stats.rate_limited == 0  # four shards, one limit: never exceeded
+    assert sim.stats.requests == 300
+
+    bad = sim_factory(latency_ms=50, rate_403=0.01, seed=3)
+    src2 = write_jsonl(tmp_path / "in2.jsonl", _rows(2000))
+    out2 = tmp_path / "out2.parquet"
+    r = _ray(tmp_path, bad, src2, out2, "--shards", "4", "--workers", "4", "--concurrency", "8")
+    assert r.returncode == 4, r.stderr
+    assert "shard" in r.stderr and "Insufficient credits" in r.stderr
+    assert bad.stats.requests < 2000  # every shard stopped, not only the one that met it
+    summary = json.loads((tmp_path / "out2.summary.json").read_text())
+    assert summary["state"] == "partial" and summary["exit_code"] == 4
+    # The account is topped up: the same server (the same job) answers every request now.
+    bad._sim._app[SIM_KEY].faults.config = replace(bad.config, rate_403=0.0)
+    r = _ray(tmp_path, bad, src2, out2, "--shards", "4", "--workers", "4", "--concurrency", "8",
+             "--retry-failed")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(out2)
+    assert t.column("id").to_pylist() == [f"r{i}" for i in range(2000)]
+    assert set(t.column("status").to_pylist()) == {"ok"}
+
+
+def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=200)
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(2000))
+    out = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--quiet", "--engine", "ray", "--concurrency", "8"]  # fmt: skip
+    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(9)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stdout + stderr
+    assert not _ray_processes()
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["state"] == "partial" and 0 < summary["rows_ok"] < 2000
+    sent = sim.stats.requests
+    r = _ray(tmp_path, sim, src, out, "--concurrency", "8", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(2000)]
+    # In-flight rows finished before the shards stopped: the rerun sent only the rest.
+    assert sim.stats.requests - sent == 2000 - summary["rows_ok"] - summary["rows_error"]
