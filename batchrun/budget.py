@@ -16,8 +16,9 @@ estimate rather than at its worst case, which would stop a long run far too earl
 prompt estimate (characters / 4 + 4, upper-leaning) plus its output counted from what came
 back — one token per 3 UTF-8 bytes of the text, tool calls and reasoning, plus one, at most
 ``max_tokens``; the whole ``max_tokens`` when it stopped for length. Rows recorded without
-usage by an earlier run are booked alike on a resume, their prompt at the input's mean
-prompt estimate. Tokens a model spends on reasoning it does not show are not seen: where a
+usage by an earlier run are booked alike on a resume, at the ``max_tokens`` each was sent
+with (the journal keeps it: a row's own may be above the job's), their prompt at the
+input's mean prompt estimate. Tokens a model spends on reasoning it does not show are not seen: where a
 model does that, the cap is a lower bound.
 """
 
@@ -59,18 +60,22 @@ def unknown_usage(
     ckpt: Checkpoint, below: int, max_tokens: int, *, unpriced: bool = False
 ) -> tuple[int, int]:
     """(rows, estimated completion tokens) of the ok rows recorded without usage
-    (``unpriced``: only those whose cost the API did not report either)."""
+    (``unpriced``: only those whose cost the API did not report either). Each row is
+    counted up to the max_tokens it was sent with (its own, --params-column, may be above
+    the job's); ``max_tokens``, the job's, stands in for rows recorded before the journal
+    kept it."""
     rows = estimate = 0
-    for text, calls, reasoning, reason, cost in ckpt.db.execute(
+    for text, calls, reasoning, reason, cost, cap in ckpt.db.execute(
         "SELECT completion, tool_calls, reasoning_content, finish_reason_normalized,"
-        " reported_cost_usd FROM results WHERE position < ? AND status = 'ok'"
+        " reported_cost_usd, coalesce(max_tokens, ?) FROM results"
+        " WHERE position < ? AND status = 'ok'"
         f" AND prompt_tokens IS NULL AND completion_tokens IS NULL AND {PAID}",
-        (below,),
+        (max_tokens, below),
     ):
         if unpriced and cost is not None:
             continue
         rows += 1
-        estimate += output_estimate((text, calls, reasoning), max_tokens, reason == "length")
+        estimate += output_estimate((text, calls, reasoning), cap, reason == "length")
     return rows, estimate
 
 

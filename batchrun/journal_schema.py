@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from batchrun.records import RESULT_COLUMNS
 
-JOURNAL_VERSION = "8"
+JOURNAL_VERSION = "9"
 #: How an older journal becomes the current one (in one transaction), rather than being
 #: refused: refusing would leave --restart, which pays for every row again. Result columns
 #: an older journal lacks are added by :meth:`Checkpoint.open` (null in earlier rows): 2
 #: added reported_cost_usd, 4 reasoning_content, 5 client_request_id, inference_id and
 #: credits_used, 6 served_by and cached (and the followers table, made by the schema
-#: script), 8 arguments (and the reasks table). 3 counts each in-flight mark once as
+#: script), 8 arguments (and the reasks table), 9 max_tokens (a row's own, for budgets on
+#: resume). 3 counts each in-flight mark once as
 #: possibly charged twice. 7 adds the batch tables (see batchjournal): a batchrun that
 #: knows no batches must refuse it.
 ADD_COUNTED = "ALTER TABLE inflight ADD COLUMN counted INTEGER NOT NULL DEFAULT 0"
@@ -23,6 +24,7 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
     "5": (),
     "6": (),
     "7": (),
+    "8": (),
 }
 
 SCHEMA = f"""

@@ -168,6 +168,13 @@ class RowResult:
     arguments: str | None = column(
         pa.string(), "validated tool-call arguments as JSON (--schema)", output=False
     )
+    #: A resume books a row recorded without usage at up to its own max_tokens (budget.py),
+    #: which a row's --params-column may set above the job's: the journal keeps it.
+    max_tokens: int | None = column(
+        pa.int64(),
+        "the max_tokens the row was sent with (its own or the job's; null before journal 9)",
+        output=False,
+    )
 
     @classmethod
     def success(
@@ -179,6 +186,7 @@ class RowResult:
         latency_ms: float,
         finished_at: float,
         client_request_id: str | None = None,
+        max_tokens: int | None = None,
     ) -> RowResult:
         return cls(
             position=position,
@@ -200,6 +208,7 @@ class RowResult:
             client_request_id=client_request_id,
             inference_id=c.inference_id,
             credits_used=c.credits_used,
+            max_tokens=max_tokens,
         )
 
     @classmethod

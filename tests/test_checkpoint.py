@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchrun.batchjournal import open_chunks, record_chunk
-from batchrun.budget import recorded_cost
+from batchrun.budget import recorded_cost, unknown_usage
 from batchrun.checkpoint import JOURNAL_VERSION, RESULT_COLUMNS, Checkpoint
 from batchrun.errors import CheckpointError
 from batchrun.pricing import PriceTable
@@ -50,6 +50,7 @@ def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> N
     assert len(values) == len(cols)
     _closed_journal(
         tmp_path,
+        "ALTER TABLE results DROP COLUMN max_tokens",
         "ALTER TABLE results DROP COLUMN arguments",
         "ALTER TABLE results DROP COLUMN cached",
         "ALTER TABLE results DROP COLUMN served_by",
@@ -134,13 +135,45 @@ def test_a_version_6_journal_gains_the_batch_tables_and_is_priced_at_list_price(
     )
     again = _reopen(tmp_path)
     assert again.open() is True
-    assert again.get_meta("journal_version") == int(JOURNAL_VERSION) == 8
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION) == 9
     assert open_chunks(again) == 0
     prices = PriceTable.default()
     assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 15.0
     # A row answered through a batch is priced at the batch rate.
     record_chunk(again, "k", [(0, "r0")])
     assert recorded_cost(again, prices, "anthropic/claude-3-opus", 10) == 7.5
+    again.close()
+
+
+def test_a_version_8_journal_gains_max_tokens_and_its_rows_are_booked_at_the_jobs(
+    tmp_path: Path,
+) -> None:
+    # Two ok rows without usage, stopped for length: each is booked at its whole max_tokens.
+    _closed_journal(
+        tmp_path,
+        "ALTER TABLE results DROP COLUMN max_tokens",
+        "UPDATE meta SET value='8' WHERE key='journal_version'",
+        "INSERT INTO results (position, status, completion, finish_reason_normalized)"
+        " VALUES (0, 'ok', 'cut', 'length')",
+    )
+    again = _reopen(tmp_path)
+    assert again.open() is True
+    assert again.get_meta("journal_version") == int(JOURNAL_VERSION)
+    again.write(
+        [],
+        [
+            RowResult(
+                position=1,
+                status="ok",
+                completion="cut",
+                finish_reason_normalized="length",
+                finished_at=1.0,
+                max_tokens=400,
+            )
+        ],
+    )
+    # The older row at the job's max_tokens (all that is known of it), the new at its own.
+    assert unknown_usage(again, 10, 16) == (2, 16 + 400)
     again.close()
 
 

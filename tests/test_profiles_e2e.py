@@ -251,3 +251,44 @@ def test_a_resume_books_rows_recorded_without_usage_at_the_same_estimate(
         "--base-url", sim.url, *args, "--max-cost", f"{booked + 21 * worst:.9f}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_a_resume_books_a_row_without_usage_at_its_own_max_tokens(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    from batchrun.budget import output_estimate
+
+    sim = sim_factory(flavor="openai")
+    # The job's --max-tokens 2 cuts every answer to 2 words (booked at 2); the even rows
+    # of the first 40 ask for 400 of their own and get the whole answer, booked at what
+    # is counted of it (~8 words), which the job's cap of 2 would cut to 2.
+    rows = [
+        {"prompt": f"question {i}", "opts": {"max_tokens": 400} if i < 40 and i % 2 == 0 else None}
+        for i in range(60)
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "own.parquet"
+    args = (
+        "--input", str(src), "--output", str(out), "--base-url", sim.url,
+        "--provider", "gateway", "--model", "gpt-4o-mini", "--stream", "--max-tokens", "2",
+        "--params-column", "opts",
+    )  # fmt: skip
+    first = run_cli("run", *args, "--limit", "40")
+    assert first.returncode == 0, first.stderr
+    table = pq.read_table(out).to_pylist()
+    assert {r["finish_reason_normalized"] for r in table[1::2]} == {"length"}
+    assert {r["finish_reason_normalized"] for r in table[::2]} == {"stop"}
+    outputs = sum(
+        output_estimate(
+            (r["completion"], r["tool_calls"], r["reasoning_content"]),
+            400 if i % 2 == 0 else 2,
+            r["finish_reason_normalized"] == "length",
+        )
+        for i, r in enumerate(table)
+    )
+    prompts = [len(f"question {i}") // 4 + 4 for i in range(60)]
+    booked = sum(prompts) // 60 * 40 + outputs
+    # Room for less than the next row's worst case (its prompt estimate + 2): nothing starts.
+    capped = run_cli("run", *args, "--max-tokens-total", str(booked + 3))
+    assert capped.returncode == 4, capped.stderr
+    assert f"({booked:,} tokens used so far)" in capped.stderr

@@ -185,6 +185,7 @@ class RowSender:
             latency_ms=row.latency_ms or 0.0,
             finished_at=time.time(),
             client_request_id=request.client_request_id,
+            max_tokens=request.max_tokens,
         )
 
     def on_failure(self, exc: SendFailed) -> None:
