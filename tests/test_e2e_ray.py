@@ -3,8 +3,10 @@ shards as Ray tasks, against the simulator over real sockets."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,9 @@ import pytest
 
 from batchrun.simulate.serving import SIM_KEY
 from tests.conftest import ROOT, run_cli, write_jsonl
+from tests.test_e2e_s3 import Store as S3Store
+from tests.test_e2e_s3 import _no_credentials_written as no_credentials_written
+from tests.test_e2e_s3 import s3_endpoint  # noqa: F401 - the S3 server fixture, by name
 
 pytest.importorskip("ray")
 
@@ -41,6 +46,22 @@ def _ray(tmp: Path, sim: Any, src: Path, out: Path, *extra: str, **kw: Any) -> A
 
 def _env(tmp: Path) -> dict[str, str]:
     return {"BATCHRUN_STATE_DIR": str(tmp / "state"), "BATCHRUN_JOURNAL_COPY_S": "0.5"}
+
+
+def _kill_once_sending(args: list[str], env: dict[str, str], sim: Any, after: int) -> bool:
+    """Start a batchrun command and SIGKILL it once the simulator has had ``after`` more
+    requests (Ray's start-up takes seconds, longer on a loaded machine); False if it ended
+    first."""
+    start = sim.stats.requests
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while sim.stats.requests - start < after and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    return True
 
 
 def _ray_processes() -> list[str]:
@@ -113,15 +134,8 @@ def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
             "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "6",
             "--concurrency", str(concurrency)]  # fmt: skip
     env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
-    kills = 0
-    for wait_s in (9.0, 11.0):  # Ray starts in ~5 s: the kills land while rows are sent
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        time.sleep(wait_s)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(30)
-    assert kills >= 1
+    kills = sum(_kill_once_sending(args, env, sim, after) for after in (200, 400))
+    assert kills == 2
     assert 0 < sim.stats.requests < n  # each killed mid-way
     r = _ray(tmp_path, sim, src, out, "--shards", "6", "--concurrency", str(concurrency),
              timeout=240)  # fmt: skip
@@ -145,14 +159,9 @@ def test_a_lost_worker_disk_resumes_from_the_journal_copy(tmp_path: Path, sim_fa
             "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "2",
             "--concurrency", "8"]  # fmt: skip
     env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    time.sleep(11)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    assert _kill_once_sending(args, env, sim, 400)  # copies every 0.5 s: several made
     copies = sorted(p.name for p in (tmp_path / "out.shards").glob("journal-*.sqlite"))
     assert copies, "no journal copy in the store after seconds of sending"
-    import shutil
-
     shutil.rmtree(tmp_path / "state" / "ray")  # the workers' disks are gone
     first = sim.stats.requests
     assert 0 < first < n
@@ -211,7 +220,9 @@ def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
     env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(9)
+    deadline = time.monotonic() + 120
+    while sim.stats.requests < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
@@ -225,3 +236,41 @@ def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
     assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(2000)]
     # In-flight rows finished before the shards stopped: the rerun sent only the rest.
     assert sim.stats.requests - sent == 2000 - summary["rows_ok"] - summary["rows_error"]
+
+
+def test_output_dataset_keeps_the_parts_as_a_folder(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(90))
+    out = tmp_path / "out.parquet"
+    r = _ray(tmp_path, sim, src, out, "--shards", "3", "--output-dataset")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    t = pq.read_table(out)  # a folder of parts reads as one table
+    assert sorted(t.column("id").to_pylist()) == sorted(f"r{i}" for i in range(90))
+
+
+def test_input_and_output_in_s3_on_ray(
+    request: pytest.FixtureRequest, tmp_path: Path, sim_factory: Any
+) -> None:
+    store = S3Store(request.getfixturevalue("s3_endpoint"), tmp_path)
+    sim = sim_factory()
+    rows = _rows(200)
+    src = store.put("in/prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    out = store.uri("out/labels.parquet")
+    r = run_cli("run", "--input", src, "--output", out, "--base-url", sim.url, "--quiet",
+                "--engine", "ray", "--shards", "3", env=store.env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(io.BytesIO(store.get("out/labels.parquet")))
+    assert t.column("id").to_pylist() == [row["id"] for row in rows]
+    assert set(t.column("status").to_pylist()) == {"ok"} and sim.stats.requests == 200
+    keys = store.object_keys()
+    # Beside the output: its summary, the manifest and the store of shard files.
+    assert {"out/labels.summary.json", "out/labels.manifest.json"} <= set(keys)
+    assert "out/labels.shards/part-00002.parquet" in keys
+    assert "out/labels.shards/journal-00000.sqlite" in keys
+    assert not [k for k in keys if k.endswith(".batchrun.tmp")]
+    no_credentials_written(store, tmp_path)
+    again = run_cli("run", "--input", src, "--output", out, "--base-url", sim.url, "--quiet",
+                    "--engine", "ray", "--shards", "3", env=store.env)  # fmt: skip
+    assert again.returncode == 0 and "already complete" in again.stderr
+    assert sim.stats.requests == 200
