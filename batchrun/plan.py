@@ -219,6 +219,11 @@ class _Savings:
                 f"dedupe: on; {len(followers):,} rows repeat an earlier row's request and would "
                 f"be served by it{cost}"
             )
+        elif job.mode == "batch":
+            # Job refuses --dedupe and --cache in batch mode: naming the flag would mislead.
+            out.append(
+                "dedupe and the cache: not used in --mode batch (a batch sends every row it holds)"
+            )
         else:
             out.append("dedupe: off (on by default at temperature 0; --dedupe forces it)")
         if job.cache_dir is not None:

@@ -354,6 +354,9 @@ def test_the_dry_run_shows_the_live_and_the_batch_estimate_and_the_batch_lines(
     assert "live $" in proc.stdout and "batch (this job) $" in proc.stdout
     assert f"POST {sim.url}/batches" in proc.stdout
     assert '{"custom_id": "r0", "params": {"model": "anthropic/claude-3-opus"' in proc.stdout
+    # Batch mode refuses --dedupe and --cache: the dry run must not offer them.
+    assert "dedupe and the cache: not used in --mode batch" in proc.stdout
+    assert "--dedupe forces it" not in proc.stdout
     assert sim.stats.batch_polls == 0 and sim.stats.batches_created == 0
 
 
