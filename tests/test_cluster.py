@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchrun.cluster.coordinator import LEASE_TTL_S, RPM_HEADROOM, Coordinator
+from batchrun.cluster.coordinator import LEASE_TTL_S, SLACK_PER_SHARD_RPM, Coordinator
 from batchrun.cluster.lease import LeasedLimiter
 from batchrun.cluster.manifest import Manifest
 from batchrun.cluster.options import pop_engine_options
@@ -53,7 +53,8 @@ def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends(
     for _ in range(3):  # a few renewals: every shard settles on its fair share
         leases = {s: c.lease(s, 0, True) for s in range(3)}
     assert sorted(le["slots"] for le in leases.values()) == [3, 3, 4]
-    assert sum(le["rpm"] for le in leases.values()) == pytest.approx(600 * RPM_HEADROOM)
+    # Less one request a shard per 2 s: independent throttles cannot overrun a window.
+    assert sum(le["rpm"] for le in leases.values()) == pytest.approx(600 - 3 * SLACK_PER_SHARD_RPM)
     # Shard 0 has 4 requests in flight and wants no more: its share is free, its flight not.
     c.lease(0, 4, False)
     one = c.lease(1, 0, True)
@@ -62,7 +63,7 @@ def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends(
     c.lease(0, 0, False)
     one, two = c.lease(1, 0, True), c.lease(2, 0, True)
     assert one["slots"] + two["slots"] == 10
-    assert one["rpm"] + two["rpm"] == pytest.approx(600 * RPM_HEADROOM)
+    assert one["rpm"] + two["rpm"] == pytest.approx(600 - 2 * SLACK_PER_SHARD_RPM)
     c.release(2)
     assert c.lease(1, 0, True)["slots"] == 10
 
@@ -95,7 +96,7 @@ def test_one_storm_pauses_the_cluster_once_and_sets_one_pace() -> None:
     assert a["pause_s"] == pytest.approx(2.0)
     b = c.lease(1, 0, True)
     a = c.lease(0, 0, True)
-    assert a["rpm"] + b["rpm"] == pytest.approx(c.rate * 60 * RPM_HEADROOM)
+    assert a["rpm"] + b["rpm"] == pytest.approx(c.rate * 60 - 2 * SLACK_PER_SHARD_RPM)
     clock.now += 5.0  # after the pause, without a storm: the pace grows
     c.lease(0, 0, True)
     assert c.rate > 0.9 * 30
@@ -115,7 +116,7 @@ def test_the_leased_limiter_waits_for_its_share_and_paces_at_it() -> None:
         storms: list[float] = []
         stops: list[bool] = []
 
-        async def renew(in_flight: int, wants: bool, accepted: int) -> dict[str, Any]:
+        async def renew(in_flight: int, wants: bool, accepted: int, sat: bool) -> dict[str, Any]:
             return {"slots": 2, "rpm": 600.0, "tpm": None, "pause_s": 0.0, "stop": False}
 
         lim = LeasedLimiter(
@@ -124,7 +125,7 @@ def test_the_leased_limiter_waits_for_its_share_and_paces_at_it() -> None:
         slot = asyncio.ensure_future(lim.slot())
         await asyncio.sleep(0.01)
         assert not slot.done()  # no lease yet: no slot
-        lim.apply(await renew(0, True, 0))
+        lim.apply(await renew(0, True, 0, True))
         await asyncio.wait_for(slot, 1)
         await lim.slot()
         third = asyncio.ensure_future(lim.slot())
@@ -140,6 +141,8 @@ def test_the_leased_limiter_waits_for_its_share_and_paces_at_it() -> None:
         assert loop.time() - start >= 0.45
         lim.stop()
         assert stops == [True]  # its own stop is the cluster's
+        lim.apply({"slots": 1, "rpm": None, "tpm": None, "pause_s": 0.0, "stop": True})
+        assert not lim.cluster_stopped  # the cluster's stop it caused is still its own
         lim2 = LeasedLimiter(
             Limits(concurrency=5), renew, storms.append, lambda: stops.append(True)
         )
@@ -221,7 +224,7 @@ def test_a_shard_whose_coordinator_is_gone_stops() -> None:
     async def main() -> None:
         calls = 0
 
-        async def renew(in_flight: int, wants: bool, accepted: int) -> dict[str, Any]:
+        async def renew(in_flight: int, wants: bool, accepted: int, sat: bool) -> dict[str, Any]:
             nonlocal calls
             calls += 1
             if calls == 1:
@@ -239,3 +242,21 @@ def test_a_shard_whose_coordinator_is_gone_stops() -> None:
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_slots_a_shard_does_not_use_go_to_those_that_wait() -> None:
+    c = Coordinator(concurrency=64, rpm=None, tpm=None)
+    for _ in range(2):
+        a, b = c.lease(0, 32, True), c.lease(1, 32, True)
+    assert (a["slots"], b["slots"]) == (32, 32)
+    # Shard 0 is down to its last 3 rows in flight, no row waits for a slot.
+    a = c.lease(0, 3, True, saturated=False)
+    assert a["slots"] == 4  # what it uses and one more
+    b = c.lease(1, 32, True)
+    assert b["slots"] == 60  # the rest, at once
+    # Saturated again (a new row waits): an even split once the other's flight allows.
+    a = c.lease(0, 4, True, saturated=True)
+    assert a["slots"] == 4  # shard 1 holds 60: nothing more is free yet
+    b = c.lease(1, 40, True)
+    a = c.lease(0, 4, True)
+    assert b["slots"] == 32 and a["slots"] == 24  # shard 1's 40 in flight still count

@@ -23,6 +23,7 @@ Plain Python: the driver runs it as a Ray actor; tests call it directly.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,14 +39,15 @@ from batchrun.send.limits import (
 )
 
 #: Seconds between a shard's lease renewals.
-LEASE_S = 0.5
+LEASE_S = 0.25
 #: A lease not renewed within this many seconds is free again (a dead shard's share).
 LEASE_TTL_S = 3.0
-#: Share of --rpm leased out when several shards pace at once. Each shard's pacer spaces
-#: its own sends evenly, but their phases are independent: in any window of the server's,
-#: each may land one request more than its share (4 shards at 7.5/s put up to 64, not
-#: 60, in a 2 s window). 5 % keeps that within the limit for windows of a second or more.
-RPM_HEADROOM = 0.95
+#: Requests a minute kept back from --rpm for each shard while several
+#: pace at once. Each shard's throttle spaces its own sends, but their phases are
+#: independent: in any window of the server's, each may land one request more than its
+#: share. One request a shard per 2 s keeps a limit counted over windows of 2 s or more
+#: (4 shards against 1,800/min in 2 s windows: 56 + 4 ≤ 60), at 2 % of 6,000/min.
+SLACK_PER_SHARD_RPM = 30.0
 
 
 @dataclass
@@ -55,8 +57,27 @@ class _Lease:
     rpm: float = 0.0
     tpm: float = 0.0
     wants: bool = True
+    #: Waiting for a slot (uses all it has): its demand has no bound but the fair share.
+    saturated: bool = True
     renewed: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
+
+
+def _water_fill(total: int, demands: dict[int, float]) -> dict[int, int]:
+    """Slots for each shard: a shard that uses less than an even split gets what it uses,
+    the rest is split evenly among those that would use more (remainder to the first)."""
+    shares: dict[int, int] = {}
+    left = total
+    hungry = sorted(demands, key=lambda s: (demands[s], s))
+    while hungry and demands[hungry[0]] * len(hungry) <= left:
+        s = hungry.pop(0)
+        shares[s] = int(demands[s])
+        left -= shares[s]
+    if hungry:
+        base, extra = divmod(left, len(hungry))
+        for i, s in enumerate(sorted(hungry)):
+            shares[s] = base + (1 if i < extra else 0)
+    return shares
 
 
 def _fair(total: float, me: int, active: list[int], integral: bool) -> float:
@@ -103,12 +124,17 @@ class Coordinator:
         wants: bool,
         stats: dict[str, int] | None = None,
         accepted: int = 0,
+        saturated: bool = True,
     ) -> dict[str, Any]:
         """Renew ``shard``'s lease (``accepted``: its answers other than 429 since the
-        last renewal); returns its share and the cluster's pause and stop."""
+        last renewal; ``saturated``: it waits for a slot, so it would use more); returns
+        its share and the cluster's pause and stop. A shard that is not saturated (its
+        last rows in flight, say) is leased what it uses and one more, so the slots it
+        does not use go to the shards that wait for them."""
         now = self._clock()
         mine = self.leases.setdefault(shard, _Lease())
         mine.in_flight, mine.wants, mine.renewed = in_flight, wants, now
+        mine.saturated = saturated
         if stats is not None:
             mine.stats = stats
         if accepted:
@@ -119,10 +145,12 @@ class Coordinator:
         others = [le for s, le in live.items() if s != shard]
         # Never more than what the others leave: their lease or their flight, the larger.
         free_slots = self.window - sum(max(le.slots, le.in_flight) for le in others)
-        mine.slots = max(0, min(int(_fair(self.window, shard, active, True)), free_slots))
+        demands = {s: math.inf if live[s].saturated else live[s].in_flight + 1 for s in active}
+        share = _water_fill(self.window, demands).get(shard, 0)
+        mine.slots = max(0, min(share, free_slots))
         rpm = self.rpm if self.rpm else (self.rate * 60 if self.rate else None)
         if rpm and len(active) > 1:
-            rpm *= RPM_HEADROOM
+            rpm = max(rpm / 2, rpm - SLACK_PER_SHARD_RPM * len(active))
         if rpm:
             free = rpm - sum(le.rpm for le in others)
             mine.rpm = max(0.0, min(_fair(rpm, shard, active, False), free))

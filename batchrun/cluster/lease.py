@@ -18,8 +18,9 @@ from batchrun.errors import Stopped
 from batchrun.job import Limits
 from batchrun.send.limits import Limiter, _rpm_throttler
 
-#: Renews the lease: (in_flight, wants more, answers accepted since) → the lease.
-Renew = Callable[[int, bool, int], Awaitable[dict[str, Any]]]
+#: Renews the lease: (in_flight, wants more, answers accepted since, waits for a slot)
+#: → the lease.
+Renew = Callable[[int, bool, int, bool], Awaitable[dict[str, Any]]]
 
 
 class LeasedLimiter(Limiter):
@@ -53,7 +54,9 @@ class LeasedLimiter(Limiter):
         while True:
             accepted, self._accepted_since = self._accepted_since, 0
             try:
-                self.apply(await self._renew(self.in_flight, not self.done, accepted))
+                saturated = bool(self._waiters) or self.in_flight >= self.window
+                lease = await self._renew(self.in_flight, not self.done, accepted, saturated)
+                self.apply(lease)
                 last_ok = self._clock()
             except Exception:
                 self._accepted_since += accepted
@@ -64,7 +67,7 @@ class LeasedLimiter(Limiter):
 
     def apply(self, lease: dict[str, Any]) -> None:
         if lease["stop"]:
-            if not self.cluster_stopped:
+            if not self.cluster_stopped and not self._stopped.is_set():
                 self.cluster_stopped = True
                 super().stop()
             return

@@ -101,8 +101,8 @@ async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
         stats.update(done=p.already_done + p.ok + p.error, requests=p.requests,
                      rate_limited=p.rate_limited)  # fmt: skip
 
-    async def renew(in_flight: int, wants: bool, accepted: int) -> dict[str, Any]:
-        ref = coordinator.lease.remote(index, in_flight, wants, dict(stats), accepted)
+    async def renew(in_flight: int, wants: bool, accepted: int, saturated: bool) -> dict[str, Any]:
+        ref = coordinator.lease.remote(index, in_flight, wants, dict(stats), accepted, saturated)
         return await ref  # type: ignore[no-any-return]
 
     limiter = LeasedLimiter(
