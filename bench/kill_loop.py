@@ -56,6 +56,13 @@ def main() -> None:
         default="gateway",
         help="the Batch API shape with --batch (the simulator serves both)",
     )
+    ap.add_argument(
+        "--ray",
+        type=int,
+        metavar="K",
+        help="--engine ray with K shards (2 at a time); the driver is the process killed, "
+        "each 4-12 s after its start (Ray itself takes some 4 s to start)",
+    )
     opts = ap.parse_args()
     rng = random.Random(opts.seed)
     with tempfile.TemporaryDirectory(prefix="batchrun-kill-") as d:
@@ -77,6 +84,10 @@ def main() -> None:
             "--base-url", sim.url, "--concurrency", str(opts.concurrency), "--quiet",
             *(["--choices", opts.choices, "--max-failure-rate", "1"] if opts.choices else []),
         ]  # fmt: skip
+        if opts.ray:
+            args += ["--engine", "ray", "--shards", str(opts.ray)]
+            env_state = tmp / "state"  # the shards' journals: the workers' own disk
+            os.environ["BATCHRUN_STATE_DIR"] = str(env_state)
         if opts.batch:
             args += [
                 "--mode",
@@ -98,7 +109,7 @@ def main() -> None:
                     args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
                 )
                 if kills < opts.kills:
-                    time.sleep(rng.uniform(0.6, 2.0))
+                    time.sleep(rng.uniform(4.0, 12.0) if opts.ray else rng.uniform(0.6, 2.0))
                     if proc.poll() is None:
                         proc.send_signal(signal.SIGKILL)
                         proc.wait()

@@ -9,6 +9,7 @@ Markdown table and saved under ``bench/``.
     python -m bench.run --only A,C # some scenarios
     python -m bench.run --quick --only I   # dedupe on (no repeats) against dedupe off
     python -m bench.run --quick --only J   # --mode batch
+    python -m bench.run --only R           # the Ray engine (local Ray)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import compare_bench, image_bench
+from bench import compare_bench, image_bench, ray_bench
 from bench.harness import (
     CLIENT_CPU,
     HERE,
@@ -222,6 +223,8 @@ def main() -> None:
                 "peak RSS ≤ 300 MB; zero chat requests",
             )  # fmt: skip
             table.append(r)
+        if want("R"):  # the Ray engine on a local Ray (bench/ray_bench.py)
+            extra += ray_bench.scenario(tmp, q)
         if want("G"):  # batchrun compare of two outputs (bench/compare_bench.py)
             extra += compare_bench.scenario(tmp, 100_000 if q else 1_000_000)
     lines = [

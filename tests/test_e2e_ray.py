@@ -274,3 +274,32 @@ def test_input_and_output_in_s3_on_ray(
                     "--engine", "ray", "--shards", "3", env=store.env)  # fmt: skip
     assert again.returncode == 0 and "already complete" in again.stderr
     assert sim.stats.requests == 200
+
+
+def test_a_killed_worker_is_started_again_and_its_shard_resumes(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=100)
+    n = 1200
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
+    out = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--engine", "ray", "--shards", "2", "--concurrency", "8"]  # fmt: skip
+    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while sim.stats.requests < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    workers = [int(line.split()[0]) for line in ps.splitlines() if "ray::run_shard" in line]
+    assert workers, ps
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    assert "worker was lost" in stderr and "starting it again from its journal" in stderr
+    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(n)]
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    extra = sim.stats.requests - n
+    assert extra == sim.stats.keys_billed_twice <= 8  # the killed worker's rows in flight
+    assert summary["rows_possibly_charged_twice"] >= extra
