@@ -106,7 +106,8 @@ class RequestBuilder:
         self._image_dir = path.parent if isinstance(path, Path) else Path()
         self._image_limit = max_image_bytes(job.params.model)
         #: Names the job in every row's X-Client-Request-Id (stable across resumes).
-        self.trace_tag = job_tag(job.fingerprint_fields(), str(job.output_path.resolve()))
+        output = job.trace_output or str(job.output_path.resolve())
+        self.trace_tag = job_tag(job.fingerprint_fields(), output)
 
     def resolve(self, columns: list[str]) -> None:
         """Fix the prompt source and id column from the input's columns (first row or schema)."""

@@ -231,6 +231,8 @@ class Job:
     #: live (one request a row) or batch (the provider's Batch API, see BatchOptions).
     mode: str = "live"
     batch: BatchOptions = field(default_factory=BatchOptions)
+    #: The output the tracing ids name, when not this run's own (a Ray shard: the job's).
+    trace_output: str | None = None
 
     def __post_init__(self) -> None:
         check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")

@@ -28,9 +28,8 @@ pytest.importorskip("ray")
 
 pytestmark = pytest.mark.e2e
 
-#: Columns that differ between any two runs of the same rows (ids of the answer, timing,
-#: and the tracing id, which names the output it was sent for).
-_PER_SEND = {"response_id", "latency_ms", "finished_at", "client_request_id", "inference_id"}
+#: Columns that differ between any two runs of the same rows (ids of the answer, timing).
+_PER_SEND = {"response_id", "latency_ms", "finished_at", "inference_id"}
 
 
 def _rows(n: int) -> list[dict[str, Any]]:
@@ -76,12 +75,16 @@ def test_shards_give_the_single_process_output_row_for_row(
 ) -> None:
     sim = sim_factory(latency_ms=40, jitter_ms=20, reasoning_rate=0.25)
     src = write_jsonl(tmp_path / "in.jsonl", _rows(1000))
-    single = tmp_path / "single.parquet"
-    r = run_cli("run", "--input", str(src), "--output", str(single), "--base-url", sim.url,
+    # One process first, into the same output path (moved aside): the tracing ids name the
+    # output, so they too must be the same.
+    out = tmp_path / "out.parquet"
+    r = run_cli("run", "--input", str(src), "--output", str(out), "--base-url", sim.url,
                 "--quiet", "--concurrency", "16")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    single = out.rename(tmp_path / "single.parquet")
+    shutil.rmtree(tmp_path / "out.checkpoint")
+    (tmp_path / "out.summary.json").unlink()
     sent_before = sim.stats.requests
-    out = tmp_path / "out.parquet"
     r = _ray(tmp_path, sim, src, out, "--shards", "8", "--workers", "2", "--concurrency", "16")
     assert r.returncode == 0, r.stderr
     assert "Ray started in" in r.stderr

@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -85,6 +85,11 @@ def check_supported(job: Job) -> None:
 
 class RayRun:
     def __init__(self, job: Job, opts: EngineOptions, say: Callable[[str], None], quiet: bool):
+        # Absolute paths: a worker runs elsewhere (another folder, another node). The rows'
+        # tracing ids name the job's output, as one process's would, not a shard's part.
+        output = job.output_path.resolve()
+        job = replace(job, input_path=job.input_path.resolve(), output_path=output,
+                      trace_output=str(output))  # fmt: skip
         self.job, self.opts, self.say, self.quiet = job, opts, say, quiet
         self.output = job.output_path
         self.manifest_path = self.output.with_suffix(".manifest.json")
