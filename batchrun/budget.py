@@ -173,6 +173,17 @@ class BudgetGate:
                 hint='give its prices with --prices FILE ([models."NAME"] input = .., output = ..)',
             )
         self.budget = budget
+        #: The caps admit() holds to: the budget's, or on a Ray shard the allowance leased
+        #: from the cluster's coordinator (see :mod:`batchrun.cluster.allowance`).
+        self.cap_usd: float | None = budget.max_cost_usd
+        self.cap_tokens: float | None = budget.max_tokens_total
+        #: A Ray shard's gate: a request that does not fit with nothing in flight waits for
+        #: the next lease, until the coordinator says the cluster's budget is spent.
+        self.wait_for_more = False
+        #: The worst case of the last request that did not fit (None: the last one did).
+        self.wanted: tuple[float, int] | None = None
+        #: What the other shards of a Ray run spent (for the messages).
+        self.elsewhere: tuple[float, int] = (0.0, 0)
         self.price = price
         self.spent_usd = spent_usd
         self.spent_tokens = spent_tokens
@@ -225,20 +236,22 @@ class BudgetGate:
     def admit(self, prompt_estimate: int, max_tokens: int) -> str | None:
         """Reserve a request's worst case; None if admitted, else why not (a cap)."""
         usd, tokens = self._worst(prompt_estimate, max_tokens)
-        b = self.budget
-        if b.max_cost_usd is not None and self.spent_usd + self.reserved_usd + usd > b.max_cost_usd:
+        b, (other_usd, other_tokens) = self.budget, self.elsewhere
+        self.wanted = (usd, tokens)
+        if self.cap_usd is not None and self.spent_usd + self.reserved_usd + usd > self.cap_usd:
             return (
                 f"the cost cap of ${b.max_cost_usd:,.4f} is reached "
-                f"(spent ${self.spent_usd:,.4f} so far)"
+                f"(spent ${self.spent_usd + other_usd:,.4f} so far)"
             )
         if (
-            b.max_tokens_total is not None
-            and self.spent_tokens + self.reserved_tokens + tokens > b.max_tokens_total
+            self.cap_tokens is not None
+            and self.spent_tokens + self.reserved_tokens + tokens > self.cap_tokens
         ):
             return (
                 f"the token cap of {b.max_tokens_total:,} is reached "
-                f"({self.spent_tokens:,} tokens used so far)"
+                f"({self.spent_tokens + other_tokens:,} tokens used so far)"
             )
+        self.wanted = None
         self.reserved_usd += usd
         self.reserved_tokens += tokens
         self.in_flight += 1
@@ -311,14 +324,15 @@ class RowBudget:
     async def admit(self, request: Request, stopping: Callable[[], bool]) -> str | None:
         """Reserve a request's worst case. One that does not fit beside the requests in
         flight waits for them to settle at what they really used; the cap stops the run
-        only when it does not fit even with nothing in flight."""
+        only when it does not fit even with nothing in flight (on a Ray shard: nothing in
+        flight in the cluster, see ``wait_for_more``)."""
         gate = self.gate
         while True:
             gate.settled.clear()
             why = gate.admit(request.prompt_tokens, request.max_tokens)
             if why is None:
                 self.unreserved.discard(request.position)
-            if why is None or gate.in_flight == 0 or stopping():
+            if why is None or stopping() or (gate.in_flight == 0 and not gate.wait_for_more):
                 return why
             await gate.settled.wait()
 

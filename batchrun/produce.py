@@ -81,7 +81,8 @@ class Producer:
                 if self.budget.active:
                     why = await self.budget.admit(request, self.stopping)
                     if why is not None:
-                        self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                        if not self.stopping():  # else the stop's own reason stands
+                            self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
                         return
                 if shortcuts is not None:
                     shortcuts.sending(request)

@@ -97,7 +97,7 @@ class _Run:
     # --- stopping ---------------------------------------------------------------------------
 
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stopping or self.limiter.stopped  # a Ray shard's: the cluster's stop
 
     def stop(self, error: BatchrunError) -> None:
         """Stop starting requests; the first reason given is the one reported."""
@@ -200,7 +200,8 @@ class _Run:
         if self.budget.active:
             why = await self.budget.admit(request, self.stopping)
             if why is not None:
-                self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
+                if not self.stopping():  # else the stop's own reason stands
+                    self.stop(RunStopped(f"budget: {why}", hint=BUDGET_HINT))
                 raise NotSent
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -309,6 +310,7 @@ class _Run:
             self.budget = RowBudget(start_gate(ckpt, self.prices, job.budget, model=job.params.model,
                                                max_tokens=job.params.max_tokens, total=total,
                                                mean_prompt_estimate=mean_prompt))  # fmt: skip
+            self.limiter.use_budget(self.budget.gate)
             if (
                 prep.already_complete
                 and ckpt.get_meta("finalized") == prep.finished_marker

@@ -23,11 +23,15 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from asyncio_throttle.throttler import Throttler
 
 from batchrun.errors import Stopped
 from batchrun.pacing import Limits
+
+if TYPE_CHECKING:
+    from batchrun.budget import BudgetGate
 
 #: Seconds over which accepted requests are counted to estimate the sustainable rate.
 RATE_WINDOW_S = 10.0
@@ -129,6 +133,14 @@ class Limiter:
         return self._pacer.rate if self._pacer else None
 
     # --- in-flight slots ------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def use_budget(self, gate: BudgetGate) -> None:
+        """The run's budget gate (a Ray shard's limiter leases its caps, see
+        :class:`~batchrun.cluster.lease.LeasedLimiter`); a single run's keeps the job's."""
 
     def stop(self) -> None:
         """The run is stopping: end every wait for a slot, a pause or a rate limit now
