@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.budget import BudgetGate
+from batchrun.cluster.allowance import ShardBudget
 from batchrun.cluster.coordinator import LEASE_TTL_S, SLACK_PER_SHARD_RPM, Coordinator
 from batchrun.cluster.lease import LeasedLimiter
 from batchrun.cluster.manifest import Manifest
@@ -20,7 +23,10 @@ from batchrun.cluster.shards import merge_parts, part_name, ranges
 from batchrun.cluster.store import Store
 from batchrun.errors import CheckpointError, Stopped, UsageError
 from batchrun.io.writers import JOB_KEY
-from batchrun.job import Limits
+from batchrun.job import Budget, Limits
+from batchrun.pricing import Price
+
+PRICE = Price(input_per_mtok=10.0, output_per_mtok=30.0)
 
 
 class Clock:
@@ -224,7 +230,7 @@ def test_a_shard_whose_coordinator_is_gone_stops() -> None:
     async def main() -> None:
         calls = 0
 
-        async def renew(in_flight: int, wants: bool, accepted: int, sat: bool) -> dict[str, Any]:
+        async def renew(in_flight: int, wants: bool, accepted: int, sat: bool, budget: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
@@ -260,3 +266,83 @@ def test_slots_a_shard_does_not_use_go_to_those_that_wait() -> None:
     b = c.lease(1, 40, True)
     a = c.lease(0, 4, True)
     assert b["slots"] == 32 and a["slots"] == 24  # shard 1's 40 in flight still count
+
+
+def _report(cap: float | None, spent: float, reserved: float = 0.0, in_flight: int = 0,
+            need: float | None = None) -> dict[str, Any]:  # fmt: skip
+    return {"cap": None if cap is None else {"usd": cap}, "spent": {"usd": spent},
+            "reserved": {"usd": reserved}, "in_flight": in_flight,
+            "need": None if need is None else {"usd": need}}  # fmt: skip
+
+
+def test_budget_allowances_never_sum_above_the_cap_through_the_shards_gates() -> None:
+    # Three shards' real gates under one coordinator, requests admitted and settled at
+    # random: at every step the shards' spent + reserved, and what the shard that is not
+    # running spent before, stay within the cap, and the run ends only on exhaustion.
+    rng = random.Random(7)
+    cap = 1.0
+    c = Coordinator(8, None, None, caps={"usd": cap}, spent={3: {"usd": 0.25}})
+    gates, budgets = [], []
+    for _ in range(3):
+        gate = BudgetGate(Budget(max_cost_usd=cap), PRICE, model="m", spent_usd=0, spent_tokens=0)
+        sb = ShardBudget()
+        sb.attach(gate)
+        gates.append(gate)
+        budgets.append(sb)
+    flight: list[tuple[int, int]] = []
+    stopped = False
+    for _ in range(3000):
+        s = rng.randrange(3)
+        gate = gates[s]
+        action = rng.random()
+        if action < 0.3:
+            budgets[s].apply(c.lease(s, 0, True, budget=budgets[s].report())["budget"])
+        elif action < 0.7:
+            prompt = rng.randrange(100, 2000)
+            if gate.admit(prompt, 1000) is None:
+                flight.append((s, prompt))
+        elif flight:
+            s, prompt = flight.pop(rng.randrange(len(flight)))
+            gates[s].settle(prompt, 1000, True, prompt, rng.randrange(0, 1000))
+        total = sum(g.spent_usd + g.reserved_usd for g in gates) + 0.25
+        assert total <= cap + 1e-12
+        assert sum(h["usd"] for h in c.budget.held.values()) <= cap + 1e-12  # type: ignore[union-attr]
+        if not flight and all(g.wanted for g in gates):
+            replies = [c.lease(i, 0, True, budget=budgets[i].report())["budget"] for i in range(3)]
+            for i in range(3):
+                budgets[i].apply(c.lease(i, 0, True, budget=budgets[i].report())["budget"])
+            if any(r["exhausted"] for r in replies) or not any(g.wait_for_more for g in gates):
+                stopped = True
+                break
+    assert stopped  # the budget ran out, and was said to have run out
+    spent = sum(g.spent_usd for g in gates) + 0.25
+    # Nothing more fits: what is left is less than one request's worst case.
+    assert cap - spent < max(g.wanted[0] for g in gates if g.wanted)
+    assert spent > 0.5 * cap
+
+
+def test_a_finished_shards_allowance_comes_back_and_exhaustion_waits_for_flights() -> None:
+    c = Coordinator(8, None, None, caps={"usd": 1.0}, spent={2: {"usd": 0.2}})
+    a = c.lease(0, 0, True, budget=_report(None, 0.0))["budget"]
+    b = c.lease(1, 0, True, budget=_report(None, 0.0))["budget"]
+    assert a["cap"]["usd"] + b["cap"]["usd"] <= 0.8  # never above the cap less shard 2's
+    # Shard 0 ends having spent 0.1 of its allowance: the rest is free for shard 1.
+    c.release(0, {"usd": 0.1})
+    big = c.lease(1, 0, True, budget=_report(b["cap"]["usd"], 0.0, need=0.6))["budget"]
+    assert big["cap"]["usd"] == pytest.approx(0.6) and not big["exhausted"]
+    # Shard 1 spent 0.55 and has 0.05 in flight; its next request needs 0.3, which does
+    # not fit the 0.1 free: it waits, not exhausted while something is in flight.
+    r = c.lease(1, 0, True, budget=_report(0.6, 0.55, 0.05, in_flight=1, need=0.3))["budget"]
+    assert r["cap"]["usd"] == pytest.approx(0.6) and not r["exhausted"]
+    # Nothing in flight, its slack given back: now the cluster's budget is spent.
+    r = c.lease(1, 0, True, budget=_report(0.58, 0.58, need=0.3))["budget"]
+    assert r["exhausted"] and r["cap"]["usd"] == pytest.approx(0.58)
+    assert r["spent"]["usd"] == pytest.approx(0.1 + 0.58 + 0.2)
+    # Another shard holding slack (it may use it) keeps the budget from being exhausted.
+    c.lease(3, 0, True, budget=_report(None, 0.0))
+    r = c.lease(1, 0, True, budget=_report(0.58, 0.58, need=0.3))["budget"]
+    assert not r["exhausted"]
+    # A smaller request still fits what is free: granted, not exhausted.
+    c.release(3, {"usd": 0.0})
+    r = c.lease(1, 0, True, budget=_report(0.58, 0.58, need=0.05))["budget"]
+    assert not r["exhausted"] and r["cap"]["usd"] >= 0.58 + 0.05 - 1e-12

@@ -122,8 +122,6 @@ def test_bad_input_is_refused_before_ray_starts_or_anything_is_sent(
     assert r.returncode == 2
     assert "r3" in r.stderr and "line 41" in r.stderr
     assert "Ray started" not in r.stderr and sim.stats.requests == 0
-    r = _ray(tmp_path, sim, src, tmp_path / "o.parquet", "--max-cost", "1")
-    assert r.returncode == 2 and "does not take --max-cost" in r.stderr
 
 
 def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
@@ -298,7 +296,7 @@ def test_a_killed_worker_is_started_again_and_its_shard_resumes(
     workers = [int(line.split()[0]) for line in ps.splitlines() if "ray::run_shard" in line]
     assert workers, ps
     os.kill(workers[0], signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=240)
+    _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
     assert "worker was lost" in stderr and "starting it again from its journal" in stderr
     assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(n)]
@@ -306,3 +304,34 @@ def test_a_killed_worker_is_started_again_and_its_shard_resumes(
     extra = sim.stats.requests - n
     assert extra == sim.stats.keys_billed_twice <= 8  # the killed worker's rows in flight
     assert summary["rows_possibly_charged_twice"] >= extra
+
+
+def test_max_cost_is_the_clusters_and_a_higher_cap_continues(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    # 1,000 rows cost some $0.79 at --max-tokens 16 (the simulator reports each answer's
+    # cost, as the gateway does): a cap of $0.40 admits about half of them.
+    sim = sim_factory(latency_ms=20, jitter_ms=10)
+    n, cap = 1000, 0.40
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
+    out = tmp_path / "out.parquet"
+    args = ("--shards", "4", "--workers", "2", "--concurrency", "16", "--max-tokens", "16")
+    r = _ray(tmp_path, sim, src, out, *args, "--max-cost", str(cap), timeout=240)
+    assert r.returncode == 4, r.stderr
+    assert "budget: the cost cap of $0.4000 is reached" in r.stderr
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["exit_code"] == 4 and "budget" in summary["stop_reason"]
+    # Over every shard: what the server charged, and what the summary says was spent.
+    assert sim.stats.usd_spent <= cap
+    assert summary["spent_usd"] <= cap
+    assert summary["spent_usd"] == pytest.approx(sim.stats.usd_spent, abs=1e-6)
+    # It stopped at the cap, not well before it (the last requests reserve their worst).
+    assert 380 <= summary["rows_ok"] < 520, summary["rows_ok"]
+    first = sim.stats.ok
+    # A higher cap continues: the rows already answered are not sent again.
+    r = _ray(tmp_path, sim, src, out, *args, "--max-cost", "10", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(n)]
+    assert sim.stats.ok == n and first == summary["rows_ok"]
+    final = json.loads((tmp_path / "out.summary.json").read_text())
+    assert final["spent_usd"] == pytest.approx(sim.stats.usd_spent, abs=1e-6)

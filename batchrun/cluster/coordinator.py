@@ -15,6 +15,9 @@ the cluster at 90 % of what the server accepted over the last seconds (summed ov
 shards' reports) and cuts the window; both grow back slowly while no storm comes. Shards
 never probe the limit on their own, so N shards do not hit it N times.
 
+One budget for the cluster: --max-cost and --max-tokens-total are leased to the shards as
+allowances (see :mod:`batchrun.cluster.allowance`).
+
 One stop for the cluster: a shard that stops (401/403, the same-error stop, a budget) or
 the driver (a signal) stops every shard; each keeps its journal, and a rerun resumes all.
 
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchrun.cluster.allowance import Allowances, Amounts
 from batchrun.send.limits import (
     DECREASE_FACTOR,
     HEADROOM,
@@ -98,7 +102,12 @@ class Coordinator:
         rpm: float | None,
         tpm: float | None,
         clock: Callable[[], float] = time.monotonic,
+        caps: Amounts | None = None,
+        spent: dict[int, Amounts] | None = None,
     ) -> None:
+        """``caps``: --max-cost / --max-tokens-total (see :mod:`batchrun.cluster.allowance`),
+        ``spent``: what each shard's journal recorded before this run."""
+        self.budget = Allowances(caps, spent or {}) if caps else None
         self.concurrency = concurrency
         self.rpm = rpm
         self.tpm = tpm
@@ -125,12 +134,14 @@ class Coordinator:
         stats: dict[str, int] | None = None,
         accepted: int = 0,
         saturated: bool = True,
+        budget: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Renew ``shard``'s lease (``accepted``: its answers other than 429 since the
         last renewal; ``saturated``: it waits for a slot, so it would use more); returns
         its share and the cluster's pause and stop. A shard that is not saturated (its
         last rows in flight, say) is leased what it uses and one more, so the slots it
-        does not use go to the shards that wait for them."""
+        does not use go to the shards that wait for them. ``budget``: its budget's report,
+        answered with its allowance (see :mod:`batchrun.cluster.allowance`)."""
         now = self._clock()
         mine = self.leases.setdefault(shard, _Lease())
         mine.in_flight, mine.wants, mine.renewed = in_flight, wants, now
@@ -157,13 +168,16 @@ class Coordinator:
         if self.tpm:
             free = self.tpm - sum(le.tpm for le in others)
             mine.tpm = max(0.0, min(_fair(self.tpm, shard, active, False), free))
-        return {
+        out: dict[str, Any] = {
             "slots": mine.slots,
             "rpm": mine.rpm if rpm else None,
             "tpm": mine.tpm if self.tpm else None,
             "pause_s": max(0.0, self.pause_until - now),
             "stop": self.stopped_by is not None,
         }
+        if self.budget is not None and budget is not None:
+            out["budget"] = self.budget.lease(shard, budget, sorted(live), wants)
+        return out
 
     def _grow(self, now: float) -> None:
         """Without a storm for a second: the pace and the window grow a little."""
@@ -202,9 +216,12 @@ class Coordinator:
         if self.stopped_by is None:
             self.stopped_by = shard
 
-    def release(self, shard: int) -> None:
-        """The shard's run ended: its share is free at once."""
+    def release(self, shard: int, spent: Amounts | None = None) -> None:
+        """The shard's run ended: its share is free at once, and the part of its budget
+        allowance it did not spend (``spent``: what it did; None: unknown, kept held)."""
         self.leases.pop(shard, None)
+        if self.budget is not None:
+            self.budget.release(shard, spent)
 
     def reported(self, shard: int) -> int:
         """The rows the shard last said it had done (its worker may since be lost)."""

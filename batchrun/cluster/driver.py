@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from batchrun.cluster.allowance import caps_of, spent_before
 from batchrun.cluster.coordinator import Coordinator
 from batchrun.cluster.manifest import COMPLETE, PENDING, Manifest
 from batchrun.cluster.options import EngineOptions
@@ -35,7 +36,7 @@ from batchrun.cluster.shards import (
     write_shard_inputs,
 )
 from batchrun.cluster.store import Store
-from batchrun.cluster.worker import ShardSpec, run_shard, summary_name
+from batchrun.cluster.worker import ShardSpec, journal_name, run_shard, shard_job, summary_name
 from batchrun.connect import get_api_key
 from batchrun.errors import (
     BatchrunError,
@@ -75,8 +76,6 @@ def check_supported(job: Job) -> None:
     why = None
     if job.mode != "live":
         why = "--mode batch (the provider's Batch API needs no cluster)"
-    elif job.budget.max_cost_usd is not None or job.budget.max_tokens_total is not None:
-        why = "--max-cost and --max-tokens-total (a budget is not shared across shards)"
     elif job.image_columns:
         why = "--image-column (image paths are relative to the input, not to a shard)"
     if why is not None:
@@ -99,6 +98,7 @@ class RayRun:
         self.local = state_dir() / "ray" / f"driver-{key}"
         self.signum: int | None = None
         self.signals = 0
+        self.spent: dict[int, dict[str, float]] = {}
 
     @property
     def staging(self) -> Path:
@@ -182,6 +182,11 @@ class RayRun:
                 if self.output.exists():
                     self.say("batchrun: already complete: nothing to send")
                 return self.finish(m, [], started, ran=set())  # no Ray needed
+            # The budget's caps, and what each shard spent in earlier runs (allowance.py).
+            caps = caps_of(self.job)
+            journals = [(journal_name(i), b - a, shard_job(spec).checkpoint_dir / "journal.sqlite")
+                        for i, ((a, b), spec) in enumerate(zip(m.ranges, self.specs(m), strict=True))]  # fmt: skip
+            self.spent = spent_before(self.job, self.store, journals) if caps else {}
             own = self.opts.ray_address is None
             ray.init(address=self.opts.ray_address,
                      num_cpus=max(2, self.opts.workers) if own else None,
@@ -220,8 +225,9 @@ class RayRun:
         specs = self.specs(m)
         limits = job.limits
         coord = ray.remote(num_cpus=0)(Coordinator).remote(
-            limits.concurrency, limits.requests_per_minute, limits.tokens_per_minute
-        )
+            limits.concurrency, limits.requests_per_minute, limits.tokens_per_minute,
+            caps=caps_of(job), spent=self.spent,
+        )  # fmt: skip
         task = ray.remote(num_cpus=0, max_retries=0)(run_shard)
         pending = [i for i, s in enumerate(m.states) if s != COMPLETE or job.retry_failed]
         running: dict[Any, int] = {}

@@ -14,13 +14,15 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from batchrun.budget import BudgetGate
+from batchrun.cluster.allowance import ShardBudget
 from batchrun.errors import Stopped
 from batchrun.job import Limits
 from batchrun.send.limits import Limiter, _rpm_throttler
 
-#: Renews the lease: (in_flight, wants more, answers accepted since, waits for a slot)
-#: → the lease.
-Renew = Callable[[int, bool, int, bool], Awaitable[dict[str, Any]]]
+#: Renews the lease: (in_flight, wants more, answers accepted since, waits for a slot,
+#: the budget's report or None) → the lease.
+Renew = Callable[[int, bool, int, bool, dict[str, Any] | None], Awaitable[dict[str, Any]]]
 
 
 class LeasedLimiter(Limiter):
@@ -44,6 +46,18 @@ class LeasedLimiter(Limiter):
         self._accepted_since = 0
         self.cluster_stopped = False
         self.done = False
+        #: --max-cost / --max-tokens-total: the gate's caps are the leased allowance.
+        self.budget = ShardBudget()
+
+    def use_budget(self, gate: BudgetGate) -> None:
+        self.budget.attach(gate)
+
+    def _cluster_stop(self) -> None:
+        """The cluster stops (or its coordinator is gone): every wait here ends, the
+        budget's too."""
+        self.cluster_stopped = True
+        super().stop()
+        self.budget.wake()
 
     async def renew_forever(self, every_s: float, lapse_s: float) -> None:
         """Renew until the run ends (cancelled) — the lease is the only source of slots.
@@ -55,22 +69,25 @@ class LeasedLimiter(Limiter):
             accepted, self._accepted_since = self._accepted_since, 0
             try:
                 saturated = bool(self._waiters) or self.in_flight >= self.window
-                lease = await self._renew(self.in_flight, not self.done, accepted, saturated)
+                report = self.budget.report()
+                lease = await self._renew(
+                    self.in_flight, not self.done, accepted, saturated, report
+                )
                 self.apply(lease)
                 last_ok = self._clock()
             except Exception:
                 self._accepted_since += accepted
                 if self._clock() - last_ok > lapse_s and not self.cluster_stopped:
-                    self.cluster_stopped = True
-                    super().stop()
+                    self._cluster_stop()
             await asyncio.sleep(every_s)
 
     def apply(self, lease: dict[str, Any]) -> None:
         if lease["stop"]:
             if not self.cluster_stopped and not self._stopped.is_set():
-                self.cluster_stopped = True
-                super().stop()
+                self._cluster_stop()
             return
+        if "budget" in lease:
+            self.budget.apply(lease["budget"])
         self.window = max(0, int(lease["slots"]))
         self._wake()
         rpm = lease["rpm"]

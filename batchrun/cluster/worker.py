@@ -101,8 +101,12 @@ async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
         stats.update(done=p.already_done + p.ok + p.error, requests=p.requests,
                      rate_limited=p.rate_limited)  # fmt: skip
 
-    async def renew(in_flight: int, wants: bool, accepted: int, saturated: bool) -> dict[str, Any]:
-        ref = coordinator.lease.remote(index, in_flight, wants, dict(stats), accepted, saturated)
+    async def renew(
+        in_flight: int, wants: bool, accepted: int, saturated: bool, budget: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        ref = coordinator.lease.remote(
+            index, in_flight, wants, dict(stats), accepted, saturated, budget
+        )
         return await ref  # type: ignore[no-any-return]
 
     limiter = LeasedLimiter(
@@ -127,7 +131,8 @@ async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
         copier.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await copier
-        coordinator.release.remote(index)
+        # What it did not spend of its budget allowance goes back to the others.
+        coordinator.release.remote(index, limiter.budget.spent())
     result["cluster_stopped"] = limiter.cluster_stopped
     await asyncio.to_thread(_publish, job, copies, result)
     return result
