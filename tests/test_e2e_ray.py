@@ -63,11 +63,27 @@ def _kill_once_sending(args: list[str], env: dict[str, str], sim: Any, after: in
     return True
 
 
-def _ray_processes() -> list[str]:
-    """Ray's own processes that outlive their driver for good (the raylet and GCS; its
-    agents exit by themselves once these are gone)."""
+def _ray_processes(driver_pid: int) -> list[str]:
+    """The raylet and control store of the local Ray this driver started (named by its
+    session folder, which ends in the driver's pid); they would outlive it for good. Its
+    agents exit by themselves once these are gone. Other Rays on the machine are not its."""
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "raylet" in line or "gcs_server" in line]
+    return [
+        line
+        for line in ps.splitlines()
+        if ("raylet" in line or "gcs_server" in line) and f"_{driver_pid}/" in line
+    ]
+
+
+def _ray_with_pid(tmp: Path, sim: Any, src: Path, out: Path, *extra: str) -> tuple[Any, int]:
+    """As :func:`_ray`, and the driver's pid."""
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--quiet", "--engine", "ray", *extra]  # fmt: skip
+    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stdout, stderr = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), proc.pid
 
 
 def test_shards_give_the_single_process_output_row_for_row(
@@ -85,7 +101,8 @@ def test_shards_give_the_single_process_output_row_for_row(
     shutil.rmtree(tmp_path / "out.checkpoint")
     (tmp_path / "out.summary.json").unlink()
     sent_before = sim.stats.requests
-    r = _ray(tmp_path, sim, src, out, "--shards", "8", "--workers", "2", "--concurrency", "16")
+    r, pid = _ray_with_pid(tmp_path, sim, src, out, "--shards", "8", "--workers", "2",
+                           "--concurrency", "16")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Ray started in" in r.stderr
     assert sim.stats.requests - sent_before == 1000  # one request a row, no more
@@ -99,7 +116,7 @@ def test_shards_give_the_single_process_output_row_for_row(
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert summary["rows_ok"] == 1000 and summary["requests_sent"] == 1000
     assert summary["state"] == "complete" and summary["latency_ms"]["p50"] > 0
-    assert not _ray_processes()  # the local Ray batchrun started is gone with it
+    assert not _ray_processes(pid)  # the local Ray batchrun started is gone with it
 
     # A rerun sends nothing and starts no Ray; another K or job is refused, naming it.
     r = _ray(tmp_path, sim, src, out, "--shards", "8", "--workers", "2", "--concurrency", "16")
@@ -192,12 +209,12 @@ def test_rpm_is_the_clusters_and_a_403_on_one_shard_stops_them_all(
     assert sim.stats.requests == 300
 
     bad = sim_factory(latency_ms=50, rate_403=0.01, seed=3)
-    src2 = write_jsonl(tmp_path / "in2.jsonl", _rows(2000))
+    src2 = write_jsonl(tmp_path / "in2.jsonl", _rows(1000))
     out2 = tmp_path / "out2.parquet"
     r = _ray(tmp_path, bad, src2, out2, "--shards", "4", "--workers", "4", "--concurrency", "8")
     assert r.returncode == 4, r.stderr
     assert "shard" in r.stderr and "Insufficient credits" in r.stderr
-    assert bad.stats.requests < 2000  # every shard stopped, not only the one that met it
+    assert bad.stats.requests < 1000  # every shard stopped, not only the one that met it
     summary = json.loads((tmp_path / "out2.summary.json").read_text())
     assert summary["state"] == "partial" and summary["exit_code"] == 4
     # The account is topped up: the same server (the same job) answers every request now.
@@ -206,7 +223,7 @@ def test_rpm_is_the_clusters_and_a_403_on_one_shard_stops_them_all(
              "--retry-failed")  # fmt: skip
     assert r.returncode == 0, r.stderr
     t = pq.read_table(out2)
-    assert t.column("id").to_pylist() == [f"r{i}" for i in range(2000)]
+    assert t.column("id").to_pylist() == [f"r{i}" for i in range(1000)]
     assert set(t.column("status").to_pylist()) == {"ok"}
 
 
@@ -214,7 +231,7 @@ def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
     tmp_path: Path, sim_factory: Any
 ) -> None:
     sim = sim_factory(latency_ms=200)
-    src = write_jsonl(tmp_path / "in.jsonl", _rows(2000))
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(800))
     out = tmp_path / "out.parquet"
     args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
             "--base-url", sim.url, "--quiet", "--engine", "ray", "--concurrency", "8"]  # fmt: skip
@@ -228,15 +245,15 @@ def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert "interrupted by SIGTERM" in stdout + stderr
-    assert not _ray_processes()
+    assert not _ray_processes(proc.pid)
     summary = json.loads((tmp_path / "out.summary.json").read_text())
-    assert summary["state"] == "partial" and 0 < summary["rows_ok"] < 2000
+    assert summary["state"] == "partial" and 0 < summary["rows_ok"] < 800
     sent = sim.stats.requests
     r = _ray(tmp_path, sim, src, out, "--concurrency", "8", timeout=240)
     assert r.returncode == 0, r.stderr
-    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(2000)]
+    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(800)]
     # In-flight rows finished before the shards stopped: the rerun sent only the rest.
-    assert sim.stats.requests - sent == 2000 - summary["rows_ok"] - summary["rows_error"]
+    assert sim.stats.requests - sent == 800 - summary["rows_ok"] - summary["rows_error"]
 
 
 def test_output_dataset_keeps_the_parts_as_a_folder(tmp_path: Path, sim_factory: Any) -> None:

@@ -14,12 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,7 +38,8 @@ from batchrun.cluster.shards import (
     write_shard_inputs,
 )
 from batchrun.cluster.store import Store
-from batchrun.cluster.worker import ShardSpec, journal_name, run_shard, shard_job, summary_name
+from batchrun.cluster.summaries import merge_summaries
+from batchrun.cluster.worker import ShardSpec, journal_name, run_shard, shard_job
 from batchrun.connect import get_api_key
 from batchrun.errors import (
     BatchrunError,
@@ -55,17 +58,6 @@ from batchrun.job import Job
 from batchrun.prepare import validate
 from batchrun.summary import Summary, latency_percentiles
 
-#: Summary fields summed over the shards.
-_SUMMED = (
-    "rows_ok", "rows_error", "rows_resumed", "requests_sent", "retries",
-    "rate_limited", "reasks", "rows_possibly_charged_twice", "prompt_tokens",
-    "completion_tokens", "total_tokens", "rows_without_usage", "rows_served_by_dedupe",
-    "rows_served_by_cache", "tokens_saved", "rows_cost_reported",
-)  # fmt: skip
-_SUMMED_OPTIONAL = ("estimated_cost_usd", "estimated_cost_saved_usd", "reported_cost_usd",
-                    "credits_used", "spent_usd")  # fmt: skip
-#: What a run did (not what its rows hold): zero for a shard this run did not start.
-_THIS_RUN = ("requests_sent", "retries", "rate_limited", "reasks")
 #: Times a shard whose worker died (a lost node, an OOM kill) is started again in one run.
 _SHARD_ATTEMPTS = 3
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -170,6 +162,9 @@ class RayRun:
     def run(self) -> Summary:
         check_supported(self.job)
         get_api_key(self.job)  # missing: exit 2 here, not once a shard
+        # Ray's core logs its connection retries to stderr, a line a second: what went
+        # wrong is said once, below; the rest stays in Ray's log files.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         try:
             import ray
         except ImportError:
@@ -188,10 +183,7 @@ class RayRun:
                         for i, ((a, b), spec) in enumerate(zip(m.ranges, self.specs(m), strict=True))]  # fmt: skip
             self.spent = spent_before(self.job, self.store, journals) if caps else {}
             own = self.opts.ray_address is None
-            ray.init(address=self.opts.ray_address,
-                     num_cpus=max(2, self.opts.workers) if own else None,
-                     include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)  # fmt: skip
+            self.connect(ray, own)
             self.say(f"batchrun: Ray {'started' if own else 'joined'} in "
                      f"{time.monotonic() - started:.1f} s; {len(m.ranges)} shards, "
                      f"{self.opts.workers} at a time")  # fmt: skip
@@ -205,6 +197,33 @@ class RayRun:
                 ray.shutdown()
         finally:
             os.close(fd)
+
+    def connect(self, ray: Any, own: bool) -> None:
+        """Start a local Ray, or join the cluster at --ray-address; one line, exit 2, if
+        that cannot be done. "local" always starts a new one: without it, Ray joins a
+        cluster already running on this machine (or named by RAY_ADDRESS), whose CPUs
+        are not batchrun's to set."""
+        if not own:
+            probe_address(self.opts.ray_address or "")
+        try:
+            ray.init(address="local" if own else self.opts.ray_address,
+                     num_cpus=max(2, self.opts.workers) if own else None,
+                     include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)  # fmt: skip
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError …
+            where = (
+                "start a local Ray" if own else f"reach the Ray cluster at {self.opts.ray_address}"
+            )
+            reason = " ".join(str(exc).split())[:300]
+            raise UsageError(
+                f"cannot {where}: {reason}",
+                hint=(
+                    "check the address, and that this machine may join it (Ray's version, "
+                    "its auth token)"
+                    if not own
+                    else "see Ray's logs under /tmp/ray"
+                ),
+            ) from None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -353,35 +372,19 @@ class RayRun:
         return self.output
 
 
-def merge_summaries(output: str, store: Store, m: Manifest, ran: set[int]) -> Summary:
-    """One summary over the shards' own (each shard writes one beside its part). A shard
-    not started by this run (complete before it) adds its rows as resumed, none of its
-    requests."""
-    total = m.ranges[-1][1]
-    merged = Summary(output=output, state="partial", rows_total=total)
-    merged.rows_pending = total
-    known = {f.name for f in fields(Summary)}
-    for i in range(len(m.ranges)):
-        text = store.read_text(summary_name(i))
-        if text is None:
-            continue  # a shard that never ran: its rows are pending
-        data = {k: v for k, v in json.loads(text).items() if k in known}
-        merged.rows_pending -= int(data.get("rows_ok", 0)) + int(data.get("rows_error", 0))
-        if i not in ran:
-            data["rows_resumed"] = int(data.get("rows_ok", 0)) + int(data.get("rows_error", 0))
-            for name in _THIS_RUN:
-                data[name] = 0
-        for name in _SUMMED:
-            setattr(merged, name, getattr(merged, name) + int(data.get(name) or 0))
-        for name in _SUMMED_OPTIONAL:
-            value = data.get(name)
-            if value is not None:
-                setattr(merged, name, (getattr(merged, name) or 0) + value)
-        for name in ("errors_by_type", "finish_reasons"):
-            into = getattr(merged, name)
-            for k, v in (data.get(name) or {}).items():
-                into[k] = into.get(k, 0) + v
-    return merged
+def probe_address(address: str) -> None:
+    """A cluster named by host and port must answer on it within seconds (Ray itself
+    retries a dead address for minutes)."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?", address.strip())
+    if m is None:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+            hint="check the address (host:port of the head, or ray://host:10001)",
+        ) from None
 
 
 def run_on_ray(job: Job, opts: EngineOptions, say: Callable[[str], None], quiet: bool) -> Summary:
