@@ -126,6 +126,11 @@ def test_shards_give_the_single_process_output_row_for_row(
     assert r.returncode == 5 and "--shards (8 then, 4 now)" in r.stderr
     r = _ray(tmp_path, sim, src, out, "--shards", "8", "--max-tokens", "64")
     assert r.returncode == 5 and "params.max_tokens" in r.stderr
+    with src.open("a") as f:
+        f.write(json.dumps({"id": "r1000", "prompt": "one more"}) + "\n")
+    r = _ray(tmp_path, sim, src, out, "--shards", "8")
+    assert r.returncode == 5 and "the input changed" in r.stderr
+    assert sim.stats.requests - sent_before == 1000  # nothing sent by the refused reruns
 
 
 def test_bad_input_is_refused_before_ray_starts_or_anything_is_sent(
