@@ -21,6 +21,7 @@ from batchrun.cluster.manifest import Manifest
 from batchrun.cluster.options import pop_engine_options
 from batchrun.cluster.shards import merge_parts, part_name, ranges
 from batchrun.cluster.store import Store
+from batchrun.cluster.summaries import ThisRun
 from batchrun.errors import CheckpointError, Stopped, UsageError
 from batchrun.io.writers import JOB_KEY
 from batchrun.job import Budget, Limits
@@ -346,3 +347,14 @@ def test_a_finished_shards_allowance_comes_back_and_exhaustion_waits_for_flights
     c.release(3, {"usd": 0.0})
     r = c.lease(1, 0, True, budget=_report(0.58, 0.58, need=0.05))["budget"]
     assert not r["exhausted"] and r["cap"]["usd"] >= 0.58 + 0.05 - 1e-12
+
+
+def test_a_shard_started_twice_in_one_run_counts_both_attempts() -> None:
+    run = ThisRun()
+    # Its worker died after 300 requests (the last report), 100 rows done before the run.
+    run.lost(0, {"done": 390, "requests": 300, "rate_limited": 4, "resumed": 100})
+    # The second attempt resumed from the journal: its own summary knows only itself.
+    run.ended(0, {"requests_sent": 220, "retries": 3, "rate_limited": 1, "rows_resumed": 390})
+    run.ended(1, {"requests_sent": 50, "rows_resumed": 0})
+    assert run.counts[0] == {"requests_sent": 520, "retries": 3, "rate_limited": 5, "reasks": 0}
+    assert run.resumed == {0: 100, 1: 0}  # rows done before this run, not before the attempt

@@ -223,10 +223,11 @@ class Coordinator:
         if self.budget is not None:
             self.budget.release(shard, spent)
 
-    def reported(self, shard: int) -> int:
-        """The rows the shard last said it had done (its worker may since be lost)."""
+    def reported(self, shard: int) -> dict[str, int]:
+        """The shard's last counters (its worker may since be lost): rows done, requests,
+        429s, rows it had when it started."""
         lease = self.leases.get(shard)
-        return int(lease.stats.get("done", 0)) if lease is not None else 0
+        return dict(lease.stats) if lease is not None else {}
 
     def progress(self) -> dict[str, int]:
         """The running shards' counters summed (for the driver's one progress display)."""

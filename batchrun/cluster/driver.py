@@ -38,7 +38,7 @@ from batchrun.cluster.shards import (
     write_shard_inputs,
 )
 from batchrun.cluster.store import Store
-from batchrun.cluster.summaries import merge_summaries
+from batchrun.cluster.summaries import ThisRun, merge_summaries
 from batchrun.cluster.worker import ShardSpec, journal_name, run_shard, shard_job
 from batchrun.connect import get_api_key
 from batchrun.errors import (
@@ -176,7 +176,7 @@ class RayRun:
             if not self.job.retry_failed and all(s == COMPLETE for s in m.states):
                 if self.output.exists():
                     self.say("batchrun: already complete: nothing to send")
-                return self.finish(m, [], started, ran=set())  # no Ray needed
+                return self.finish(m, [], started, ThisRun())  # no Ray needed
             # The budget's caps, and what each shard spent in earlier runs (allowance.py).
             caps = caps_of(self.job)
             journals = [(journal_name(i), b - a, shard_job(spec).checkpoint_dir / "journal.sqlite")
@@ -251,6 +251,7 @@ class RayRun:
         pending = [i for i, s in enumerate(m.states) if s != COMPLETE or job.retry_failed]
         running: dict[Any, int] = {}
         attempts = dict.fromkeys(pending, 0)
+        this_run = ThisRun()
         errors: list[tuple[int, str, int]] = []
         total = m.ranges[-1][1]
         done_rows = {i: b - a for i, ((a, b), s) in enumerate(zip(m.ranges, m.states, strict=True))
@@ -283,12 +284,15 @@ class RayRun:
                         self.say(f"batchrun: shard {i}'s worker was lost ({type(exc).__name__}); "
                                  "starting it again from its journal")  # fmt: skip
                         seen = ray.get(coord.reported.remote(i))
-                        specs[i] = ShardSpec(**{**specs[i].__dict__, "reported_done": seen})
+                        this_run.lost(i, seen)
+                        specs[i] = ShardSpec(**{**specs[i].__dict__,
+                                                "reported_done": seen.get("done", 0)})  # fmt: skip
                         pending.insert(0, i)
                     else:
                         errors.append((i, f"its worker was lost: {type(exc).__name__}", 1))
                     continue
                 summary = result.get("summary") or {}
+                this_run.ended(i, summary)
                 if "error" in result:  # its own stop: a shard the cluster stops ends partial
                     errors.append((i, result["error"], result["exit_code"]))
                 if result.get("restored"):
@@ -309,24 +313,24 @@ class RayRun:
                 bar.refresh()
         if bar is not None:
             bar.close()
-        return self.finish(m, errors, started, ran=set(attempts))
+        return self.finish(m, errors, started, this_run)
 
     def finish(
-        self, m: Manifest, errors: list[tuple[int, str, int]], started: float, ran: set[int]
+        self, m: Manifest, errors: list[tuple[int, str, int]], started: float, run: ThisRun
     ) -> Summary:
-        """Merge the parts (when every shard is complete) and the summaries. ``ran``: the
-        shards this run started (the others' rows count as resumed)."""
+        """Merge the parts (when every shard is complete) and the summaries, with what this
+        run did (``run``; the rows of shards it did not start count as resumed)."""
         job = self.job
         complete = all(s == COMPLETE for s in m.states)
         merged_local: Path | None = None
         if complete and isinstance(self.output, Path) and not self.opts.output_dataset:
             merged_local = self.output  # made by an earlier run, or below
-        if complete and (ran or not self.output.exists()):
+        if complete and (run.counts or not self.output.exists()):
             try:
                 merged_local = self.write_output(len(m.ranges))
             except OSError as exc:
                 raise OutputNotWritten(self.output, exc) from None
-        summary = merge_summaries(str(self.output), self.store, m, ran)
+        summary = merge_summaries(str(self.output), self.store, m, run)
         summary.state = "complete" if complete else "partial"
         summary.wall_time_s = round(time.monotonic() - started, 3)
         done = summary.rows_ok + summary.rows_error - summary.rows_resumed

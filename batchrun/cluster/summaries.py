@@ -24,10 +24,35 @@ _SUMMED_OPTIONAL = ("estimated_cost_usd", "estimated_cost_saved_usd", "reported_
 _THIS_RUN = ("requests_sent", "retries", "rate_limited", "reasks")
 
 
-def merge_summaries(output: str, store: Store, m: Manifest, ran: set[int]) -> Summary:
-    """One summary over the shards' own (each shard writes one beside its part). A shard
-    not started by this run (complete before it) adds its rows as resumed, none of its
-    requests."""
+class ThisRun:
+    """What this driver run did, shard by shard, over every attempt of a shard: a shard
+    started again after its worker was lost writes a summary of its last attempt only, so
+    the requests of the earlier ones (from the shard's last report to the coordinator when
+    the worker died) and the rows it had before the first are kept here."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, dict[str, int]] = {}
+        self.resumed: dict[int, int] = {}
+
+    def ended(self, shard: int, summary: dict[str, object]) -> None:
+        self._add(shard, summary, int(summary.get("rows_resumed") or 0))  # type: ignore[call-overload]
+
+    def lost(self, shard: int, stats: dict[str, int]) -> None:
+        self._add(shard, {"requests_sent": stats.get("requests", 0),
+                          "rate_limited": stats.get("rate_limited", 0)},
+                  stats.get("resumed", 0))  # fmt: skip
+
+    def _add(self, shard: int, counts: dict[str, object], resumed: int) -> None:
+        mine = self.counts.setdefault(shard, dict.fromkeys(_THIS_RUN, 0))
+        for name in _THIS_RUN:
+            mine[name] += int(counts.get(name) or 0)  # type: ignore[call-overload]
+        self.resumed.setdefault(shard, resumed)  # the first attempt's: before this run
+
+
+def merge_summaries(output: str, store: Store, m: Manifest, run: ThisRun) -> Summary:
+    """One summary over the shards' own (each shard writes one beside its part), with this
+    run's counters from ``run``. A shard this run did not start (complete before it) adds
+    its rows as resumed, none of its requests."""
     total = m.ranges[-1][1]
     merged = Summary(output=output, state="partial", rows_total=total)
     merged.rows_pending = total
@@ -38,7 +63,9 @@ def merge_summaries(output: str, store: Store, m: Manifest, ran: set[int]) -> Su
             continue  # a shard that never ran: its rows are pending
         data = {k: v for k, v in json.loads(text).items() if k in known}
         merged.rows_pending -= int(data.get("rows_ok", 0)) + int(data.get("rows_error", 0))
-        if i not in ran:
+        if i in run.counts:
+            data.update(run.counts[i], rows_resumed=run.resumed[i])
+        else:
             data["rows_resumed"] = int(data.get("rows_ok", 0)) + int(data.get("rows_error", 0))
             for name in _THIS_RUN:
                 data[name] = 0

@@ -99,7 +99,7 @@ async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
         if event.kind == "start":
             copies.started, copies.started_done = time.time(), p.already_done
         stats.update(done=p.already_done + p.ok + p.error, requests=p.requests,
-                     rate_limited=p.rate_limited)  # fmt: skip
+                     rate_limited=p.rate_limited, resumed=p.already_done)  # fmt: skip
 
     async def renew(
         in_flight: int, wants: bool, accepted: int, saturated: bool, budget: dict[str, Any] | None
