@@ -16,7 +16,6 @@ from typing import Any
 
 from batchrun.budget import BudgetGate
 from batchrun.cluster.allowance import ShardBudget
-from batchrun.errors import Stopped
 from batchrun.job import Limits
 from batchrun.send.limits import Limiter, _rpm_throttler
 
@@ -116,15 +115,7 @@ class LeasedLimiter(Limiter):
 
     async def before_send(self, estimated_tokens: int) -> None:
         if self._rate_leased and not self._leased.is_set():
-            waiter = asyncio.ensure_future(self._leased.wait())
-            stopper = asyncio.ensure_future(self._stopped.wait())
-            try:
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                stopper.cancel()
-            if self._stopped.is_set():
-                raise Stopped
+            await self.unless_stopped(self._leased.wait)  # no share of the rate yet
         await super().before_send(estimated_tokens)
 
     def on_success(self) -> None:

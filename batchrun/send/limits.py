@@ -22,7 +22,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from asyncio_throttle.throttler import Throttler
@@ -152,16 +152,21 @@ class Limiter:
                 fut.set_exception(Stopped())
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep, unless the run stops first (then raise Stopped). Only pauses and the
-        token bucket come here, never the hot path, so two tasks a wait are cheap."""
+        """Sleep, unless the run stops first (then raise Stopped)."""
+        await self.unless_stopped(lambda: asyncio.sleep(seconds))
+
+    async def unless_stopped(self, wait: Callable[[], Awaitable[object]]) -> None:
+        """Await ``wait()``, unless the run stops first (then raise Stopped). Only pauses,
+        the token bucket and a shard waiting for its lease come here, never the hot path,
+        so two tasks a wait are cheap."""
         if self._stopped.is_set():
             raise Stopped
-        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
+        waiter = asyncio.ensure_future(wait())
         stopper = asyncio.ensure_future(self._stopped.wait())
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
+            waiter.cancel()
             stopper.cancel()
         if self._stopped.is_set():
             raise Stopped
