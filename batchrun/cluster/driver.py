@@ -182,10 +182,10 @@ class RayRun:
             journals = [(journal_name(i), b - a, shard_job(spec).checkpoint_dir / "journal.sqlite")
                         for i, ((a, b), spec) in enumerate(zip(m.ranges, self.specs(m), strict=True))]  # fmt: skip
             self.spent = spent_before(self.job, self.store, journals) if caps else {}
-            own = self.opts.ray_address is None
+            own, t0 = self.opts.ray_address is None, time.monotonic()
             self.connect(ray, own)
             self.say(f"batchrun: Ray {'started' if own else 'joined'} in "
-                     f"{time.monotonic() - started:.1f} s; {len(m.ranges)} shards, "
+                     f"{time.monotonic() - t0:.1f} s; {len(m.ranges)} shards, "
                      f"{self.opts.workers} at a time")  # fmt: skip
             old = {s: signal.signal(s, self.on_signal) for s in _SIGNALS}
             try:
@@ -392,4 +392,8 @@ def probe_address(address: str) -> None:
 
 
 def run_on_ray(job: Job, opts: EngineOptions, say: Callable[[str], None], quiet: bool) -> Summary:
-    return RayRun(job, opts, say, quiet).run()
+    try:
+        return RayRun(job, opts, say, quiet).run()
+    except KeyboardInterrupt:  # Ctrl-C outside the driver's own handler (validating, cutting)
+        raise Interrupted("interrupted by SIGINT", signal_number=signal.SIGINT,
+                          hint="every finished row is recorded; rerunning resumes") from None  # fmt: skip
