@@ -302,3 +302,13 @@ def test_extra_body_tools_already_in_the_servers_shape_are_sent_as_given(tmp_pat
     job = _job(tmp_path, provider="openai", extra_body=json.dumps(extra))
     body = _body(job, OPENAI)
     assert body["tools"] == [OPENAI_TOOL] and body["tool_choice"] == extra["tool_choice"]
+
+
+def test_a_refused_parameter_names_only_the_providers_that_take_it() -> None:
+    from batchrun.errors import UsageError
+    from batchrun.settings import job_from_settings
+
+    with pytest.raises(UsageError) as err:
+        job_from_settings({"input": "x.jsonl", "top_k": 5, "provider": "litellm"})
+    assert "litellm provider does not take top_k" in str(err.value)
+    assert err.value.hint is not None and "(gateway, vllm)" in err.value.hint
