@@ -162,9 +162,10 @@ class RayRun:
     def run(self) -> Summary:
         check_supported(self.job)
         get_api_key(self.job)  # missing: exit 2 here, not once a shard
-        # Ray's core logs its connection retries to stderr, a line a second: what went
-        # wrong is said once, below; the rest stays in Ray's log files.
+        # Ray's core logs its connection retries to stderr, a line a second (what went wrong
+        # is said once, below); and a Ray batchrun starts sends no usage stats anywhere.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             import ray
         except ImportError:
