@@ -14,7 +14,7 @@ from batchrun.checks import check, check_base_url, is_int, is_number, template_c
 from batchrun.errors import UsageError
 from batchrun.io.remote import Location, RemotePath, state_dir
 from batchrun.pacing import Budget, Limits, RetryPolicy
-from batchrun.profiles import GATEWAY, PROFILES, Profile, get_profile
+from batchrun.profiles import GATEWAY, Profile, get_profile, refusal
 from batchrun.structured import check_schema
 from batchrun.tools import normalize_tool_choice, normalize_tools
 
@@ -298,14 +298,9 @@ class Job:
             "image columns must be non-empty column names",
         )
         profile = self.profile  # an unknown provider name is refused here
-        refused = sorted(k for k in profile.refuses if getattr(self.params, k, None) is not None)
-        if refused:
-            takers = [p.name for p in PROFILES.values() if not p.refuses & set(refused)]
-            raise UsageError(
-                f"the {profile.name} provider does not take {', '.join(refused)}",
-                hint=f"leave it out, or name a provider that takes it with --provider "
-                f"({', '.join(takers)})",
-            )
+        given = (k for k in profile.refuses if getattr(self.params, k, None) is not None)
+        if (why := refusal(profile, given)) is not None:
+            raise UsageError(why[0], hint=why[1])
         if self.limit is not None:
             check(
                 is_int(self.limit) and self.limit >= 1,

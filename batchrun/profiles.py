@@ -11,6 +11,7 @@ checks its settings against the profile, and ``batchrun.send`` imports the job.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
@@ -112,6 +113,19 @@ def profile_for_url(base_url: str) -> Profile:
     if port == LITELLM_PORT:
         return LITELLM
     return GATEWAY
+
+
+def refusal(profile: Profile, params: Iterable[str]) -> tuple[str, str] | None:
+    """Why ``profile`` refuses some of ``params`` and which providers take them all (for
+    the job's parameters and a row's own alike); None if it takes them."""
+    refused = sorted(k for k in params if k in profile.refuses)
+    if not refused:
+        return None
+    takers = [p.name for p in PROFILES.values() if not p.refuses & set(refused)]
+    return (
+        f"the {profile.name} provider does not take {', '.join(refused)}",
+        f"leave it out, or name a provider that takes it with --provider ({', '.join(takers)})",
+    )
 
 
 def get_profile(name: str | None, base_url: str) -> Profile:

@@ -12,7 +12,7 @@ from batchrun import fastjson
 from batchrun.errors import InputError, UsageError
 from batchrun.io.readers import Where
 from batchrun.job import RequestParams
-from batchrun.profiles import PROFILES, Profile
+from batchrun.profiles import Profile, refusal
 
 #: What a row may set for itself (the API's names).
 ROW_PARAMS = (
@@ -54,14 +54,8 @@ def row_overrides(
         )
     # Job.validate refuses these for the whole job; a row's own would reach the wire
     # unchecked and fail there (OpenAI answers 400 to top_k), after other rows were paid.
-    refused = sorted(k for k in given if k in profile.refuses)
-    if refused:
-        takers = [p.name for p in PROFILES.values() if not p.refuses & set(refused)]
-        raise refuse(
-            f"params: the {profile.name} provider does not take {', '.join(refused)}",
-            hint=f"leave it out, or name a provider that takes it with --provider "
-            f"({', '.join(takers)})",
-        )
+    if (why := refusal(profile, given)) is not None:
+        raise refuse(f"params: {why[0]}", hint=why[1])
     stop = given.get("stop_sequences")
     if stop is not None and not isinstance(stop, list):
         raise refuse("params.stop_sequences must be a list of strings")
