@@ -47,6 +47,15 @@ def _env(tmp: Path) -> dict[str, str]:
     return {"BATCHRUN_STATE_DIR": str(tmp / "state"), "BATCHRUN_JOURNAL_COPY_S": "0.5"}
 
 
+def _cmd(
+    tmp: Path, sim: Any, src: Path, out: Path, *extra: str
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a Ray run a test starts itself."""
+    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
+            "--base-url", sim.url, "--quiet", "--engine", "ray", *extra]  # fmt: skip
+    return args, {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp)}
+
+
 def _kill_once_sending(args: list[str], env: dict[str, str], sim: Any, after: int) -> bool:
     """Start a batchrun command and SIGKILL it once the simulator has had ``after`` more
     requests (Ray's start-up takes seconds, longer on a loaded machine); False if it ended
@@ -77,9 +86,7 @@ def _ray_processes(driver_pid: int) -> list[str]:
 
 def _ray_with_pid(tmp: Path, sim: Any, src: Path, out: Path, *extra: str) -> tuple[Any, int]:
     """As :func:`_ray`, and the driver's pid."""
-    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-            "--base-url", sim.url, "--quiet", "--engine", "ray", *extra]  # fmt: skip
-    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp)}
+    args, env = _cmd(tmp, sim, src, out, *extra)
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     stdout, stderr = proc.communicate(timeout=240)
@@ -153,10 +160,7 @@ def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
     n, concurrency = 1500, 16
     src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
     out = tmp_path / "out.parquet"
-    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-            "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "6",
-            "--concurrency", str(concurrency)]  # fmt: skip
-    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    args, env = _cmd(tmp_path, sim, src, out, "--shards", "6", "--concurrency", str(concurrency))
     kills = sum(_kill_once_sending(args, env, sim, after) for after in (200, 400))
     assert kills == 2
     assert 0 < sim.stats.requests < n  # each killed mid-way
@@ -178,10 +182,7 @@ def test_a_lost_worker_disk_resumes_from_the_journal_copy(tmp_path: Path, sim_fa
     n = 1200
     src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
     out = tmp_path / "out.parquet"
-    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-            "--base-url", sim.url, "--quiet", "--engine", "ray", "--shards", "2",
-            "--concurrency", "8"]  # fmt: skip
-    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    args, env = _cmd(tmp_path, sim, src, out, "--shards", "2", "--concurrency", "8")
     assert _kill_once_sending(args, env, sim, 400)  # copies every 0.5 s: several made
     copies = sorted(p.name for p in (tmp_path / "out.shards").glob("journal-*.sqlite"))
     assert copies, "no journal copy in the store after seconds of sending"
@@ -238,9 +239,7 @@ def test_sigterm_stops_every_shard_resumably_and_ray_goes_with_the_driver(
     sim = sim_factory(latency_ms=200)
     src = write_jsonl(tmp_path / "in.jsonl", _rows(800))
     out = tmp_path / "out.parquet"
-    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-            "--base-url", sim.url, "--quiet", "--engine", "ray", "--concurrency", "8"]  # fmt: skip
-    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    args, env = _cmd(tmp_path, sim, src, out, "--concurrency", "8")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
@@ -306,9 +305,7 @@ def test_a_killed_worker_is_started_again_and_its_shard_resumes(
     n = 1200
     src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
     out = tmp_path / "out.parquet"
-    args = [sys.executable, "-m", "batchrun", "run", "--input", str(src), "--output", str(out),
-            "--base-url", sim.url, "--engine", "ray", "--shards", "2", "--concurrency", "8"]  # fmt: skip
-    env = {**os.environ, "AIMLAPI_KEY": "test-key", **_env(tmp_path)}
+    args, env = _cmd(tmp_path, sim, src, out, "--shards", "2", "--concurrency", "8")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
