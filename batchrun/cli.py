@@ -275,7 +275,8 @@ def main() -> None:
     "--engine",
     type=click.Choice(["local", "ray"]),
     help="local: this process; ray: K shards, each an ordinary run, on a Ray cluster, with "
-    "--concurrency/--rpm/--tpm held as cluster totals (needs batchrun[ray]). [default: local]",
+    "--concurrency/--rpm/--tpm and --max-cost/--max-tokens-total held as cluster totals "
+    "(needs batchrun[ray]). [default: local]",
 )
 @click.option(
     "--ray-address",
