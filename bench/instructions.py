@@ -70,6 +70,9 @@ def instructions(code: Path, url: str, src: Path, out: Path) -> int:
             "--restart",
         ],
         env=env,
+        # Not this checkout's folder: `python -m` puts the working directory first on the
+        # path, and its batchrun would shadow the one PYTHONPATH names.
+        cwd=out.parent,
         capture_output=True,
         text=True,
         check=False,
