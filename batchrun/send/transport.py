@@ -78,18 +78,13 @@ class BatchTransport(Transport, Protocol):
 
 
 class _AiohttpReply:
-    __slots__ = ("_resp",)
+    # Plain attributes, not properties: they are read on every answer.
+    __slots__ = ("_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
-
-    @property
-    def status(self) -> int:
-        return self._resp.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._resp.headers
+        self.status: int = resp.status
+        self.headers: Mapping[str, str] = resp.headers
 
     @property
     def content_type(self) -> str:
@@ -102,6 +97,74 @@ class _AiohttpReply:
 
     def lines(self) -> AsyncIterator[bytes]:
         return self._resp.content.__aiter__()
+
+
+class _Exchange:
+    """One request and its reply, as ``async with``: the reply on entry (redirects
+    followed), released on exit; failures of the connection, on entry or while the body is
+    read inside the block, raised as :class:`Retryable`.
+
+    A class rather than an ``asynccontextmanager``: that makes an async generator per
+    request, and asyncio's bookkeeping of each one (a weak set entry, a finalizer) was a
+    measurable share of the client's time on fast answers."""
+
+    __slots__ = ("_body", "_headers", "_method", "_path", "_resp", "_session", "_transport")
+
+    def __init__(
+        self,
+        transport: HttpTransport,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: Body | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        self._transport = transport
+        self._session = session
+        self._method = method
+        self._path = path
+        self._body = body
+        self._headers = headers
+        self._resp: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> Reply:
+        t = self._transport
+        url = t.base_url + self._path
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                resp = await self._session.request(
+                    self._method, url, data=self._body, headers=self._headers,
+                    allow_redirects=False,
+                )  # fmt: skip
+                if not 300 <= resp.status < 400:
+                    self._resp = resp
+                    return _AiohttpReply(resp)
+                resp.release()
+                url = t._redirect_target(url, resp, replayable=not _streamed(self._body))
+        except Exception as exc:
+            mapped = t.connection_failure(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        raise RowFailed(
+            "redirect",
+            f"more than {MAX_REDIRECTS} redirects; point --base-url at the final address",
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        resp, self._resp = self._resp, None
+        try:
+            if resp is not None:
+                await resp.__aexit__(exc_type, exc, tb)  # release it, wait for the writer
+        except Exception as late:
+            raise self._transport.connection_failure(late) or late from None
+        if exc is not None and (mapped := self._transport.connection_failure(exc)) is not None:
+            raise mapped from None
 
 
 class HttpTransport:
@@ -160,9 +223,7 @@ class HttpTransport:
     def __repr__(self) -> str:
         return f"HttpTransport(base_url={self.base_url!r}, concurrency={self._concurrency})"
 
-    def post(
-        self, path: str, body: Body, headers: Mapping[str, str]
-    ) -> contextlib.AbstractAsyncContextManager[Reply]:
+    def post(self, path: str, body: Body, headers: Mapping[str, str]) -> _Exchange:
         """POST ``body`` to ``base_url + path``; yields the reply while it is read.
 
         Failures of the connection, inside this block too (while the body is read), are
@@ -171,64 +232,52 @@ class HttpTransport:
         (chunked), never held whole, and so cannot follow a redirect."""
         return self.request("POST", path, body, headers)
 
-    def stream_get(
-        self, path: str, headers: Mapping[str, str] | None = None
-    ) -> contextlib.AbstractAsyncContextManager[Reply]:
+    def stream_get(self, path: str, headers: Mapping[str, str] | None = None) -> _Exchange:
         """GET ``base_url + path`` (``path`` may hold a query), the reply read on demand;
         failures as for :meth:`post`."""
         return self.request("GET", path, None, headers or {})
 
-    @contextlib.asynccontextmanager
-    async def request(
+    def request(
         self, method: str, path: str, body: Body | None, headers: Mapping[str, str]
-    ) -> AsyncIterator[Reply]:
+    ) -> _Exchange:
         assert self._session is not None, "use HttpTransport as an async context manager"
-        url = self.base_url + path
-        try:
-            for _ in range(MAX_REDIRECTS + 1):
-                async with self._session.request(
-                    method, url, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    if not 300 <= resp.status < 400:
-                        yield _AiohttpReply(resp)
-                        return
-                    url = self._redirect_target(url, resp, replayable=not _streamed(body))
-            raise RowFailed(
-                "redirect",
-                f"more than {MAX_REDIRECTS} redirects; point --base-url at the final address",
-            )
-        except aiohttp.ClientConnectorError as exc:
+        return _Exchange(self, self._session, method, path, body, headers)
+
+    def connection_failure(self, exc: BaseException) -> Retryable | None:
+        """The Retryable a failure of the connection is (None: not one of those)."""
+        if isinstance(exc, aiohttp.ClientConnectorError):
             # No connection was made: the server never saw the request.
-            raise Retryable(
+            return Retryable(
                 "connection_error",
                 f"cannot connect: {self._clean(str(exc)) or type(exc).__name__}",
                 sent=False,
-            ) from None
-        except TimeoutError:
+            )
+        if isinstance(exc, TimeoutError):
             # aiohttp's timeouts are TimeoutError, not ClientError.
             t = self.timeout
             within = f"within {t.total:g} s" + (
                 f" (or silent for {t.sock_read:g} s)" if t.sock_read is not None else ""
             )
-            raise Retryable("timeout", f"no complete answer {within}", definite=False) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise Retryable(
+            return Retryable("timeout", f"no complete answer {within}", definite=False)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return Retryable(
                 "connection_error", f"answer cut off: {self._clean(str(exc))}", definite=False
-            ) from None
-        except aiohttp.ClientConnectionError as exc:
-            raise Retryable(
+            )
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return Retryable(
                 "connection_error",
                 f"connection failed: {self._clean(str(exc)) or type(exc).__name__}",
                 definite=False,
-            ) from None
-        except (aiohttp.ClientError, HttpProcessingError) as exc:
+            )
+        if isinstance(exc, (aiohttp.ClientError, HttpProcessingError)):
             # A reply that is not HTTP as aiohttp reads it (a malformed status line or
             # headers, say): whatever the server did with the request is unknown.
-            raise Retryable(
+            return Retryable(
                 "connection_error",
                 f"unreadable answer ({type(exc).__name__}): {self._clean(str(exc)) or 'no detail'}",
                 definite=False,
-            ) from None
+            )
+        return None
 
     async def get(self, path: str, limit: int) -> tuple[int, bytes]:
         """GET ``base_url + path`` (no redirects followed): status and at most ``limit``
