@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
@@ -300,6 +301,16 @@ def test_redaction_of_every_text_field_of_an_answer() -> None:
         assert value is not None and KEY[:MIN_RUN] not in value and KEY[-MIN_RUN:] not in value
     clean = _completion(text="nothing secret here")
     assert redact.fields(clean) is clean  # the fast path copies nothing
+
+
+def test_every_text_field_of_an_answer_is_redacted_whichever_holds_the_key() -> None:
+    redact = Redactor([KEY])
+    texts = [f.name for f in dataclasses.fields(Completion) if "str" in str(f.type)]
+    assert {"text", "model", "reasoning_content", "inference_id"} <= set(texts)
+    for name in texts:
+        cleaned = redact.fields(_completion(**{"text": "ok", name: f"x {KEY} y"}))
+        assert KEY[:MIN_RUN] not in str(getattr(cleaned, name)), name
+        assert name == "text" or cleaned.text == "ok"
 
 
 def test_an_error_body_with_a_lone_surrogate_is_quoted_as_text() -> None:
