@@ -469,26 +469,6 @@ def test_a_huge_error_body_is_cut_short() -> None:
     assert len(exc.message) < 400
 
 
-def test_ratelimit_headers_are_remembered_whatever_their_case() -> None:
-    async def call(client: ApiClient) -> dict[str, str]:
-        await client.complete(_req(BODY), "k")
-        return client.ratelimit
-
-    headers = {"X-RateLimit-Remaining-Requests": "41", "X-RateLimit-Limit-Requests": "60"}
-    seen, _ = _run(lambda m: m.post(URL, status=201, payload=_ok(), headers=headers), call)
-    assert seen == {"x-ratelimit-remaining-requests": "41", "x-ratelimit-limit-requests": "60"}
-
-
-def test_lowercase_ratelimit_headers_are_remembered() -> None:
-    async def call(client: ApiClient) -> dict[str, str]:
-        await client.complete(_req(BODY), "k")
-        return client.ratelimit
-
-    headers = {"x-ratelimit-remaining-tokens": "900"}
-    seen, _ = _run(lambda m: m.post(URL, status=201, payload=_ok(), headers=headers), call)
-    assert seen == {"x-ratelimit-remaining-tokens": "900"}
-
-
 # --- network errors ------------------------------------------------------------------------------
 
 

@@ -23,8 +23,6 @@ from batchrun.send.retrying import classify_status, error_type_for_status, parse
 from batchrun.send.tracing import CLIENT_REQUEST_ID_HEADER, INFERENCE_ID_HEADER, server_id
 from batchrun.send.transport import HttpTransport, Reply, Transport
 
-#: Rate-limit headers kept (x-ratelimit-*), each value bounded.
-_HEADER_MAX = 100
 #: Bytes of a model list read, and models looked at (a gateway lists a few hundred).
 MODELS_BODY_MAX = 4 * 1024 * 1024
 MODELS_MAX = 20_000
@@ -65,8 +63,6 @@ class ApiClient:
         self.url = base_url.rstrip("/") + self.dialect.path
         self._cost_header = cost_header
         self.images = ImageLoader(timeout_s=timeout_s, redactor=self.redact)
-        #: Last rate-limit headers seen (x-ratelimit-*), for the limiter and the progress line.
-        self.ratelimit: dict[str, str] = {}
 
     async def __aenter__(self) -> ApiClient:
         if self._own_transport and isinstance(self.transport, HttpTransport):
@@ -98,7 +94,6 @@ class ApiClient:
         if request.client_request_id is not None:
             headers[CLIENT_REQUEST_ID_HEADER] = request.client_request_id
         async with self.transport.post(self.dialect.path, data, headers) as reply:
-            self._remember_ratelimit(reply.headers)
             # On every answer of the gateway, streamed or not, errors too: the id the
             # charge is recorded under. Untrusted: kept only as a short safe string.
             inference_id = server_id(reply.headers.get(INFERENCE_ID_HEADER))
@@ -147,14 +142,6 @@ class ApiClient:
             raise SendFailed("invalid_response", "the model list is not {data: [{id}]}") from None
         # Untrusted: names are shown in messages, so bounded and redacted.
         return [self.redact.clean(i, 200) for i in ids[:MODELS_MAX]]
-
-    def _remember_ratelimit(self, headers: Mapping[str, str]) -> None:
-        if any(h.lower().startswith("x-ratelimit") for h in headers):
-            self.ratelimit = {
-                k.lower()[:_HEADER_MAX]: self.redact.clean(v, _HEADER_MAX)
-                for k, v in headers.items()
-                if k.lower().startswith("x-ratelimit")
-            }
 
     async def _failure(self, reply: Reply, inference_id: str | None) -> SendFailed:
         raw = await reply.read(ERROR_BODY_MAX)
