@@ -82,7 +82,7 @@ class LeasedLimiter(Limiter):
 
     def apply(self, lease: dict[str, Any]) -> None:
         if lease["stop"]:
-            if not self.cluster_stopped and not self._stopped.is_set():
+            if not self.cluster_stopped and not self.stopped:
                 self._cluster_stop()
             return
         if "budget" in lease:
@@ -132,7 +132,7 @@ class LeasedLimiter(Limiter):
     def stop(self) -> None:
         """This shard stops for its own reason (a 401/403, the same-error stop, a budget,
         a journal failure): so does every other."""
-        if not self._stopped.is_set() and not self.cluster_stopped:
+        if not self.stopped and not self.cluster_stopped:
             with contextlib.suppress(Exception):
                 self._on_stop()
         super().stop()

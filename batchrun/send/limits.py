@@ -120,7 +120,9 @@ class Limiter:
         self._storm_min = min(STORM_MIN_429S, limits.concurrency)
         self._share_min = min(STORM_SHARE_MIN_429S, limits.concurrency)
         self._429_run = 0  # 429s since the last success
-        #: Set by ``stop()``: every wait here ends at once (see ``Stopped``).
+        #: Set by ``stop()``: every wait here ends at once (see ``Stopped``). The flag is
+        #: what is read (several times a row); the event is what waits end on.
+        self.stopped = False
         self._stopped = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -134,10 +136,6 @@ class Limiter:
 
     # --- in-flight slots ------------------------------------------------------------------
 
-    @property
-    def stopped(self) -> bool:
-        return self._stopped.is_set()
-
     def use_budget(self, gate: BudgetGate) -> None:
         """The run's budget gate (a Ray shard's limiter leases its caps, see
         :class:`~batchrun.cluster.lease.LeasedLimiter`); a single run's keeps the job's."""
@@ -145,6 +143,7 @@ class Limiter:
     def stop(self) -> None:
         """The run is stopping: end every wait for a slot, a pause or a rate limit now
         (those waiting get :class:`Stopped`) and refuse new ones."""
+        self.stopped = True
         self._stopped.set()
         while self._waiters:
             fut = self._waiters.popleft()
@@ -173,7 +172,7 @@ class Limiter:
 
     async def slot(self) -> None:
         """Wait for an in-flight slot (FIFO, woken by release, never polled)."""
-        if self._stopped.is_set():
+        if self.stopped:
             raise Stopped
         if self.in_flight < self.window and not self._waiters:
             self.in_flight += 1
