@@ -3,6 +3,7 @@ in these tests (no server exists at the base URL they name)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchrun.cli import main, resume_command
+from batchrun.cli import main
+from batchrun.cli_common import GC_THRESHOLD, resume_command, run_async
 from batchrun.settings import job_from_settings, resolve_settings
 from tests.conftest import write_jsonl
 
@@ -281,3 +283,21 @@ def test_no_restart_overrides_restart_in_the_job_file(tmp_path: Path) -> None:
     settings = resolve_settings(job_file, {"restart": False})
     assert job_from_settings(settings).restart is False
     assert job_from_settings(resolve_settings(job_file, {"restart": None})).restart is True
+
+
+def test_a_command_runs_with_what_was_loaded_frozen_and_a_higher_collection_threshold() -> None:
+    """The cyclic collector's tuning for the run (measured in bench.instructions)."""
+    before = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # Python's defaults (another test's command may have run)
+
+    async def seen() -> tuple[int, tuple[int, int, int]]:
+        return gc.get_freeze_count(), gc.get_threshold()
+
+    try:
+        frozen, threshold = run_async(seen())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert frozen > 10_000  # the modules loaded by then, at least
+    assert threshold[0] == GC_THRESHOLD > 700
