@@ -79,7 +79,7 @@ async def _post(
             connector = session.connector
             assert connector is not None
             # Whatever happened inside, the connection is not held any more.
-            assert not connector._acquired  # noqa: SLF001
+            assert not connector._acquired
     finally:
         server.close()
         await server.wait_closed()
