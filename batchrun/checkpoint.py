@@ -53,6 +53,9 @@ class Checkpoint:
         self.path = directory / "journal.sqlite"
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
+        #: The reasks table may hold rows (it had some when opened, or some were written):
+        #: only then does a finished row's write look there (a statement a row otherwise).
+        self._reasks = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Checkpoint:
                 hint="use --restart to discard it (every row is sent again) or another --output",
             ) from None
         self._db = db
+        self._reasks = db.execute("SELECT EXISTS (SELECT 1 FROM reasks)").fetchone()[0] == 1
         return existed
 
     def close_db(self) -> None:
@@ -241,6 +245,7 @@ class Checkpoint:
                 if new:
                     add_meta_count(db, "possibly_charged_twice", new)
             if reasks:
+                self._reasks = True
                 db.executemany("INSERT OR REPLACE INTO reasks VALUES (?, ?, ?, ?)", reasks)
                 db.executemany("DELETE FROM inflight WHERE position=?", [(r[0],) for r in reasks])
             if inflight:
@@ -255,9 +260,10 @@ class Checkpoint:
                     "DELETE FROM inflight WHERE position=?",
                     [(r.position,) for r in results if r.position not in kept],
                 )
-                db.executemany(
-                    "DELETE FROM reasks WHERE position=?", [(r.position,) for r in results]
-                )
+                if self._reasks:
+                    db.executemany(
+                        "DELETE FROM reasks WHERE position=?", [(r.position,) for r in results]
+                    )
             if forget:
                 db.executemany("DELETE FROM inflight WHERE position=?", [(p,) for p in forget])
 
