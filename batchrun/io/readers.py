@@ -112,8 +112,9 @@ def _iter_jsonl(path: Location, batch_rows: int) -> Iterator[InputBatch]:
                         )
                     )
                     row = None
-                # Counting brackets is cheap; only a line with many walks its values.
-                elif raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+                # Counting brackets is cheap (and needless on a line too short to nest
+                # that deep); only a line with many walks its values.
+                elif len(raw) > MAX_NESTING and raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
                     deep = next(
                         (k for k, v in row.items() if fastjson.depth(v) > MAX_NESTING), None
                     )
