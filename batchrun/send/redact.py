@@ -73,8 +73,11 @@ class Redactor:
         values = get(record)
         # One search over all texts at once (joined by a character no key holds): nearly
         # every answer is clean, and then that is all it costs.
-        if self._probe("\0".join(v for v in values if v.__class__ is str)) is None:
-            return record
+        try:
+            if self._probe("\0".join(filter(None, values))) is None:
+                return record
+        except TypeError:  # a text field holding something else: look at each in turn
+            pass
         changes = {}
         for name, value in zip(names, values, strict=True):
             if isinstance(value, str) and (clean := self(value)) is not value:
