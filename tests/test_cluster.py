@@ -22,9 +22,10 @@ from batchrun.cluster.options import pop_engine_options
 from batchrun.cluster.shards import merge_parts, part_name, ranges
 from batchrun.cluster.store import Store
 from batchrun.cluster.summaries import ThisRun
+from batchrun.cluster.worker import ShardSpec, journal_name, restore, run_shard, shard_job
 from batchrun.errors import CheckpointError, Stopped, UsageError
 from batchrun.io.writers import JOB_KEY
-from batchrun.job import Budget, Limits
+from batchrun.job import Budget, Job, Limits
 from batchrun.pricing import Price
 
 PRICE = Price(input_per_mtok=10.0, output_per_mtok=30.0)
@@ -358,3 +359,25 @@ def test_a_shard_started_twice_in_one_run_counts_both_attempts() -> None:
     run.ended(1, {"requests_sent": 50, "rows_resumed": 0})
     assert run.counts[0] == {"requests_sent": 520, "retries": 3, "rate_limited": 5, "reasks": 0}
     assert run.resumed == {0: 100, 1: 0}  # rows done before this run, not before the attempt
+
+
+def test_a_journal_copy_that_cannot_be_read_is_one_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHRUN_STATE_DIR", str(tmp_path / "state"))
+    store = Store(tmp_path / "out.shards")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not a journal at all" * 100)
+    store.put(garbage, journal_name(3))
+    job = Job(input_path=tmp_path / "in.jsonl", output_path=tmp_path / "out.parquet")
+    spec = ShardSpec(3, job, tmp_path / "out.shards", "jsonl", "run-1")
+    journal = shard_job(spec).checkpoint_dir / "journal.sqlite"
+    with pytest.raises(CheckpointError) as caught:
+        restore(spec, store, journal)
+    assert "shard 3's journal copy journal-00003.sqlite" in caught.value.message
+    assert not journal.exists()  # not left where the shard's run would open it
+    # The Ray task returns it as the shard's error (exit 5), not as a crash of the task,
+    # which the driver would take for a lost worker or a bug. The journal copy is read
+    # before the coordinator is ever asked anything.
+    result = run_shard(spec, coordinator=None)
+    assert result["exit_code"] == 5 and "cannot be read" in result["error"]

@@ -30,7 +30,7 @@ from batchrun.cluster.coordinator import LEASE_S, LEASE_TTL_S
 from batchrun.cluster.lease import LeasedLimiter
 from batchrun.cluster.shards import input_name, part_name
 from batchrun.cluster.store import Store
-from batchrun.errors import BatchrunError
+from batchrun.errors import BatchrunError, CheckpointError
 from batchrun.events import Event
 from batchrun.io.remote import Location, state_dir
 from batchrun.job import Job
@@ -81,7 +81,10 @@ def shard_job(spec: ShardSpec) -> Job:
 
 def run_shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
     """The Ray task: run the shard, copy its part, summary and journal to the store."""
-    return asyncio.run(_shard(spec, coordinator))
+    try:
+        return asyncio.run(_shard(spec, coordinator))
+    except BatchrunError as exc:  # before its run began: its journal copy is unusable
+        return {"index": spec.index, "error": str(exc), "exit_code": exc.exit_code}
 
 
 async def _shard(spec: ShardSpec, coordinator: Any) -> dict[str, Any]:
@@ -200,18 +203,27 @@ def restore(spec: ShardSpec, store: Store, journal: Path) -> dict[str, Any] | No
     """Put the store's copy of the journal in place (a shard starting where its journal is
     not). The rows answered after the copy are lost and will be sent again: counted as
     possibly charged twice. Returns what was restored, or None if there is no copy."""
-    if not store.get(journal_name(spec.index), journal):
+    name = journal_name(spec.index)
+    if not store.get(name, journal):
         return None
-    with contextlib.closing(sqlite3.connect(journal)) as db, db:
-        row = db.execute("SELECT value FROM meta WHERE key=?", (_COPY_META,)).fetchone()
-        info = json.loads(row[0]) if row else {"at": time.time(), "done": 0, "rate": 0.0}
-        pending = _rows_in_shard(db, info)
-        # Rows answered after the copy: until the next copy was due, or until the shard
-        # noticed its coordinator gone (a lease lapses) and stopped.
-        estimate = math.ceil(info["rate"] * (spec.copy_every_s + LEASE_TTL_S + LEASE_S))
-        at_risk = max(estimate, spec.reported_done - info["done"])
-        at_risk = max(0, min(at_risk, pending))
-        add_meta_count(db, "possibly_charged_twice", int(at_risk))
+    try:
+        with contextlib.closing(sqlite3.connect(journal)) as db, db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (_COPY_META,)).fetchone()
+            info = json.loads(row[0]) if row else {"at": time.time(), "done": 0, "rate": 0.0}
+            pending = _rows_in_shard(db, info)
+            # Rows answered after the copy: until the next copy was due, or until the shard
+            # noticed its coordinator gone (a lease lapses) and stopped.
+            estimate = math.ceil(info["rate"] * (spec.copy_every_s + LEASE_TTL_S + LEASE_S))
+            at_risk = max(estimate, spec.reported_done - info["done"])
+            at_risk = max(0, min(at_risk, pending))
+            add_meta_count(db, "possibly_charged_twice", int(at_risk))
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        journal.unlink(missing_ok=True)  # not left where the shard's run would open it
+        raise CheckpointError(
+            f"shard {spec.index}'s journal copy {name} in {spec.store} cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            hint="delete it and rerun: that shard's rows are sent again (they may be billed twice)",
+        ) from None
     return {"copied_at": info["at"], "done": info["done"], "at_risk": at_risk}
 
 
