@@ -153,6 +153,50 @@ def test_bad_input_is_refused_before_ray_starts_or_anything_is_sent(
     assert "Ray started" not in r.stderr and sim.stats.requests == 0
 
 
+#: A driver whose shard task has a bug: run_shard replaced by one that raises (defined in
+#: __main__, so Ray ships it by value to the worker).
+_BROKEN_SHARD = """
+import sys
+from pathlib import Path
+
+import batchrun.cluster.driver as driver
+from batchrun.cluster.options import EngineOptions
+from batchrun.errors import BatchrunError
+from batchrun.job import Job
+
+
+def broken(spec, coordinator):
+    raise ValueError("no such thing")
+
+
+driver.run_shard = broken
+job = Job(input_path=Path(sys.argv[1]), output_path=Path(sys.argv[2]), base_url=sys.argv[3])
+try:
+    driver.run_on_ray(job, EngineOptions(engine="ray", shards=2), print, True)
+except BatchrunError as exc:
+    print(exc.exit_code, exc.message)
+"""
+
+
+def test_a_bug_inside_a_shard_is_said_at_once_and_not_taken_for_a_lost_worker(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory()
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(20))
+    script = tmp_path / "broken.py"
+    script.write_text(_BROKEN_SHARD)
+    _, env = _cmd(tmp_path, sim, src, tmp_path / "out.parquet")
+    r = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "out.parquet"),
+                        sim.url], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "worker was lost" not in r.stdout  # not started again as if its node had died
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("1 shard ") and "a bug in batchrun" in last
+    assert "ValueError: no such thing" in last
+    assert sim.stats.requests == 0
+
+
 def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
     tmp_path: Path, sim_factory: Any
 ) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from batchrun.cluster.allowance import caps_of, spent_before
 from batchrun.cluster.coordinator import Coordinator
 from batchrun.cluster.manifest import COMPLETE, PENDING, Manifest
-from batchrun.cluster.options import EngineOptions
+from batchrun.cluster.options import EngineOptions, check_supported
 from batchrun.cluster.shards import (
     keep_as_dataset,
     merge_parts,
@@ -61,17 +61,6 @@ from batchrun.summary import Summary, latency_percentiles
 #: Times a shard whose worker died (a lost node, an OOM kill) is started again in one run.
 _SHARD_ATTEMPTS = 3
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def check_supported(job: Job) -> None:
-    """What a Ray run does not do: one line, exit 2, before anything is written."""
-    why = None
-    if job.mode != "live":
-        why = "--mode batch (the provider's Batch API needs no cluster)"
-    elif job.image_columns:
-        why = "--image-column (image paths are relative to the input, not to a shard)"
-    if why is not None:
-        raise UsageError(f"--engine ray does not take {why}", hint="run with --engine local")
 
 
 class RayRun:
@@ -280,6 +269,11 @@ class RayRun:
                 i = running.pop(ref)
                 try:
                     result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # raised by batchrun itself: a bug
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    errors.append((i, "it failed (a bug in batchrun: please report it): "
+                                   f"{type(cause).__name__}: {str(cause)[:300]}", 1))  # fmt: skip
+                    continue
                 except ray.exceptions.RayError as exc:  # the worker died (a lost node, OOM)
                     if attempts[i] < _SHARD_ATTEMPTS and not stopping:
                         self.say(f"batchrun: shard {i}'s worker was lost ({type(exc).__name__}); "

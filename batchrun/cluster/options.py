@@ -5,9 +5,12 @@ fingerprint, so one job file runs on either engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import UsageError
+
+if TYPE_CHECKING:
+    from batchrun.job import Job
 
 ENGINES = ("local", "ray")
 #: Shards a Ray run is cut into unless told: a few per worker, so finished workers take
@@ -57,3 +60,14 @@ def pop_engine_options(settings: dict[str, Any]) -> EngineOptions:
         workers=workers or DEFAULT_WORKERS,
         output_dataset=bool(dataset),
     )
+
+
+def check_supported(job: Job) -> None:
+    """What a Ray run does not do: one line, exit 2, before anything is written."""
+    why = None
+    if job.mode != "live":
+        why = "--mode batch (the provider's Batch API needs no cluster)"
+    elif job.image_columns:
+        why = "--image-column (image paths are relative to the input, not to a shard)"
+    if why is not None:
+        raise UsageError(f"--engine ray does not take {why}", hint="run with --engine local")
