@@ -79,7 +79,7 @@ def test_shares_never_exceed_the_cluster_totals_and_come_back_when_a_shard_ends(
 def test_a_dead_shards_lease_lapses() -> None:
     clock = Clock()
     c = Coordinator(concurrency=8, rpm=None, tpm=1000, clock=clock)
-    for _ in range(2):
+    for _ in range(3):
         a, b = c.lease(0, 0, True), c.lease(1, 0, True)
     assert a["slots"] + b["slots"] == 8 and a["tpm"] + b["tpm"] == pytest.approx(1000)
     clock.now += LEASE_TTL_S + 0.1  # shard 1 died without a word
@@ -254,20 +254,49 @@ def test_a_shard_whose_coordinator_is_gone_stops() -> None:
 
 def test_slots_a_shard_does_not_use_go_to_those_that_wait() -> None:
     c = Coordinator(concurrency=64, rpm=None, tpm=None)
-    for _ in range(2):
+    for _ in range(3):  # the first shard's 64 shrink to 32 once it asked again
         a, b = c.lease(0, 32, True), c.lease(1, 32, True)
     assert (a["slots"], b["slots"]) == (32, 32)
     # Shard 0 is down to its last 3 rows in flight, no row waits for a slot.
     a = c.lease(0, 3, True, saturated=False)
     assert a["slots"] == 4  # what it uses and one more
     b = c.lease(1, 32, True)
-    assert b["slots"] == 60  # the rest, at once
+    assert b["slots"] == 32  # shard 0 may use its 32 until the 4 reached it
+    a = c.lease(0, 3, True, saturated=False)  # it asked again: it has the 4
+    b = c.lease(1, 32, True)
+    assert b["slots"] == 60  # the rest
     # Saturated again (a new row waits): an even split once the other's flight allows.
     a = c.lease(0, 4, True, saturated=True)
     assert a["slots"] == 4  # shard 1 holds 60: nothing more is free yet
     b = c.lease(1, 40, True)
+    assert b["slots"] == 32
+    a = c.lease(0, 4, True)
+    assert a["slots"] == 4  # shard 1 may still use its 60 until the 32 reached it
+    b = c.lease(1, 40, True)
     a = c.lease(0, 4, True)
     assert b["slots"] == 32 and a["slots"] == 24  # shard 1's 40 in flight still count
+
+
+def test_no_grant_lets_the_shards_exceed_the_totals_while_it_travels() -> None:
+    """A shard asks again only once it applied its last grant; until then it may use the
+    one before. At every moment, what each shard may use summed stays within the totals."""
+    rng = random.Random(7)
+    c = Coordinator(concurrency=16, rpm=600, tpm=None)
+    applied: dict[int, tuple[int, float]] = {}  # what each shard has in force
+    granted: dict[int, tuple[int, float]] = {}  # the grant on its way to it
+    for _ in range(2000):
+        s = rng.randrange(3)
+        if s in granted:  # its last grant reached it before it asks again
+            applied[s] = granted[s]
+        slots_now = applied.get(s, (0, 0.0))[0]
+        lease = c.lease(s, rng.randint(0, slots_now), True, saturated=rng.random() < 0.7)
+        granted[s] = (lease["slots"], lease["rpm"] or 0.0)
+        # Each shard may use the larger of the grant it applied and the one travelling.
+        usable = [
+            tuple(map(max, applied.get(k, (0, 0.0)), granted.get(k, (0, 0.0)))) for k in range(3)
+        ]
+        assert sum(u[0] for u in usable) <= 16
+        assert sum(u[1] for u in usable) <= 600 + 1e-9
 
 
 def _report(cap: float | None, spent: float, reserved: float = 0.0, in_flight: int = 0,

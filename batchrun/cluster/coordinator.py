@@ -4,8 +4,10 @@
 every :data:`LEASE_S` seconds; a lease is the shard's fair share of what is free, valid
 for :data:`LEASE_TTL_S`: a shard that finishes (or dies) gives its share back at once (or
 when its lease lapses), so shards finishing unevenly waste nothing. In-flight requests
-count against the concurrency until they end, so a shrinking share never lets the cluster
-exceed the total; a rate share is granted only out of what the others' leases leave.
+count against the concurrency until they end, and a share that shrank counts at its old
+size until the shard has the new one (it asks again), so a shrinking share never lets the
+cluster exceed the total; a rate share is granted only out of what the others' leases
+leave, counted the same way.
 
 One controller for 429s. A shard that sees a storm (429s a real share of its sends, see
 :class:`~batchrun.send.limits.Limiter`) reports it; the whole cluster pauses for the
@@ -60,6 +62,9 @@ class _Lease:
     in_flight: int = 0
     rpm: float = 0.0
     tpm: float = 0.0
+    #: The grant before the last (slots, rpm, tpm): a shard uses it until the last one
+    #: reaches it, which is certain only when it asks again.
+    before: tuple[int, float, float] = (0, 0.0, 0.0)
     wants: bool = True
     #: Waiting for a slot (uses all it has): its demand has no bound but the fair share.
     saturated: bool = True
@@ -144,6 +149,9 @@ class Coordinator:
         answered with its allowance (see :mod:`batchrun.cluster.allowance`)."""
         now = self._clock()
         mine = self.leases.setdefault(shard, _Lease())
+        # A shard asks again only once it applied its last grant: from now on that grant
+        # is the one it may still be using while the new one travels to it.
+        mine.before = (mine.slots, mine.rpm, mine.tpm)
         mine.in_flight, mine.wants, mine.renewed = in_flight, wants, now
         mine.saturated = saturated
         if stats is not None:
@@ -154,8 +162,9 @@ class Coordinator:
         live = self._live(now)
         active = sorted(s for s, le in live.items() if le.wants)
         others = [le for s, le in live.items() if s != shard]
-        # Never more than what the others leave: their lease or their flight, the larger.
-        free_slots = self.window - sum(max(le.slots, le.in_flight) for le in others)
+        # Never more than what the others leave: their lease, the one before if larger
+        # (a smaller grant holds only once it reached them), or their flight.
+        free_slots = self.window - sum(max(le.slots, le.before[0], le.in_flight) for le in others)
         demands = {s: math.inf if live[s].saturated else live[s].in_flight + 1 for s in active}
         share = _water_fill(self.window, demands).get(shard, 0)
         mine.slots = max(0, min(share, free_slots))
@@ -163,10 +172,10 @@ class Coordinator:
         if rpm and len(active) > 1:
             rpm = max(rpm / 2, rpm - SLACK_PER_SHARD_RPM * len(active))
         if rpm:
-            free = rpm - sum(le.rpm for le in others)
+            free = rpm - sum(max(le.rpm, le.before[1]) for le in others)
             mine.rpm = max(0.0, min(_fair(rpm, shard, active, False), free))
         if self.tpm:
-            free = self.tpm - sum(le.tpm for le in others)
+            free = self.tpm - sum(max(le.tpm, le.before[2]) for le in others)
             mine.tpm = max(0.0, min(_fair(self.tpm, shard, active, False), free))
         out: dict[str, Any] = {
             "slots": mine.slots,
