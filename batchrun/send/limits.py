@@ -158,7 +158,7 @@ class Limiter:
         """Await ``wait()``, unless the run stops first (then raise Stopped). Only pauses,
         the token bucket and a shard waiting for its lease come here, never the hot path,
         so two tasks a wait are cheap."""
-        if self._stopped.is_set():
+        if self.stopped:
             raise Stopped
         waiter = asyncio.ensure_future(wait())
         stopper = asyncio.ensure_future(self._stopped.wait())
@@ -167,7 +167,7 @@ class Limiter:
         finally:
             waiter.cancel()
             stopper.cancel()
-        if self._stopped.is_set():
+        if self.stopped:
             raise Stopped
 
     async def slot(self) -> None:
