@@ -197,6 +197,33 @@ def test_a_bug_inside_a_shard_is_said_at_once_and_not_taken_for_a_lost_worker(
     assert sim.stats.requests == 0
 
 
+def test_a_lost_coordinator_stops_the_run_in_one_line_and_a_rerun_resumes(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(latency_ms=100)
+    n = 1200
+    src = write_jsonl(tmp_path / "in.jsonl", _rows(n))
+    out = tmp_path / "out.parquet"
+    args, env = _cmd(tmp_path, sim, src, out, "--shards", "4", "--concurrency", "8")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while sim.stats.requests < 200 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    actors = [int(line.split()[0]) for line in ps.splitlines() if "ray::Coordinator" in line]
+    assert len(actors) == 1, ps  # this run's (no other Ray runs during the tests)
+    os.kill(actors[0], signal.SIGKILL)  # as an OOM kill or a lost node would
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "the cluster's coordinator was lost" in stderr and "Traceback" not in stderr
+    assert "a bug" not in stderr
+    assert 0 < sim.stats.requests < n
+    r = _ray(tmp_path, sim, src, out, "--shards", "4", "--concurrency", "8", timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out).column("id").to_pylist() == [f"r{i}" for i in range(n)]
+
+
 def test_kill_9_of_the_driver_then_rerun_gives_every_row_once(
     tmp_path: Path, sim_factory: Any
 ) -> None:

@@ -252,60 +252,63 @@ class RayRun:
 
             bar = tqdm(total=total, unit="row", dynamic_ncols=True, desc=f"{len(m.ranges)} shards")
         stopping = False
-        while pending or running:
-            if self.signals and not stopping:
-                stopping = True
-                coord.stop.remote(-1)
-            while pending and len(running) < opts.workers and not stopping:
-                i = pending.pop(0)
-                attempts[i] += 1
-                running[task.remote(specs[i], coord)] = i
-            if not running:
-                break  # stopping before anything more was started
-            # The first shard to end is taken at once: the next starts without waiting out
-            # a poll (its start-up is the one gap in a worker's sending).
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
-            for ref in ready:
-                i = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # raised by batchrun itself: a bug
-                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                    errors.append((i, "it failed (a bug in batchrun: please report it): "
-                                   f"{type(cause).__name__}: {str(cause)[:300]}", 1))  # fmt: skip
-                    continue
-                except ray.exceptions.RayError as exc:  # the worker died (a lost node, OOM)
-                    if attempts[i] < _SHARD_ATTEMPTS and not stopping:
-                        self.say(f"batchrun: shard {i}'s worker was lost ({type(exc).__name__}); "
-                                 "starting it again from its journal")  # fmt: skip
-                        seen = ray.get(coord.reported.remote(i))
-                        this_run.lost(i, seen)
-                        specs[i] = ShardSpec(**{**specs[i].__dict__,
-                                                "reported_done": seen.get("done", 0)})  # fmt: skip
-                        pending.insert(0, i)
-                    else:
-                        errors.append((i, f"its worker was lost: {type(exc).__name__}", 1))
-                    continue
-                summary = result.get("summary") or {}
-                this_run.ended(i, summary)
-                if "error" in result:  # its own stop: a shard the cluster stops ends partial
-                    errors.append((i, result["error"], result["exit_code"]))
-                if result.get("restored"):
-                    r = result["restored"]
-                    self.say(f"batchrun: shard {i} resumed from its journal copy "
-                             f"({r['done']:,} rows); {r['at_risk']:,} rows counted as "
-                             "possibly charged twice")  # fmt: skip
-                if summary.get("state") == "complete":
-                    m.states[i] = COMPLETE
-                    m.save(self.manifest_path, self.local / "manifest.json")
-                    done_rows[i] = m.ranges[i][1] - m.ranges[i][0]
-            if errors or ray.get(coord.state.remote())["stopped_by"] is not None:
-                stopping = True
-                pending.clear()
-            if bar is not None:
-                live = ray.get(coord.progress.remote()).get("done", 0)
-                bar.n = min(total, sum(done_rows.values()) + live)
-                bar.refresh()
+        try:
+            while pending or running:
+                if self.signals and not stopping:
+                    stopping = True
+                    coord.stop.remote(-1)
+                while pending and len(running) < opts.workers and not stopping:
+                    i = pending.pop(0)
+                    attempts[i] += 1
+                    running[task.remote(specs[i], coord)] = i
+                if not running:
+                    break  # stopping before anything more was started
+                # The first shard to end is taken at once: the next starts without waiting out
+                # a poll (its start-up is the one gap in a worker's sending).
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+                for ref in ready:
+                    i = running.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:  # raised by batchrun itself: a bug
+                        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                        errors.append((i, "it failed (a bug in batchrun: please report it): "
+                                       f"{type(cause).__name__}: {str(cause)[:300]}", 1))  # fmt: skip
+                        continue
+                    except ray.exceptions.RayError as exc:  # the worker died (a lost node, OOM)
+                        if attempts[i] < _SHARD_ATTEMPTS and not stopping:
+                            self.say(f"batchrun: shard {i}'s worker was lost ({type(exc).__name__}); "
+                                     "starting it again from its journal")  # fmt: skip
+                            seen = ray.get(coord.reported.remote(i))
+                            this_run.lost(i, seen)
+                            specs[i] = ShardSpec(**{**specs[i].__dict__,
+                                                    "reported_done": seen.get("done", 0)})  # fmt: skip
+                            pending.insert(0, i)
+                        else:
+                            errors.append((i, f"its worker was lost: {type(exc).__name__}", 1))
+                        continue
+                    summary = result.get("summary") or {}
+                    this_run.ended(i, summary)
+                    if "error" in result:  # its own stop: a shard the cluster stops ends partial
+                        errors.append((i, result["error"], result["exit_code"]))
+                    if result.get("restored"):
+                        r = result["restored"]
+                        self.say(f"batchrun: shard {i} resumed from its journal copy "
+                                 f"({r['done']:,} rows); {r['at_risk']:,} rows counted as "
+                                 "possibly charged twice")  # fmt: skip
+                    if summary.get("state") == "complete":
+                        m.states[i] = COMPLETE
+                        m.save(self.manifest_path, self.local / "manifest.json")
+                        done_rows[i] = m.ranges[i][1] - m.ranges[i][0]
+                if errors or ray.get(coord.state.remote())["stopped_by"] is not None:
+                    stopping = True
+                    pending.clear()
+                if bar is not None:
+                    live = ray.get(coord.progress.remote()).get("done", 0)
+                    bar.n = min(total, sum(done_rows.values()) + live)
+                    bar.refresh()
+        except ray.exceptions.RayActorError:  # the coordinator's node died (an OOM kill)
+            errors.insert(0, (-1, "the cluster's coordinator was lost: every shard stops", 1))
         if bar is not None:
             bar.close()
         return self.finish(m, errors, started, this_run)
@@ -339,7 +342,7 @@ class RayRun:
         error: BatchrunError | None = None
         if errors:
             i, message, code = errors[0]
-            error = RunStopped(f"shard {i} stopped: {message}",
+            error = RunStopped(f"shard {i} stopped: {message}" if i >= 0 else message,
                                hint="fix the cause, then rerun the same command to resume")  # fmt: skip
             error.exit_code = code
         elif self.signum is not None:
